@@ -1,0 +1,101 @@
+"""The ``steerfold edit`` job: a model folder and a direction file in, an edited checkpoint or adapter out."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from editor.arch import ModelLayout, resolve_layout
+from editor.checkpoint import atomic_folder, check_output_path, open_model_folder
+from editor.directions import check_hidden_size, load_direction_file
+from editor.edits import Edit, TiedEmbeddingMode, ablation_edit
+from editor.errors import SteerfoldError
+from editor.export.lora import check_lora_can_carry, write_lora_adapter
+from editor.export.merged import write_merged_checkpoint
+
+OutputFormat = Literal["merged", "lora"]
+
+
+def parse_layers(spec: str | None, num_layers: int) -> list[int]:
+    """Parse layer-index ranges like ``0-4,10,12-15`` (inclusive; DESIGN.md layer index); None means all."""
+    if spec is None or spec.strip() in ("", "all"):
+        return list(range(num_layers + 1))
+    layers: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                low, high = (int(x) for x in part.split("-", 1))
+            else:
+                low = high = int(part)
+        except ValueError:
+            raise SteerfoldError(f"--layers '{spec}' is not a list of layer indices: write e.g. 0-4,10,12-15") from None
+        if low > high or low < 0 or high > num_layers:
+            raise SteerfoldError(
+                f"--layers range '{part}' is outside 0..{num_layers} (0 = embedding output, l = output of block l-1)"
+            )
+        layers.update(range(low, high + 1))
+    return sorted(layers)
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """What ``steerfold edit`` was asked to do."""
+
+    model: Path
+    direction: Path
+    out: Path
+    format: OutputFormat = "merged"
+    scale: float = 1.0
+    layers: str | None = None
+    layer: int | None = None
+    embedding: bool = True
+    overwrite: bool = False
+    allow_pickle: bool = False
+    tied_embedding: TiedEmbeddingMode = "untie"
+
+
+@dataclass
+class EditSummary:
+    """What was written, for the CLI and reports."""
+
+    out: Path
+    format: OutputFormat
+    layout: ModelLayout
+    layers: list[int]
+    direction_layer: int | None
+    details: dict = field(default_factory=dict)
+
+
+def build_edit(request: EditRequest, layout: ModelLayout) -> tuple[Edit, int | None]:
+    """Load and check the direction, then build the ablation edit the request describes."""
+    if not math.isfinite(request.scale):
+        raise SteerfoldError(f"--scale {request.scale} is not a finite number: pass e.g. --scale 1.0")
+    direction_file = load_direction_file(request.direction)
+    check_hidden_size(direction_file, layout.hidden_size, layout.num_layers, request.direction)
+    vector, source_layer = direction_file.select(request.layer)
+    layers = parse_layers(request.layers, layout.num_layers)
+    if not request.embedding:
+        layers = [layer for layer in layers if layer != 0]
+    if not layers:
+        raise SteerfoldError("no layer left to edit: widen --layers or drop --no-embedding")
+    return ablation_edit(vector, layers, request.scale, request.tied_embedding), source_layer
+
+
+def run_edit(request: EditRequest) -> EditSummary:
+    """Check everything first, then write the artifact atomically; the input is never modified."""
+    folder = open_model_folder(request.model, allow_pickle=request.allow_pickle)
+    check_output_path(request.out, folder.path, request.overwrite)
+    layout = resolve_layout(folder.config, folder.parameter_names())
+    edit, source_layer = build_edit(request, layout)
+    edit.module_maps(layout)
+    if request.format == "lora":
+        check_lora_can_carry(edit, layout)
+    with atomic_folder(request.out) as tmp:
+        if request.format == "merged":
+            details = write_merged_checkpoint(folder, layout, edit, tmp)
+        else:
+            details = write_lora_adapter(folder, layout, edit, tmp, base_model=str(folder.path.resolve()))
+    return EditSummary(request.out, request.format, layout, edit.layers, source_layer, details)

@@ -1,0 +1,273 @@
+"""The edit algebra: one map ``w ↦ (I + U Vᵀ) w + b`` on what a module writes into the residual stream.
+
+Three faces of one edit, all driven by the same per-module maps (``Edit.module_maps``):
+
+- ``fold_tensor`` / ``fold_model``: fold the map into the weights (``W ← (I + U Vᵀ) W``, ``β ← (I + U Vᵀ) β + b``,
+  embedding rows ``E ← E (I + V Uᵀ) + b``), computed in float32 and written back in the tensor's dtype;
+- ``lora_factors``: the same change as a LoRA, ``lora_B = U``, ``lora_A = Vᵀ W`` (``lora_alpha = r``);
+- ``runtime_hooks``: forward hooks applying the map to each module's output, the reference every fold is
+  tested against.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Literal
+
+import torch
+
+from editor.arch import ModelLayout, ResidualWriter, layout_of_model
+from editor.errors import SteerfoldError
+
+TiedEmbeddingMode = Literal["untie", "shared"]
+
+
+@dataclass(frozen=True)
+class ResidualMap:
+    """``w ↦ (I + U Vᵀ) w + b`` with U, V ∈ R^{d×k} and b ∈ R^d, all float32."""
+
+    U: torch.Tensor
+    V: torch.Tensor
+    b: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.U.shape[1])
+
+    @property
+    def is_linear(self) -> bool:
+        return self.b is None
+
+    def apply(self, w: torch.Tensor) -> torch.Tensor:
+        """Apply the map to vectors in the last dimension, in float32, returning ``w``'s dtype."""
+        x = w.to(torch.float32)
+        out = x + (x @ self.V) @ self.U.T
+        if self.b is not None:
+            out = out + self.b
+        return out.to(w.dtype)
+
+    def fold_linear_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """``W ← (I + U Vᵀ) W`` for a writer whose weight is [hidden, in]."""
+        w = weight.to(torch.float32)
+        return (w + self.U @ (self.V.T @ w)).to(weight.dtype)
+
+    def fold_bias(self, bias: torch.Tensor) -> torch.Tensor:
+        """``β ← (I + U Vᵀ) β + b``."""
+        return self.apply(bias)
+
+    def fold_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Rows of the embedding are residual vectors: ``E ← E (I + V Uᵀ) + b``."""
+        return self.apply(embedding)
+
+    def scaled_offset(self, factor: float) -> "ResidualMap":
+        """The same linear part with ``b`` divided by a multiplier the forward pass applies afterwards."""
+        return ResidualMap(self.U, self.V, None if self.b is None else self.b / factor)
+
+
+def unit(vector: torch.Tensor) -> torch.Tensor:
+    """A float32 unit vector; a zero or non-finite vector is bad input."""
+    v = vector.detach().to(torch.float32).reshape(-1)
+    norm = v.norm()
+    if not torch.isfinite(norm) or norm == 0:
+        raise SteerfoldError("the direction is zero or not finite: re-fit it (no contrast was found)")
+    return v / norm
+
+
+def ablation_map(direction: torch.Tensor, scale: float = 1.0) -> ResidualMap:
+    """Remove ``scale`` times the component along ``direction`` (scale 1 = full ablation)."""
+    r = unit(direction).unsqueeze(1)
+    return ResidualMap(U=-scale * r, V=r.clone())
+
+
+def subspace_ablation_map(basis: torch.Tensor) -> ResidualMap:
+    """Remove the subspace spanned by the columns of ``basis`` [d, k] (orthonormalised here)."""
+    q, _ = torch.linalg.qr(basis.detach().to(torch.float32))
+    return ResidualMap(U=-q, V=q.clone())
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One residual map per DESIGN.md layer index; index 0 (the embedding) is edited only if present.
+
+    ``tied_embedding`` decides what happens when the embedding is edited on a model whose output head shares
+    the embedding matrix: ``untie`` gives the head its own unedited copy (exactly the runtime edit), ``shared``
+    edits the one matrix, so the output head changes too.
+    """
+
+    maps: dict[int, ResidualMap]
+    tied_embedding: TiedEmbeddingMode = "untie"
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.maps)
+
+    def edits_embedding(self) -> bool:
+        return 0 in self.maps
+
+    def module_maps(self, layout: ModelLayout) -> dict[str, ResidualMap]:
+        """The map each residual writer's output gets; a layer's offset is carried by its last writer only."""
+        self.check_against(layout)
+        per_module: dict[str, ResidualMap] = {}
+        for layer, residual_map in self.maps.items():
+            writers = layout.writers_at([layer])
+            for i, writer in enumerate(writers):
+                carries_offset = residual_map.b is not None and i == len(writers) - 1
+                linear_only = ResidualMap(residual_map.U, residual_map.V)
+                per_module[writer.module] = (
+                    residual_map.scaled_offset(writer.multiplier) if carries_offset else linear_only
+                )
+        return per_module
+
+    def check_against(self, layout: ModelLayout) -> None:
+        """Refuse layers out of range, wrong sizes, and offsets on writers that have no bias to carry them."""
+        for layer, residual_map in self.maps.items():
+            if not 0 <= layer <= layout.num_layers:
+                raise SteerfoldError(
+                    f"layer index {layer} is out of range: this model has layer indices 0..{layout.num_layers} "
+                    "(0 = embedding output, l = output of block l-1)"
+                )
+            if residual_map.U.shape[0] != layout.hidden_size:
+                raise SteerfoldError(
+                    f"the edit has size {residual_map.U.shape[0]} but the model's hidden size is {layout.hidden_size}: "
+                    "use a direction fitted on this model"
+                )
+            if residual_map.b is not None and layer == 0 and layout.tied_embeddings and self.tied_embedding == "shared":
+                raise SteerfoldError(
+                    "a constant offset on a shared (tied) embedding would also shift every logit: "
+                    "use --tied-embedding untie"
+                )
+            if residual_map.b is not None and layer > 0:
+                last = layout.writers_at([layer])[-1]
+                if not last.has_bias:
+                    raise SteerfoldError(
+                        f"a constant offset at layer {layer} needs a bias on {last.module}, which this checkpoint "
+                        "does not have: export it as a control vector or apply it at run time instead"
+                    )
+
+
+def ablation_edit(
+    direction: torch.Tensor,
+    layers: Iterable[int],
+    scale: float = 1.0,
+    tied_embedding: TiedEmbeddingMode = "untie",
+) -> Edit:
+    """Ablate one direction from the writers of every listed layer index."""
+    residual_map = ablation_map(direction, scale)
+    return Edit({layer: residual_map for layer in sorted(set(layers))}, tied_embedding)
+
+
+def fold_tensor(key: str, tensor: torch.Tensor, layout: ModelLayout, module_maps: dict[str, ResidualMap]) -> torch.Tensor:
+    """The edited version of one state-dict tensor (unchanged when the edit does not touch it)."""
+    found = layout.writer_of_key(key)
+    if found is None:
+        return tensor
+    writer, leaf = found
+    residual_map = module_maps.get(writer.module)
+    if residual_map is None:
+        return tensor
+    if writer.role == "embedding":
+        return residual_map.fold_embedding(tensor)
+    return residual_map.fold_linear_weight(tensor) if leaf == "weight" else residual_map.fold_bias(tensor)
+
+
+def _untie_output_head(model: torch.nn.Module, layout: ModelLayout) -> None:
+    """Give the output head its own copy of the embedding matrix so editing the embedding leaves it alone."""
+    head = model.get_submodule(layout.architecture.lm_head)
+    head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+    model.config.tie_word_embeddings = False
+    text_config = getattr(model.config, "get_text_config", lambda: None)()
+    if text_config is not None:
+        text_config.tie_word_embeddings = False
+
+
+@torch.no_grad()
+def fold_model(model: torch.nn.Module, edit: Edit) -> ModelLayout:
+    """Fold an edit into a loaded transformers model in place; returns the layout it used."""
+    layout = layout_of_model(model)
+    module_maps = edit.module_maps(layout)
+    if edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "untie":
+        _untie_output_head(model, layout)
+    for module_name in module_maps:
+        module = model.get_submodule(module_name)
+        for leaf in ("weight", "bias"):
+            param = getattr(module, leaf, None)
+            if param is not None:
+                param.copy_(fold_tensor(f"{module_name}.{leaf}", param.data, layout, module_maps))
+    return layout
+
+
+@contextmanager
+def runtime_hooks(model: torch.nn.Module, edit: Edit) -> Iterator[ModelLayout]:
+    """Apply the edit at run time with forward hooks on each residual writer (the reference for folds).
+
+    With ``tied_embedding="shared"`` the output head is edited too, as the shared fold does.
+    """
+    layout = layout_of_model(model)
+    module_maps = edit.module_maps(layout)
+    handles = []
+    for module_name, residual_map in module_maps.items():
+        handles.append(model.get_submodule(module_name).register_forward_hook(_output_hook(residual_map)))
+    if edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "shared":
+        handles.append(model.get_submodule(layout.architecture.lm_head).register_forward_pre_hook(
+            _shared_head_hook(module_maps[layout.embedding.module])))
+    try:
+        yield layout
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _output_hook(residual_map: ResidualMap) -> Callable:
+    def hook(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return residual_map.apply(output)
+
+    return hook
+
+
+def _shared_head_hook(residual_map: ResidualMap) -> Callable:
+    """logits = E' h with E' = E (I + V Uᵀ) equal E (h + V (Uᵀ h)): apply that to the head's input."""
+
+    def hook(_module: torch.nn.Module, inputs: tuple) -> tuple:
+        h = inputs[0]
+        x = h.to(torch.float32)
+        out = x + (x @ residual_map.U) @ residual_map.V.T
+        return (out.to(h.dtype), *inputs[1:])
+
+    return hook
+
+
+def lora_rank(module_maps: dict[str, ResidualMap]) -> int:
+    """The uniform LoRA rank of an edit; refuses maps a LoRA cannot carry (constant offsets)."""
+    for module_name, residual_map in module_maps.items():
+        if residual_map.b is not None:
+            raise SteerfoldError(
+                f"a LoRA cannot carry the constant offset on {module_name}: export a merged checkpoint or a control vector"
+            )
+    return max(m.rank for m in module_maps.values())
+
+
+def lora_pair(residual_map: ResidualMap, weight: torch.Tensor, embedding: bool, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lora_A, lora_B)`` in float32 for one module, padded with zeros to the uniform ``rank``.
+
+    Linear writers: ``lora_B = U`` [d, k], ``lora_A = Vᵀ W`` [k, in]. The embedding: PEFT's
+    ``lora_embedding_A`` [k, vocab] is ``(E V)ᵀ`` and ``lora_embedding_B`` [d, k] is ``U``.
+    """
+    U, V = _pad_rank(residual_map.U, rank), _pad_rank(residual_map.V, rank)
+    w = weight.to(torch.float32)
+    lora_a = (w @ V).T if embedding else V.T @ w
+    return lora_a.contiguous(), U.clone().contiguous()
+
+
+def _pad_rank(matrix: torch.Tensor, rank: int) -> torch.Tensor:
+    if matrix.shape[1] == rank:
+        return matrix
+    return torch.cat([matrix, matrix.new_zeros(matrix.shape[0], rank - matrix.shape[1])], dim=1)
+
+
+def writers_summary(writers: Iterable[ResidualWriter]) -> dict[str, int]:
+    """Count residual writers by role (for reports)."""
+    counts: dict[str, int] = {}
+    for writer in writers:
+        counts[writer.role] = counts.get(writer.role, 0) + 1
+    return counts

@@ -1,0 +1,73 @@
+"""Write an edit as a PEFT LoRA adapter in the portable subset: uniform r, ``lora_alpha = r``, no bias, no
+``modules_to_save``; it loads with ``PeftModel.from_pretrained(base, DIR)`` and vLLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from editor.arch import ModelLayout
+from editor.checkpoint import ModelFolder, shard_tensors
+from editor.edits import Edit, lora_pair, lora_rank
+from editor.errors import SteerfoldError
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+
+def lora_keys(module: str, embedding: bool) -> tuple[str, str]:
+    """PEFT's saved names of (A, B) for one module."""
+    if embedding:
+        return f"{PEFT_PREFIX}{module}.lora_embedding_A", f"{PEFT_PREFIX}{module}.lora_embedding_B"
+    return f"{PEFT_PREFIX}{module}.lora_A.weight", f"{PEFT_PREFIX}{module}.lora_B.weight"
+
+
+def check_lora_can_carry(edit: Edit, layout: ModelLayout) -> None:
+    """Refuse, before writing anything, an edit that a LoRA cannot express exactly."""
+    if edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "shared":
+        raise SteerfoldError(
+            "a LoRA on the embedding cannot also edit the tied output head: use --tied-embedding untie "
+            "(the adapter then edits the input embedding only) or --format merged"
+        )
+    module_maps = edit.module_maps(layout)
+    biased = [m for m in module_maps if (w := layout.writer(m)) is not None and w.has_bias]
+    if biased:
+        raise SteerfoldError(
+            f"{biased[0]} has a bias, and the edit changes it by U Vᵀ β, which a portable LoRA (no lora_bias) cannot "
+            "carry: use --format merged"
+        )
+    lora_rank(module_maps)
+
+
+def write_lora_adapter(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, base_model: str) -> dict:
+    """Compute ``lora_A = Vᵀ W``, ``lora_B = U`` for every edited writer in one pass over the shards."""
+    from peft import LoraConfig  # imported here: peft is slow to import and only this export needs it
+
+    check_lora_can_carry(edit, layout)
+    module_maps = edit.module_maps(layout)
+    rank = lora_rank(module_maps)
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in folder.shards:
+        for name, weight in shard_tensors(shard, folder.pickled):
+            found = layout.writer_of_key(name)
+            if found is None or found[1] != "weight" or found[0].module not in module_maps:
+                continue
+            writer = found[0]
+            lora_a, lora_b = lora_pair(module_maps[writer.module], weight, writer.role == "embedding", rank)
+            key_a, key_b = lora_keys(writer.module, writer.role == "embedding")
+            tensors[key_a], tensors[key_b] = lora_a, lora_b
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        target_modules=sorted(module_maps),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_model,
+        inference_mode=True,
+    )
+    config.save_pretrained(str(dest))
+    save_file(tensors, str(dest / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    return {"rank": rank, "modules": len(module_maps)}
