@@ -90,7 +90,7 @@ def run_edit(request: EditRequest) -> EditSummary:
     check_output_path(request.out, folder.path, request.overwrite)
     layout = resolve_layout(folder.config, folder.parameter_names())
     edit, source_layer = build_edit(request, layout)
-    edit.module_maps(layout)
+    edit.check_foldable(layout)
     if request.format == "lora":
         check_lora_can_carry(edit, layout)
     with atomic_folder(request.out) as tmp:

@@ -120,7 +120,7 @@ class Edit:
         return per_module
 
     def check_against(self, layout: ModelLayout) -> None:
-        """Refuse layers out of range, wrong sizes, and offsets on writers that have no bias to carry them."""
+        """Refuse layer indices out of range and maps of the wrong size."""
         for layer, residual_map in self.maps.items():
             if not 0 <= layer <= layout.num_layers:
                 raise SteerfoldError(
@@ -132,18 +132,32 @@ class Edit:
                     f"the edit has size {residual_map.U.shape[0]} but the model's hidden size is {layout.hidden_size}: "
                     "use a direction fitted on this model"
                 )
-            if residual_map.b is not None and layer == 0 and layout.tied_embeddings and self.tied_embedding == "shared":
+
+    def check_foldable(self, layout: ModelLayout) -> None:
+        """Refuse constant offsets that the weights cannot carry (hooks can add them anywhere; folds need a bias)."""
+        self.check_against(layout)
+        for layer, residual_map in self.maps.items():
+            if residual_map.b is None:
+                continue
+            if layer == 0 and layout.tied_embeddings and self.tied_embedding == "shared":
                 raise SteerfoldError(
                     "a constant offset on a shared (tied) embedding would also shift every logit: "
                     "use --tied-embedding untie"
                 )
-            if residual_map.b is not None and layer > 0:
-                last = layout.writers_at([layer])[-1]
-                if not last.has_bias:
-                    raise SteerfoldError(
-                        f"a constant offset at layer {layer} needs a bias on {last.module}, which this checkpoint "
-                        "does not have: export it as a control vector or apply it at run time instead"
-                    )
+            last = layout.writers_at([layer])[-1]
+            if layer > 0 and not last.has_bias:
+                raise SteerfoldError(
+                    f"a constant offset at layer {layer} needs a bias on {last.module}, which this checkpoint "
+                    "does not have: export it as a control vector or apply it at run time instead"
+                )
+
+
+def steering_edit(vector: torch.Tensor, layers: Iterable[int], coefficient: float = 1.0) -> Edit:
+    """Add ``coefficient * vector`` to the residual stream at each listed layer index (activation addition)."""
+    v = vector.detach().to(torch.float32).reshape(-1)
+    zeros = v.new_zeros(v.shape[0], 1)
+    residual_map = ResidualMap(U=zeros, V=zeros.clone(), b=coefficient * v)
+    return Edit({layer: residual_map for layer in sorted(set(layers))})
 
 
 def ablation_edit(
@@ -185,6 +199,7 @@ def _untie_output_head(model: torch.nn.Module, layout: ModelLayout) -> None:
 def fold_model(model: torch.nn.Module, edit: Edit) -> ModelLayout:
     """Fold an edit into a loaded transformers model in place; returns the layout it used."""
     layout = layout_of_model(model)
+    edit.check_foldable(layout)
     module_maps = edit.module_maps(layout)
     if edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "untie":
         _untie_output_head(model, layout)

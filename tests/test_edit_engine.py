@@ -222,3 +222,37 @@ def test_sharded_checkpoint_round_trip(tmp_path):
     with runtime_hooks(model, ablation_edit(direction, range(LAYERS + 1))):
         reference = logits(model, ids)
     assert (logits(AutoModelForCausalLM.from_pretrained(tmp_path / "m"), ids) - reference).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("model_type,extra", [("llama", {}), ("granite", {"residual_multiplier": 0.5, "embedding_multiplier": 3.0})])
+@pytest.mark.parametrize("layer", [0, 2])
+def test_steering_hook_adds_exactly_the_vector_at_its_layer(model_type, extra, layer):
+    from editor.edits import steering_edit
+
+    model = build_tiny_model(model_type, **extra)
+    vector = 2.0 * random_direction(seed=5)
+    ids = random_tokens()
+    base = residual_states(model, ids)
+    with runtime_hooks(model, steering_edit(vector, [layer])):
+        steered = residual_states(model, ids)
+    for index in range(layer):
+        assert torch.equal(base[index], steered[index])
+    assert torch.allclose(steered[layer] - base[layer], vector.expand_as(base[layer]), atol=1e-5)
+
+
+def test_offset_folds_into_biases_and_is_refused_without_them():
+    from editor.edits import Edit, ResidualMap
+    from editor.errors import SteerfoldError
+
+    d = random_direction()
+    combined = ResidualMap(U=-d.unsqueeze(1), V=d.unsqueeze(1), b=0.7 * random_direction(seed=9))
+    edit = Edit({1: combined, 3: combined})
+    model = build_tiny_model("llama", attention_bias=True, mlp_bias=True)
+    ids = random_tokens()
+    with runtime_hooks(model, edit):
+        reference = logits(model, ids)
+    fold_model(model, edit)
+    assert (logits(model, ids) - reference).abs().max() <= TOLERANCE
+
+    with pytest.raises(SteerfoldError, match="needs a bias"):
+        fold_model(build_tiny_model("llama"), edit)

@@ -18,6 +18,7 @@ def unties_output_head(edit: Edit, layout: ModelLayout) -> bool:
 
 def write_merged_checkpoint(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path) -> dict:
     """Fold the edit into every residual writer shard by shard; every other tensor passes through unchanged."""
+    edit.check_foldable(layout)
     module_maps = edit.module_maps(layout)
     untie = unties_output_head(edit, layout)
     embedding_key = f"{layout.embedding.module}.weight"
