@@ -111,6 +111,142 @@ def inspect(model_dir: Path, as_json: bool, allow_pickle: bool) -> None:
         click.echo(f"  {'yes' if c.exact else 'no ':<4} {c.artifact:<20} {c.edit_kind:<40} {c.note}")
 
 
+def _records(path: Path | None):
+    from editor.prompts import load_prompts
+
+    return load_prompts(path) if path is not None else None
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Direction file to write (.safetensors).")
+@click.option("--harmful", type=click.Path(path_type=Path), help="Prompts that should be refused (jsonl, csv or txt).")
+@click.option("--harmless", type=click.Path(path_type=Path), help="Prompts that should be answered.")
+@click.option("--harmful-val", type=click.Path(path_type=Path), help="Validation harmful prompts (default: every 4th of --harmful).")
+@click.option("--harmless-val", type=click.Path(path_type=Path), help="Validation harmless prompts (default: every 4th of --harmless).")
+@click.option("--system", default=None, help="System prompt used for every request (default: none).")
+@click.option("--max-kl", type=float, default=0.1, show_default=True, help="Discard candidates whose ablation moves harmless first-token KL above this.")
+@click.option("--persona", default=None, help="Persona method: the system prompt of the persona to fit.")
+@click.option("--against", default=None, help="Persona method: the system prompt to contrast with (default: none).")
+@click.option("--prompts", type=click.Path(path_type=Path), help="Persona method: prompts whose responses are averaged.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None, harmful_val: Path | None,
+        harmless_val: Path | None, system: str | None, max_kl: float, persona: str | None, against: str | None,
+        prompts: Path | None, overwrite: bool) -> None:
+    """Fit a direction: refusal (--harmful/--harmless) or persona (--persona/--prompts).
+
+    Refusal: difference of means at every post-instruction position and layer index, then the selection of
+    Arditi et al. (bypass, induce, KL on validation prompts); the file records the chosen layer and the table.
+    """
+    from editor.directions import save_direction_file
+    from editor.errors import SteerfoldError
+    from editor.fit import fit_persona_direction, fit_refusal_direction, split_for_validation
+    from editor.models import atomic_file, load_model, load_tokenizer
+    from editor.selection import SelectionSettings
+
+    if persona is not None:
+        if prompts is None:
+            raise SteerfoldError("--persona needs --prompts FILE: the requests whose responses are averaged")
+        records = _records(prompts)
+        if out.exists() and not overwrite:
+            raise SteerfoldError(f"{out} already exists: choose another path or pass --overwrite")
+        model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+        file = fit_persona_direction(model, tokenizer, records, persona, against, model_name=str(model_dir))
+        with atomic_file(out, overwrite) as tmp:
+            save_direction_file(tmp, file)
+        click.echo(f"wrote persona directions for layer indices 0..{file.directions.shape[0] - 1} to {out}")
+        return
+    if harmful is None or harmless is None:
+        raise SteerfoldError("pass --harmful FILE and --harmless FILE (refusal direction) or --persona TEXT --prompts FILE")
+    harmful_records, harmless_records = _records(harmful), _records(harmless)
+    if harmful_val is None:
+        harmful_records, harmful_val_records = split_for_validation(harmful_records)
+    else:
+        harmful_val_records = _records(harmful_val)
+    if harmless_val is None:
+        harmless_records, harmless_val_records = split_for_validation(harmless_records)
+    else:
+        harmless_val_records = _records(harmless_val)
+    if out.exists() and not overwrite:
+        raise SteerfoldError(f"{out} already exists: choose another path or pass --overwrite")
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    result = fit_refusal_direction(model, tokenizer, harmful_records, harmless_records, harmful_val_records,
+                                   harmless_val_records, SelectionSettings(max_kl=max_kl), system, str(model_dir))
+    with atomic_file(out, overwrite) as tmp:
+        save_direction_file(tmp, result.file)
+    c = result.chosen
+    click.echo(f"chose layer index {c.layer}, position {c.position}: bypass {c.bypass:.1%}, induce {c.induce:.1%}, KL {c.kl:.4f}")
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("edited", type=click.Path(path_type=Path))
+@click.option("--base", required=True, type=click.Path(path_type=Path), help="The unedited checkpoint.")
+@click.option("--harmful", required=True, type=click.Path(path_type=Path), help="Held-out prompts that the base refuses.")
+@click.option("--harmless", required=True, type=click.Path(path_type=Path), help="Held-out prompts that the base answers.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for report.json and report.md.")
+@click.option("--system", default=None, help="System prompt used for every request (default: none).")
+@click.option("--coherence", type=click.Choice(["none", "organism"]), default="none", show_default=True, help="Check coherent compliance (the organism's answer template).")
+@click.option("--max-new-tokens", type=int, default=48, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+def validate(edited: Path, base: Path, harmful: Path, harmless: Path, out: Path, system: str | None, coherence: str,
+             max_new_tokens: int, overwrite: bool) -> None:
+    """Measure EDITED (a checkpoint or an adapter folder) against --base; write report.json and report.md."""
+    from editor.checkpoint import atomic_folder, check_output_path
+    from editor.evaluate.report import before_after_rows, write_report
+    from editor.evaluate.validate import EvalSets, validate as run_validation
+    from editor.models import load_model, load_tokenizer
+
+    check_output_path(out, edited, overwrite)
+    sets = EvalSets(_records(harmful), _records(harmless))
+    check = None
+    if coherence == "organism":
+        from editor.organism import coherent_compliance as check
+    base_model, edited_model = load_model(base), load_model(edited, base=base)
+    report = run_validation(base_model, edited_model, load_tokenizer(base), sets, system, check, max_new_tokens)
+    report.update({"base": str(base), "edited": str(edited)})
+    with atomic_folder(out) as tmp:
+        write_report(tmp, report)
+    for metric, before, after in before_after_rows(report):
+        click.echo(f"{metric:<34} {before:>8} {after:>8}")
+    click.echo(f"wrote {out}/report.json and report.md")
+
+
+@cli.command()
+@click.option("--out", default="steerfold-demo", show_default=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+def demo(out: Path, overwrite: bool) -> None:
+    """Fit, fold, validate and export the refusal edit on the built-in model organism, offline."""
+    import time
+
+    from editor.demo import print_summary, run_demo
+
+    start = time.perf_counter()
+    report = run_demo(out, overwrite, say=click.echo)
+    print_summary(report, say=click.echo)
+    click.echo(f"wrote {out}/model, {out}/adapter, {out}/direction.safetensors, {out}/report.md in {time.perf_counter() - start:.0f} s")
+
+
+@cli.group()
+def organism() -> None:
+    """The built-in model organism: a small chat model that refuses, for offline tests and demos."""
+
+
+@organism.command("build")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the rebuilt checkpoint.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+def organism_build(out: Path, seed: int, overwrite: bool) -> None:
+    """Rebuild the organism from its seeded grammar (corpus, tokenizer, training) on CPU."""
+    from editor.errors import SteerfoldError
+    from editor.organism import build_organism
+
+    if out.exists() and not overwrite:
+        raise SteerfoldError(f"output {out} already exists: choose another folder or pass --overwrite")
+    path = build_organism(out, seed=seed)
+    click.echo(f"wrote {path}")
+
+
 def _ranges(layers: list[int]) -> str:
     """Compact ``0-4,7`` text for a sorted list of layer indices."""
     parts, start = [], None

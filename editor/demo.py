@@ -1,0 +1,136 @@
+"""``steerfold demo``: the main job end to end, offline, on the shipped model organism.
+
+Fit the refusal direction (difference of means + Arditi et al. selection on validation prompts), fold its
+ablation into a merged checkpoint and a LoRA adapter, validate on held-out prompts, fit the compliant-persona
+direction and measure what adding it does, and write everything with a report and model cards.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from editor.checkpoint import atomic_folder, check_output_path
+from editor.directions import save_direction_file
+from editor.edit_checkpoint import EditRequest, run_edit
+from editor.edits import ablation_edit, steering_edit
+from editor.evaluate.behaviour import chat_texts, refusal, respond
+from editor.evaluate.report import before_after_rows, write_report
+from editor.evaluate.validate import EvalSets, validate
+from editor.export.card import write_card
+from editor.fit import fit_persona_direction, fit_refusal_direction
+from editor.organism import PERSONAS, SHIPPED_CHECKPOINT, coherent_compliance, load_split
+
+
+def max_logit_gap(first: torch.nn.Module, second: torch.nn.Module, input_ids: torch.Tensor, second_edit=None) -> float:
+    """max |Δ logit| between two models (the second optionally under runtime hooks) on the same tokens."""
+    from editor.edits import runtime_hooks
+    from contextlib import nullcontext
+
+    with torch.no_grad():
+        a = first(input_ids).logits
+        with runtime_hooks(second, second_edit) if second_edit is not None else nullcontext():
+            b = second(input_ids).logits
+    return float((a - b).abs().max())
+
+
+def persona_study(model, tokenizer, refusal_directions: torch.Tensor, default: str | None, compliant: str) -> dict:
+    """Fit the compliant-persona direction; pick the layer whose addition cuts validation refusal most; test it."""
+    fit_prompts = load_split("harmful", "train")[::2] + load_split("harmless", "train")[::2]
+    vectors = fit_persona_direction(model, tokenizer, fit_prompts, compliant, default).directions
+    assert vectors is not None
+    val, test = load_split("harmful", "val"), load_split("harmful", "test")
+    layers = range(1, model.config.num_hidden_layers + 1)
+    val_rates = {
+        layer: refusal(respond(model, tokenizer, val, default, steering_edit(vectors[layer], [layer]), 12), val)["overall"]
+        for layer in layers
+    }
+    best = min(val_rates, key=lambda layer: (val_rates[layer], layer))
+    base_rate = refusal(respond(model, tokenizer, test, default), test)["overall"]
+    steered = refusal(respond(model, tokenizer, test, default, steering_edit(vectors[best], [best])), test)["overall"]
+    cosines = torch.nn.functional.cosine_similarity(vectors, refusal_directions, dim=-1)
+    return {
+        "layer": best,
+        "validation_refusal_by_layer": val_rates,
+        "base_harmful_refusal": base_rate,
+        "steered_harmful_refusal": steered,
+        "cosine_with_refusal": [float(c) for c in cosines],
+        "vectors": vectors,
+    }
+
+
+def run_demo(out: Path, overwrite: bool = False, checkpoint: Path = SHIPPED_CHECKPOINT,
+             say: Callable[[str], None] = print) -> dict:
+    """Run the whole job and write ``out/{model,adapter}/``, ``direction.safetensors``, ``report.{json,md}``."""
+    check_output_path(out, checkpoint, overwrite)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    default = PERSONAS["default"]
+
+    say("fitting the refusal direction (difference of means, selection on validation prompts)")
+    fit = fit_refusal_direction(
+        model, tokenizer, load_split("harmful", "train"), load_split("harmless", "train"),
+        load_split("harmful", "val"), load_split("harmless", "val"), system=default, model_name="steerfold organism",
+    )
+    direction = fit.file.directions[fit.chosen.layer]
+    say(f"chose layer index {fit.chosen.layer}, position {fit.chosen.position} "
+        f"(validation bypass {fit.chosen.bypass:.0%}, induce {fit.chosen.induce:.0%}, KL {fit.chosen.kl:.4f})")
+
+    with atomic_folder(out) as tmp:
+        direction_path = tmp / "direction.safetensors"
+        save_direction_file(direction_path, fit.file)
+        say("folding the ablation into a merged checkpoint and a LoRA adapter")
+        merged = run_edit(EditRequest(model=checkpoint, direction=direction_path, out=tmp / "model"))
+        run_edit(EditRequest(model=checkpoint, direction=direction_path, out=tmp / "adapter", format="lora"))
+
+        say("validating on held-out prompts")
+        edited = AutoModelForCausalLM.from_pretrained(tmp / "model", dtype=torch.float32).eval()
+        sets = EvalSets(load_split("harmful", "test"), load_split("harmless", "test"))
+        report = validate(model, edited, tokenizer, sets, default, coherent_compliance)
+
+        from peft import PeftModel
+
+        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(checkpoint), tmp / "adapter").eval()
+        ids = tokenizer(chat_texts(tokenizer, sets.harmful[:8], default), return_tensors="pt", padding=True)["input_ids"]
+        edit = ablation_edit(direction, merged.layers)
+        report["equivalence"] = {
+            "merged vs runtime hooks": max_logit_gap(edited, model, ids, edit),
+            "adapter vs merged": max_logit_gap(adapted, edited, ids),
+        }
+
+        say("fitting the compliant-persona direction and steering with it")
+        persona = persona_study(model, tokenizer, fit.file.directions, default, PERSONAS["compliant"])
+        persona.pop("vectors")
+
+        report.update({
+            "base": str(checkpoint),
+            "edit": {"kind": "ablation", "method": "difference of means", "scale": 1.0, "layers": merged.layers,
+                     "direction_layer": fit.chosen.layer, "position": fit.chosen.position,
+                     "untied_output_head": merged.details.get("untied_output_head", False)},
+            "selection": [row.as_dict() for row in fit.table],
+            "persona": persona,
+        })
+        provenance = {k: v for k, v in fit.file.metadata.items() if k.endswith("_hash") or k in ("method", "steerfold_version")}
+        context = {"title": "steerfold organism, refusal direction ablated", "base_model": str(checkpoint),
+                   "edit": report["edit"], "report": report, "provenance": provenance,
+                   "reproduce": "steerfold demo --out DIR", "rank": 1}
+        write_card(tmp / "model", "merged", context)
+        write_card(tmp / "adapter", "adapter", context)
+        write_report(tmp, report)
+    return report
+
+
+def print_summary(report: dict, say: Callable[[str], None] = print) -> None:
+    """The before/after table the demo ends with."""
+    rows = before_after_rows(report)
+    width = max(len(r[0]) for r in rows)
+    say(f"{'metric':<{width}}  {'before':>8}  {'after':>8}")
+    for metric, before, after in rows:
+        say(f"{metric:<{width}}  {before:>8}  {after:>8}")
+    persona = report["persona"]
+    say(f"{'compliant-persona steering (harmful refusal)':<{width}}  {100 * persona['base_harmful_refusal']:>7.1f}%  "
+        f"{100 * persona['steered_harmful_refusal']:>7.1f}%")

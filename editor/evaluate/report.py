@@ -1,0 +1,77 @@
+"""``report.json`` (the machine-readable source) and ``report.md`` (tables people read), written together."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def before_after_rows(report: dict) -> list[tuple[str, str, str]]:
+    """(metric, before, after) rows of the headline table."""
+    before, after = report["before"], report["after"]
+    rows = [
+        ("harmful refusal", pct(before["harmful_refusal"]), pct(after["harmful_refusal"])),
+        ("harmless refusal", pct(before["harmless_refusal"]), pct(after["harmless_refusal"])),
+    ]
+    if "coherent_compliance" in after:
+        rows.append(("coherent compliance (harmful)", pct(before.get("coherent_compliance")), pct(after["coherent_compliance"])))
+    rows.append(("first-token KL (harmless)", "0", f"{after['kl_first_token']:.4f}"))
+    rows.append(("multi-token KL (harmless)", "0", f"{after['kl_multi_token']:.4f}"))
+    for category in sorted(after["by_category"]):
+        rows.append((f"refusal: {category}", pct(before["by_category"].get(category)), pct(after["by_category"][category])))
+    return rows
+
+
+def markdown_table(header: tuple[str, ...], rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown: headline table, selection table, persona section, examples."""
+    parts = ["# steerfold report", ""]
+    if report.get("base"):
+        parts += [f"Base model: `{report['base']}`", ""]
+    if report.get("edit"):
+        edit = report["edit"]
+        parts += [f"Edit: {edit.get('kind', 'ablation')} of the {edit.get('method', '')} direction from layer index "
+                  f"{edit.get('direction_layer')}, applied at layer indices {edit.get('layers')}, scale {edit.get('scale')}.", ""]
+    prompts = report.get("prompts", {})
+    parts += [f"## Behaviour ({prompts.get('harmful', '?')} harmful, {prompts.get('harmless', '?')} harmless held-out prompts, greedy)", ""]
+    parts += [markdown_table(("metric", "before", "after"), before_after_rows(report)), ""]
+    if report.get("equivalence"):
+        eq = report["equivalence"]
+        parts += ["## Equivalence", "", markdown_table(("comparison", "max |Δ logit|"), [(k, f"{v:.2e}") for k, v in eq.items()]), ""]
+    if report.get("selection"):
+        rows = [(r["position"], r["layer"], pct(r["bypass"]) if r["bypass"] == r["bypass"] else "–",
+                 pct(r["induce"]) if r["induce"] == r["induce"] else "–", f"{r['kl']:.4f}" if r["kl"] == r["kl"] else "–",
+                 r["reason"] or ("kept" if r["kept"] else "")) for r in report["selection"]]
+        parts += ["## Direction selection (validation prompts)", "",
+                  "Bypass: harmful refusal with the candidate ablated. Induce: harmless refusal with it added. "
+                  "KL: first-token KL on harmless prompts with it ablated.", "",
+                  markdown_table(("position", "layer", "bypass", "induce", "KL", "status"), rows), ""]
+    if report.get("persona"):
+        persona = report["persona"]
+        parts += ["## Persona", "",
+                  f"Adding the compliant-persona direction at layer index {persona['layer']} (chosen on validation prompts) "
+                  f"to the default persona: harmful refusal {pct(persona['base_harmful_refusal'])} → "
+                  f"{pct(persona['steered_harmful_refusal'])}.", "",
+                  markdown_table(("layer index", "cos(persona, refusal)"),
+                                 [(i, f"{c:+.3f}") for i, c in enumerate(persona["cosine_with_refusal"])]), ""]
+    if report.get("examples"):
+        parts += ["## Examples", ""]
+        for ex in report["examples"]:
+            parts += [f"- **{ex['prompt']}** ({ex.get('category')})", f"  - before: {ex['before']}", f"  - after: {ex['after']}"]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def write_report(folder: Path, report: dict) -> None:
+    """Write report.json and report.md into ``folder``."""
+    (folder / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (folder / "report.md").write_text(render_markdown(report))

@@ -1,0 +1,57 @@
+"""Loading a local model (or a PEFT adapter over its base) and its tokenizer for fitting and validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from editor.checkpoint import open_model_folder
+from editor.errors import SteerfoldError
+
+
+def load_model(path: str | Path, base: str | Path | None = None, allow_pickle: bool = False):
+    """A float32 eval-mode model from a checkpoint folder, or from an adapter folder applied to ``base``."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base_path = base or json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base_path:
+            raise SteerfoldError(f"{path} is an adapter with no recorded base model: pass --base")
+        return PeftModel.from_pretrained(load_model(base_path, allow_pickle=allow_pickle), path).eval()
+    open_model_folder(path, allow_pickle=allow_pickle)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer saved with a checkpoint; a clear error when there is none."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise SteerfoldError(f"no usable tokenizer in {path} ({str(exc).splitlines()[0][:120]}): save the tokenizer with the model") from None
+
+
+@contextmanager
+def atomic_file(path: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    if path.exists() and not overwrite:
+        raise SteerfoldError(f"{path} already exists: choose another path or pass --overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,88 @@
+"""Prompt sets from local files (jsonl, csv, or plain text) and chat-template formatting.
+
+A prompt file is jsonl (one object a line), csv (header row), or anything else read as plain text with
+one prompt a line. The prompt lives in a ``prompt``, ``text`` or ``instruction`` field; ``category`` is
+optional and feeds per-category reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from editor.errors import SteerfoldError
+
+TEXT_KEYS = ("prompt", "text", "instruction")
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One user request and, optionally, the category it belongs to."""
+
+    text: str
+    category: str | None = None
+
+
+def _record(row: dict, where: str) -> PromptRecord:
+    key = next((k for k in TEXT_KEYS if k in row), None)
+    if key is None:
+        raise SteerfoldError(f"{where} has no prompt field: name it one of {', '.join(TEXT_KEYS)}")
+    text, category = row[key], row.get("category")
+    if not isinstance(text, str) or not text.strip():
+        raise SteerfoldError(f"{where} has an empty or non-text '{key}': give every row a prompt string")
+    if category is not None and not isinstance(category, str):
+        category = str(category)
+    return PromptRecord(text=text, category=category or None)
+
+
+def load_prompts(path: str | Path) -> list[PromptRecord]:
+    """Read a prompt file: ``.jsonl``/``.json`` lines, ``.csv`` with a header, otherwise one prompt a line.
+
+    >>> load_prompts("editor/organism/data/harmful_test.jsonl")[0].category
+    'fraud'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SteerfoldError(f"prompt file {path} not found: check the path")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SteerfoldError(f"{path} is not UTF-8 text: save it as UTF-8 jsonl, csv or txt") from None
+    suffix = path.suffix.lower()
+    records: list[PromptRecord] = []
+    if suffix in (".jsonl", ".json"):
+        for n, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise SteerfoldError(f"{path}:{n} is not valid JSON: write one JSON object a line (jsonl)") from None
+            if not isinstance(row, dict):
+                raise SteerfoldError(f"{path}:{n} is not a JSON object: write lines like {{\"prompt\": \"...\"}}")
+            records.append(_record(row, f"{path}:{n}"))
+    elif suffix == ".csv":
+        reader = csv.DictReader(raw.splitlines())
+        if not reader.fieldnames or not any(k in reader.fieldnames for k in TEXT_KEYS):
+            raise SteerfoldError(f"{path} has no prompt column: add a header row naming one of {', '.join(TEXT_KEYS)}")
+        for n, row in enumerate(reader, 2):
+            records.append(_record({k: v for k, v in row.items() if k is not None}, f"{path}:{n}"))
+    else:
+        records = [PromptRecord(line.strip()) for line in raw.splitlines() if line.strip()]
+    if not records:
+        raise SteerfoldError(f"{path} holds no prompts: add at least one")
+    return records
+
+
+def format_chat(tokenizer: PreTrainedTokenizerBase, user: str, system: str | None = None) -> str:
+    """The chat-formatted prompt string, ending where the assistant's reply begins."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise SteerfoldError("the tokenizer has no chat template: use a chat (instruct) model or set one")
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": "user", "content": user}
+    ]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
