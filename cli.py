@@ -49,14 +49,16 @@ def cli() -> None:
 @click.option("--tied-embedding", type=click.Choice(["untie", "shared"]), default="untie", show_default=True, help="With tied embeddings: give the output head an unedited copy, or edit the shared matrix.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickled pytorch_model.bin weights (they can run code when loaded).")
+@click.option("--max-shard-size", default=None, help="Largest output shard, e.g. 5GB or 500MB (default 5GB).")
 def edit(model_dir: Path, direction: Path, out: Path, fmt: str, scale: float, layers: str | None, layer: int | None,
-         no_embedding: bool, tied_embedding: str, overwrite: bool, allow_pickle: bool) -> None:
+         no_embedding: bool, tied_embedding: str, overwrite: bool, allow_pickle: bool, max_shard_size: str | None) -> None:
     """Fold the ablation of a direction into MODEL_DIR's weights (or a LoRA adapter)."""
     from editor.edit_checkpoint import EditRequest, run_edit
 
     summary = run_edit(EditRequest(
         model=model_dir, direction=direction, out=out, format=fmt, scale=scale, layers=layers, layer=layer,
         embedding=not no_embedding, overwrite=overwrite, allow_pickle=allow_pickle, tied_embedding=tied_embedding,
+        max_shard_size=max_shard_size,
     ))
     layers_text = _ranges(summary.layers)
     click.echo(f"wrote {summary.format} {summary.out} ({summary.layout.model_type}, layer indices {layers_text}, scale {scale:g})")

@@ -14,13 +14,13 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from editor.errors import SteerfoldError
+from editor.stream import TensorEntry, read_header
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
@@ -38,23 +38,32 @@ class ModelFolder:
     pickled: bool
 
     def parameter_names(self) -> list[str]:
-        names: list[str] = []
-        for shard in self.shards:
-            names.extend(shard_tensors(shard, self.pickled, names_only=True))
-        return names
+        """Every tensor name, read from the safetensors headers (pickles are loaded to list them)."""
+        if self.pickled:
+            return [name for shard in self.shards for name in _load_pickle(shard)]
+        return [entry.name for shard in self.shards for entry in read_header(shard)[0]]
 
-    def tensor(self, key: str) -> torch.Tensor:
-        """One tensor by name (reads only the shard that holds it when the checkpoint is safetensors)."""
-        for shard in self.shards:
-            if self.pickled:
-                tensors = _load_pickle(shard)
-                if key in tensors:
-                    return tensors[key]
-                continue
-            with safe_open(str(shard), framework="pt") as handle:
-                if key in handle.keys():
-                    return handle.get_tensor(key)
-        raise SteerfoldError(f"tensor '{key}' is not in {self.path}: the checkpoint is incomplete")
+    def entries(self, scratch: Path) -> list[TensorEntry]:
+        """Every tensor's location, in shard order; pickled shards are first converted into ``scratch``."""
+        files = self.shards
+        if self.pickled:
+            files = tuple(_pickle_to_safetensors(shard, scratch) for shard in self.shards)
+        return [entry for path in files for entry in read_header(path)[0]]
+
+
+def _pickle_to_safetensors(shard: Path, scratch: Path) -> Path:
+    """Convert one pickled shard to safetensors (one shard in memory at a time) so one streaming path serves both."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    out = scratch / (shard.name + ".safetensors")
+    tensors = {k: v.contiguous() for k, v in _load_pickle(shard).items()}
+    seen: dict[int, str] = {}
+    for name, tensor in list(tensors.items()):  # tied weights share storage; safetensors wants copies
+        key = tensor.untyped_storage().data_ptr()
+        if key in seen and tensor.numel():
+            tensors[name] = tensor.clone()
+        seen[key] = name
+    save_file(tensors, str(out), metadata={"format": "pt"})
+    return out
 
 
 def open_model_folder(path: str | Path, allow_pickle: bool = False) -> ModelFolder:
@@ -111,28 +120,6 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
         raise SteerfoldError(f"could not read pickled weights {path.name} ({type(exc).__name__}): convert them to safetensors") from None
 
 
-def shard_tensors(shard: Path, pickled: bool, names_only: bool = False) -> Iterator:
-    """Yield tensor names (``names_only``) or ``(name, tensor)`` pairs of one shard, one tensor at a time."""
-    if pickled:
-        tensors = _load_pickle(shard)
-        yield from (tensors if names_only else tensors.items())
-        return
-    try:
-        with safe_open(str(shard), framework="pt") as handle:
-            for key in handle.keys():
-                yield key if names_only else (key, handle.get_tensor(key))
-    except SafetensorError as exc:
-        raise SteerfoldError(f"{shard} is not a readable safetensors file ({exc}): re-download the checkpoint") from None
-
-
-def output_shard_name(shard: Path) -> str:
-    """Output name of an input shard: pickled shards come out as safetensors."""
-    name = shard.name
-    if name.endswith(".bin"):
-        name = name.replace("pytorch_model", "model")[: -len(".bin")] + ".safetensors"
-    return name
-
-
 def check_output_path(out: Path, source: Path, overwrite: bool) -> None:
     """Refuse an output that is the input (or inside it), or that exists without ``overwrite``."""
     out_resolved, source_resolved = out.resolve(), source.resolve()
@@ -181,30 +168,6 @@ def copy_side_files(source: Path, dest: Path) -> list[str]:
             shutil.copy2(item, dest / item.name)
         copied.append(item.name)
     return copied
-
-
-TensorTransform = Callable[[str, torch.Tensor], dict[str, torch.Tensor]]
-
-
-def write_transformed_checkpoint(folder: ModelFolder, dest: Path, transform: TensorTransform) -> None:
-    """Write every shard of ``folder`` into ``dest`` through ``transform`` (which may add tensors), plus an index.
-
-    ``transform(name, tensor)`` returns the tensors to write in place of one input tensor.
-    """
-    weight_map: dict[str, str] = {}
-    total_size = 0
-    for shard in folder.shards:
-        out_name = output_shard_name(shard)
-        written: dict[str, torch.Tensor] = {}
-        for name, tensor in shard_tensors(shard, folder.pickled):
-            for out_key, out_tensor in transform(name, tensor).items():
-                written[out_key] = out_tensor.contiguous()
-                weight_map[out_key] = out_name
-                total_size += out_tensor.numel() * out_tensor.element_size()
-        save_file(written, str(dest / out_name), metadata={"format": "pt"})
-    if [output_shard_name(s) for s in folder.shards] != ["model.safetensors"]:
-        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-        (dest / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
 
 def update_config(dest: Path, **changes: object) -> None:

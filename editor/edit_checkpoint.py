@@ -13,7 +13,8 @@ from editor.directions import check_hidden_size, load_direction_file
 from editor.edits import Edit, TiedEmbeddingMode, ablation_edit
 from editor.errors import SteerfoldError
 from editor.export.lora import check_lora_can_carry, write_lora_adapter
-from editor.export.merged import write_merged_checkpoint
+from editor.export.merged import DEFAULT_MAX_SHARD_BYTES, write_merged_checkpoint
+from editor.stream import parse_size
 
 OutputFormat = Literal["merged", "lora"]
 
@@ -55,6 +56,7 @@ class EditRequest:
     overwrite: bool = False
     allow_pickle: bool = False
     tied_embedding: TiedEmbeddingMode = "untie"
+    max_shard_size: str | None = None  # e.g. "5GB"; default 5 GB
 
 
 @dataclass
@@ -86,6 +88,8 @@ def build_edit(request: EditRequest, layout: ModelLayout) -> tuple[Edit, int | N
 
 def run_edit(request: EditRequest) -> EditSummary:
     """Check everything first, then write the artifact atomically; the input is never modified."""
+    if request.max_shard_size:
+        parse_size(request.max_shard_size)
     folder = open_model_folder(request.model, allow_pickle=request.allow_pickle)
     check_output_path(request.out, folder.path, request.overwrite)
     layout = resolve_layout(folder.config, folder.parameter_names())
@@ -95,7 +99,8 @@ def run_edit(request: EditRequest) -> EditSummary:
         check_lora_can_carry(edit, layout)
     with atomic_folder(request.out) as tmp:
         if request.format == "merged":
-            details = write_merged_checkpoint(folder, layout, edit, tmp)
+            max_bytes = parse_size(request.max_shard_size) if request.max_shard_size else DEFAULT_MAX_SHARD_BYTES
+            details = write_merged_checkpoint(folder, layout, edit, tmp, max_bytes)
         else:
             details = write_lora_adapter(folder, layout, edit, tmp, base_model=str(folder.path.resolve()))
     return EditSummary(request.out, request.format, layout, edit.layers, source_layer, details)

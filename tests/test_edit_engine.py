@@ -193,19 +193,21 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     folder = tmp_path / "base"
     model.save_pretrained(folder, max_shard_size="100KB")  # several shards, so the failure is mid-write
     assert len(list(folder.glob("*.safetensors"))) > 1
-    import editor.checkpoint as checkpoint
+    import editor.export.merged as merged
 
-    real_save, calls = checkpoint.save_file, []
+    real_fold, calls = merged.fold_tensor, []
 
-    def failing_save(*args, **kwargs):
+    def failing_fold(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 4:  # a few tensors (and at least one shard) are already written by then
             raise OSError("disk full")
-        return real_save(*args, **kwargs)
+        return real_fold(*args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "save_file", failing_save)
+    monkeypatch.setattr(merged, "fold_tensor", failing_fold)
     with pytest.raises(OSError):
-        run_cli("edit", folder, "--direction", write_direction(tmp_path / "d.safetensors"), "--out", tmp_path / "out")
+        run_cli("edit", folder, "--direction", write_direction(tmp_path / "d.safetensors"), "--out", tmp_path / "out",
+                "--max-shard-size", "100KB")
+    assert len(calls) == 4
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
@@ -215,7 +217,8 @@ def test_sharded_checkpoint_round_trip(tmp_path):
     folder = tmp_path / "base"
     model.save_pretrained(folder, max_shard_size="100KB")
     direction = random_direction()
-    assert run_cli("edit", folder, "--direction", write_direction(tmp_path / "d.safetensors", direction), "--out", tmp_path / "m").exit_code == 0
+    assert run_cli("edit", folder, "--direction", write_direction(tmp_path / "d.safetensors", direction), "--out", tmp_path / "m",
+                   "--max-shard-size", "100KB").exit_code == 0
     index = json.loads((tmp_path / "m" / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"])
     ids = random_tokens()

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from editor.arch import ModelLayout
-from editor.checkpoint import ModelFolder, shard_tensors
+from editor.checkpoint import ModelFolder
 from editor.edits import Edit, lora_pair, lora_rank
 from editor.errors import SteerfoldError
 
@@ -49,15 +50,15 @@ def write_lora_adapter(folder: ModelFolder, layout: ModelLayout, edit: Edit, des
     module_maps = edit.module_maps(layout)
     rank = lora_rank(module_maps)
     tensors: dict[str, torch.Tensor] = {}
-    for shard in folder.shards:
-        for name, weight in shard_tensors(shard, folder.pickled):
-            found = layout.writer_of_key(name)
-            if found is None or found[1] != "weight" or found[0].module not in module_maps:
-                continue
-            writer = found[0]
-            lora_a, lora_b = lora_pair(module_maps[writer.module], weight, writer.role == "embedding", rank)
-            key_a, key_b = lora_keys(writer.module, writer.role == "embedding")
-            tensors[key_a], tensors[key_b] = lora_a, lora_b
+    for entry in folder.entries(scratch=dest / ".scratch"):
+        found = layout.writer_of_key(entry.name)
+        if found is None or found[1] != "weight" or found[0].module not in module_maps:
+            continue
+        writer = found[0]
+        lora_a, lora_b = lora_pair(module_maps[writer.module], entry.load(), writer.role == "embedding", rank)
+        key_a, key_b = lora_keys(writer.module, writer.role == "embedding")
+        tensors[key_a], tensors[key_b] = lora_a, lora_b
+    shutil.rmtree(dest / ".scratch", ignore_errors=True)
     config = LoraConfig(
         r=rank,
         lora_alpha=rank,

@@ -1,14 +1,22 @@
-"""Write an edit folded into a merged checkpoint that ``AutoModelForCausalLM.from_pretrained`` loads."""
+"""Write an edit folded into a merged checkpoint that ``AutoModelForCausalLM.from_pretrained`` loads.
+
+Streaming: tensors the edit does not touch are copied byte for byte, residual writers are folded one tensor at
+a time, so memory stays at a few tensors whatever the model size (see ``editor.stream``).
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 
 from editor.arch import ModelLayout
-from editor.checkpoint import ModelFolder, copy_side_files, update_config, write_transformed_checkpoint
+from editor.checkpoint import ModelFolder, copy_side_files, update_config
 from editor.edits import Edit, fold_tensor
+from editor.stream import OutputTensor, plan_shards, write_index, write_shards
+
+DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 
 
 def unties_output_head(edit: Edit, layout: ModelLayout) -> bool:
@@ -16,22 +24,32 @@ def unties_output_head(edit: Edit, layout: ModelLayout) -> bool:
     return edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "untie"
 
 
-def write_merged_checkpoint(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path) -> dict:
-    """Fold the edit into every residual writer shard by shard; every other tensor passes through unchanged."""
+def write_merged_checkpoint(
+    folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+) -> dict:
+    """Fold the edit into every residual writer; every other tensor passes through unchanged."""
     edit.check_foldable(layout)
     module_maps = edit.module_maps(layout)
     untie = unties_output_head(edit, layout)
     embedding_key = f"{layout.embedding.module}.weight"
     head_key = f"{layout.architecture.lm_head}.weight"
 
-    def transform(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {name: fold_tensor(name, tensor, layout, module_maps)}
-        if untie and name == embedding_key and not layout.has_lm_head_tensor:
-            out[head_key] = tensor
-        return out
+    outputs: list[OutputTensor] = []
+    for entry in folder.entries(scratch=dest / ".scratch"):
+        found = layout.writer_of_key(entry.name)
+        outputs.append(OutputTensor(entry.name, entry, transform=found is not None and found[0].module in module_maps))
+        if untie and entry.name == embedding_key and not layout.has_lm_head_tensor:
+            outputs.append(OutputTensor(head_key, entry, transform=False))
+
+    def transform(name: str, tensor: torch.Tensor) -> torch.Tensor:
+        return fold_tensor(name, tensor, layout, module_maps)
 
     copy_side_files(folder.path, dest)
-    write_transformed_checkpoint(folder, dest, transform)
+    shards = plan_shards(outputs, max_shard_bytes)
+    weight_map = write_shards(shards, dest, transform)
+    shutil.rmtree(dest / ".scratch", ignore_errors=True)
+    if len(shards) > 1:
+        write_index(dest, weight_map, sum(t.source.nbytes for t in outputs))
     if untie:
         update_config(dest, tie_word_embeddings=False)
-    return {"untied_output_head": untie, "edited_modules": len(module_maps)}
+    return {"untied_output_head": untie, "edited_modules": len(module_maps), "shards": len(shards)}

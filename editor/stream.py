@@ -1,0 +1,181 @@
+"""Streaming safetensors I/O: plan output shards from input headers, write each header before its data,
+copy untouched tensors byte for byte, and transform the others one tensor at a time.
+
+Peak memory is a few copies of the largest edited tensor, whatever the model or shard size: shapes and dtypes
+never change, so every output header is known before any data is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable
+
+import torch
+
+from editor.errors import SteerfoldError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+COPY_CHUNK = 64 << 20
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor's bytes are in an input safetensors file."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+    start: int  # absolute byte offset in the file
+    nbytes: int
+
+    def load(self) -> torch.Tensor:
+        """Read just this tensor."""
+        with open(self.file, "rb") as handle:
+            handle.seek(self.start)
+            data = bytearray(handle.read(self.nbytes))
+        if self.nbytes == 0:
+            return torch.empty(self.shape, dtype=DTYPES[self.dtype])
+        return torch.frombuffer(data, dtype=DTYPES[self.dtype]).reshape(self.shape)
+
+    def copy_to(self, out: BinaryIO) -> None:
+        """Copy the raw bytes into ``out`` (in-kernel where the OS allows)."""
+        with open(self.file, "rb") as handle:
+            remaining, offset = self.nbytes, self.start
+            out.flush()
+            while remaining:
+                step = min(remaining, COPY_CHUNK)
+                try:
+                    sent = os.copy_file_range(handle.fileno(), out.fileno(), step, offset)
+                except (AttributeError, OSError):
+                    handle.seek(offset)
+                    sent = out.write(handle.read(step))
+                if sent == 0:
+                    raise SteerfoldError(f"{self.file} ended early while copying '{self.name}': the shard is truncated; re-download it")
+                remaining -= sent
+                offset += sent
+            out.seek(0, os.SEEK_END)
+
+
+def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
+    """Tensor entries (in file order) and metadata of one safetensors file, without reading any data."""
+    try:
+        with open(path, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            if size > 100 << 20:
+                raise ValueError("header too large")
+            header = json.loads(handle.read(size))
+    except (struct.error, ValueError, UnicodeDecodeError, OSError) as exc:
+        raise SteerfoldError(f"{path} is not a readable safetensors file ({exc}): re-download the checkpoint") from None
+    metadata = header.pop("__metadata__", None) or {}
+    base = 8 + size
+    entries = []
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        if info["dtype"] not in DTYPES:
+            raise SteerfoldError(f"tensor '{name}' in {path.name} has dtype {info['dtype']}, which steerfold cannot read yet")
+        entries.append(TensorEntry(name, info["dtype"], tuple(info["shape"]), path, base + begin, end - begin))
+    entries.sort(key=lambda e: e.start)
+    return entries, metadata
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """One tensor of the output: its name, and the input entry its bytes (maybe transformed) come from."""
+
+    name: str
+    source: TensorEntry
+    transform: bool  # False: copy the bytes as they are
+
+
+Transform = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+def plan_shards(tensors: list[OutputTensor], max_shard_bytes: int | None) -> list[list[OutputTensor]]:
+    """Group tensors into shards of at most ``max_shard_bytes`` (one tensor larger than that gets its own)."""
+    if not max_shard_bytes:
+        return [tensors]
+    shards: list[list[OutputTensor]] = [[]]
+    size = 0
+    for tensor in tensors:
+        if shards[-1] and size + tensor.source.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(tensor)
+        size += tensor.source.nbytes
+    return shards
+
+
+def shard_names(count: int) -> list[str]:
+    """Standard Hugging Face shard names."""
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def _header_bytes(tensors: Iterable[OutputTensor], metadata: dict[str, str]) -> bytes:
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for tensor in tensors:
+        source = tensor.source
+        header[tensor.name] = {"dtype": source.dtype, "shape": list(source.shape), "data_offsets": [offset, offset + source.nbytes]}
+        offset += source.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a contiguous CPU tensor."""
+    flat = tensor.detach().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def write_shards(shards: list[list[OutputTensor]], dest: Path, transform: Transform) -> dict[str, str]:
+    """Write every planned shard into ``dest``; returns the weight map (tensor name → file name)."""
+    names = shard_names(len(shards))
+    weight_map: dict[str, str] = {}
+    for name, tensors in zip(names, shards):
+        with open(dest / name, "wb") as out:
+            out.write(_header_bytes(tensors, {"format": "pt"}))
+            for tensor in tensors:
+                if tensor.transform:
+                    edited = transform(tensor.name, tensor.source.load())
+                    expected = (DTYPES[tensor.source.dtype], torch.Size(tensor.source.shape))
+                    if (edited.dtype, edited.shape) != expected:
+                        raise AssertionError(f"transform changed {tensor.name}: {edited.dtype}, {tuple(edited.shape)}")
+                    out.write(tensor_bytes(edited))
+                else:
+                    tensor.source.copy_to(out)
+                weight_map[tensor.name] = name
+    return weight_map
+
+
+def write_index(dest: Path, weight_map: dict[str, str], total_size: int) -> None:
+    """``model.safetensors.index.json`` with the total size and the sorted weight map."""
+    index = {"metadata": {"total_size": total_size, "format": "pt"}, "weight_map": dict(sorted(weight_map.items()))}
+    (dest / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def parse_size(text: str) -> int:
+    """``5GB``, ``500MB``, ``2GiB`` or a byte count → bytes."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    cleaned = text.strip().upper().replace(" ", "")
+    number = cleaned.rstrip("KMGTIB")
+    unit = cleaned[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1
+    if unit not in units or value <= 0:
+        raise SteerfoldError(f"--max-shard-size '{text}' is not a size: write e.g. 5GB, 500MB or 2GiB")
+    return int(value * units[unit])

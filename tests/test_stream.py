@@ -1,0 +1,60 @@
+"""Streaming export: bitwise equal to the in-memory fold, standard shard names, sizes respected."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors import safe_open
+
+from cli import cli
+from conftest import LAYERS, build_tiny_model, random_direction, write_direction
+from editor.edits import ablation_edit, fold_model
+from editor.errors import SteerfoldError
+from editor.stream import parse_size, read_header
+
+
+def load_all(folder):
+    tensors = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            tensors.update({k: handle.get_tensor(k) for k in handle.keys()})
+    return tensors
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_streamed_output_is_bitwise_the_in_memory_fold(tmp_path, tied):
+    model = build_tiny_model("qwen2", tie_word_embeddings=tied).to(torch.bfloat16)
+    folder = tmp_path / "base"
+    model.save_pretrained(folder, max_shard_size="60KB")
+    direction = random_direction()
+    result = CliRunner().invoke(cli, ["edit", str(folder), "--direction", str(write_direction(tmp_path / "d.safetensors", direction)),
+                                      "--out", str(tmp_path / "out"), "--max-shard-size", "90KB"])
+    assert result.exit_code == 0, result.output
+
+    fold_model(model, ablation_edit(direction, range(LAYERS + 1)))
+    expected = {k: v for k, v in model.state_dict().items()}
+    streamed = load_all(tmp_path / "out")
+    assert set(streamed) == set(expected) | ({"lm_head.weight"} if tied else set())
+    for name, tensor in streamed.items():
+        assert tensor.dtype == torch.bfloat16
+        assert torch.equal(tensor, expected[name]), name
+
+    files = sorted(p.name for p in (tmp_path / "out").glob("*.safetensors"))
+    assert files == [f"model-{i:05d}-of-{len(files):05d}.safetensors" for i in range(1, len(files) + 1)]
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(streamed) and set(index["weight_map"].values()) == set(files)
+    for path in (tmp_path / "out").glob("*.safetensors"):
+        entries, metadata = read_header(path)
+        assert metadata == {"format": "pt"}
+        big = [e.nbytes for e in entries]
+        assert sum(big) <= 90_000 or len(big) == 1
+
+
+def test_parse_size():
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("2GiB") == 2 * 2**30 and parse_size("100KB") == 100_000
+    for bad in ("", "GB", "-1MB", "5XB"):
+        with pytest.raises(SteerfoldError, match="max-shard-size"):
+            parse_size(bad)
