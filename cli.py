@@ -113,6 +113,22 @@ def inspect(model_dir: Path, as_json: bool, allow_pickle: bool) -> None:
         click.echo(f"  {'yes' if c.exact else 'no ':<4} {c.artifact:<20} {c.edit_kind:<40} {c.note}")
 
 
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+def verify(folder: Path) -> None:
+    """Re-check FOLDER's SHA256SUMS and shard index; exit 1 on any mismatch."""
+    from editor.export.checksums import SUMS, verify as verify_folder
+
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder: pass a folder written by steerfold")
+    problems = verify_folder(folder)
+    for problem in problems:
+        click.echo(f"FAILED: {problem}", err=True)
+    if problems:
+        raise SystemExit(1)
+    click.echo(f"OK: every file matches {SUMS} and the shard index is consistent")
+
+
 def _records(path: Path | None):
     from editor.prompts import load_prompts
 

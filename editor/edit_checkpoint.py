@@ -12,6 +12,7 @@ from editor.checkpoint import atomic_folder, check_output_path, open_model_folde
 from editor.directions import check_hidden_size, load_direction_file
 from editor.edits import Edit, TiedEmbeddingMode, ablation_edit
 from editor.errors import SteerfoldError
+from editor.export.checksums import write_checksums
 from editor.export.lora import check_lora_can_carry, write_lora_adapter
 from editor.export.merged import DEFAULT_MAX_SHARD_BYTES, write_merged_checkpoint
 from editor.stream import parse_size
@@ -103,4 +104,5 @@ def run_edit(request: EditRequest) -> EditSummary:
             details = write_merged_checkpoint(folder, layout, edit, tmp, max_bytes)
         else:
             details = write_lora_adapter(folder, layout, edit, tmp, base_model=str(folder.path.resolve()))
+        write_checksums(tmp)
     return EditSummary(request.out, request.format, layout, edit.layers, source_layer, details)
