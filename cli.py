@@ -38,7 +38,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir")
 @click.option("--direction", "direction", required=True, type=click.Path(path_type=Path), help="Direction file (.safetensors with 'direction' or 'directions').")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (written atomically).")
 @click.option("--format", "fmt", type=click.Choice(["merged", "lora"]), default="merged", show_default=True, help="Merged checkpoint or PEFT LoRA adapter.")
@@ -50,15 +50,19 @@ def cli() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickled pytorch_model.bin weights (they can run code when loaded).")
 @click.option("--max-shard-size", default=None, help="Largest output shard, e.g. 5GB or 500MB (default 5GB).")
+@click.option("--revision", default=None, help="Revision (branch, tag or commit) when MODEL_DIR is a Hub id.")
 def edit(model_dir: Path, direction: Path, out: Path, fmt: str, scale: float, layers: str | None, layer: int | None,
-         no_embedding: bool, tied_embedding: str, overwrite: bool, allow_pickle: bool, max_shard_size: str | None) -> None:
-    """Fold the ablation of a direction into MODEL_DIR's weights (or a LoRA adapter)."""
+         no_embedding: bool, tied_embedding: str, overwrite: bool, allow_pickle: bool, max_shard_size: str | None, revision: str | None) -> None:
+    """Fold the ablation of a direction into MODEL_DIR's weights (or a LoRA adapter).
+
+    MODEL_DIR is a local checkpoint folder or a Hub id (fetched through huggingface_hub's cache).
+    """
     from editor.edit_checkpoint import EditRequest, run_edit
 
     summary = run_edit(EditRequest(
         model=model_dir, direction=direction, out=out, format=fmt, scale=scale, layers=layers, layer=layer,
         embedding=not no_embedding, overwrite=overwrite, allow_pickle=allow_pickle, tied_embedding=tied_embedding,
-        max_shard_size=max_shard_size,
+        max_shard_size=max_shard_size, revision=revision,
     ))
     layers_text = _ranges(summary.layers)
     click.echo(f"wrote {summary.format} {summary.out} ({summary.layout.model_type}, layer indices {layers_text}, scale {scale:g})")
@@ -67,16 +71,18 @@ def edit(model_dir: Path, direction: Path, out: Path, fmt: str, scale: float, la
 
 
 @cli.command()
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickled pytorch_model.bin weights.")
-def inspect(model_dir: Path, as_json: bool, allow_pickle: bool) -> None:
+@click.option("--revision", default=None, help="Revision when MODEL_DIR is a Hub id.")
+def inspect(model_dir: str, as_json: bool, allow_pickle: bool, revision: str | None) -> None:
     """Show MODEL_DIR's residual writers and which artifacts can carry which edit exactly."""
     from editor.arch import resolve_layout
     from editor.checkpoint import open_model_folder
+    from editor.hub import resolve_model
     from editor.portability import carriers
 
-    folder = open_model_folder(model_dir, allow_pickle=allow_pickle)
+    folder = open_model_folder(resolve_model(model_dir, revision), allow_pickle=allow_pickle)
     layout = resolve_layout(folder.config, folder.parameter_names())
     table = carriers(layout)
     info = {
@@ -127,6 +133,32 @@ def verify(folder: Path) -> None:
     if problems:
         raise SystemExit(1)
     click.echo(f"OK: every file matches {SUMS} and the shard index is consistent")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repository as private.")
+@click.option("--revision", default=None, help="Branch to commit to (created if missing).")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
+@click.option("--commit-message", default=None, help="Commit message (default: 'Upload FOLDER with steerfold').")
+@click.option("--dry-run", is_flag=True, help="Print what would be uploaded, without any network access.")
+def push(folder: Path, repo_id: str, private: bool, revision: str | None, create_pr: bool, commit_message: str | None,
+         dry_run: bool) -> None:
+    """Upload FOLDER to the Hub repository REPO_ID in one commit (token: HF_TOKEN or the stored login)."""
+    from editor.hub import REPO_ID, plan_push, push_folder
+
+    if dry_run:
+        if not REPO_ID.match(repo_id):
+            raise UserError(f"'{repo_id}' is not a repository id: write it as owner/name")
+        files = plan_push(folder)
+        target = f"{repo_id} ({'private' if private else 'public'}), revision {revision or 'main'}" + (", as a pull request" if create_pr else "")
+        click.echo(f"would upload {len(files)} files, {sum(f.size for f in files):,} bytes, to {target}:")
+        for f in files:
+            click.echo(f"  {f.size:>14,}  {f.path_in_repo}")
+        return
+    url = push_folder(folder, repo_id, private, revision, create_pr, commit_message)
+    click.echo(f"pushed {folder} to {url}")
 
 
 def _records(path: Path | None):

@@ -12,6 +12,7 @@ from editor.checkpoint import atomic_folder, check_output_path, open_model_folde
 from editor.directions import check_hidden_size, load_direction_file
 from editor.edits import Edit, TiedEmbeddingMode, ablation_edit
 from editor.errors import SteerfoldError
+from editor.hub import resolve_model
 from editor.export.checksums import write_checksums
 from editor.export.lora import check_lora_can_carry, write_lora_adapter
 from editor.export.merged import DEFAULT_MAX_SHARD_BYTES, write_merged_checkpoint
@@ -46,7 +47,7 @@ def parse_layers(spec: str | None, num_layers: int) -> list[int]:
 class EditRequest:
     """What ``steerfold edit`` was asked to do."""
 
-    model: Path
+    model: str | Path  # a local folder or a Hub id
     direction: Path
     out: Path
     format: OutputFormat = "merged"
@@ -58,6 +59,7 @@ class EditRequest:
     allow_pickle: bool = False
     tied_embedding: TiedEmbeddingMode = "untie"
     max_shard_size: str | None = None  # e.g. "5GB"; default 5 GB
+    revision: str | None = None  # for a Hub id
 
 
 @dataclass
@@ -91,7 +93,7 @@ def run_edit(request: EditRequest) -> EditSummary:
     """Check everything first, then write the artifact atomically; the input is never modified."""
     if request.max_shard_size:
         parse_size(request.max_shard_size)
-    folder = open_model_folder(request.model, allow_pickle=request.allow_pickle)
+    folder = open_model_folder(resolve_model(request.model, request.revision), allow_pickle=request.allow_pickle)
     check_output_path(request.out, folder.path, request.overwrite)
     layout = resolve_layout(folder.config, folder.parameter_names())
     edit, source_layer = build_edit(request, layout)

@@ -1,0 +1,117 @@
+"""Every call to the Hugging Face Hub goes through this module: fetching a model snapshot and pushing a folder.
+
+Tests reach it through one seam: ``fetch_snapshot`` takes the download function and ``push_folder`` takes the
+``HfApi``. The token comes from ``HF_TOKEN`` or the stored login, inside huggingface_hub; steerfold never reads,
+prints or writes it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from editor.errors import SteerfoldError
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "tokenizer*"]
+
+
+def looks_like_repo_id(text: str) -> bool:
+    return bool(REPO_ID.match(text)) and not Path(text).exists()
+
+
+def _hub_error(exc: Exception, repo_id: str, revision: str | None) -> SteerfoldError:
+    """One line for each way a Hub call fails."""
+    from huggingface_hub import errors
+
+    where = f"{repo_id}" + (f" at revision {revision}" if revision else "")
+    if isinstance(exc, (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError)):
+        return SteerfoldError(f"{where} is not in the local cache and the Hub cannot be reached (offline): "
+                              "download it once with network access, or pass a local folder")
+    if isinstance(exc, errors.GatedRepoError):
+        return SteerfoldError(f"{where} is gated: accept its terms on the Hub, then log in (hf auth login) or set HF_TOKEN")
+    if isinstance(exc, errors.RevisionNotFoundError):
+        return SteerfoldError(f"revision {revision} of {repo_id} does not exist: check --revision")
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        return SteerfoldError(f"{repo_id} does not exist or is private: check the id, or log in (hf auth login) or set HF_TOKEN")
+    if isinstance(exc, errors.HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            return SteerfoldError(f"the Hub refused access to {where} (HTTP {status}): log in (hf auth login) or set HF_TOKEN with write access")
+        return SteerfoldError(f"the Hub answered HTTP {status} for {where}: try again later")
+    return SteerfoldError(f"cannot reach the Hub for {where} ({type(exc).__name__}): check your network, or pass a local folder")
+
+
+def fetch_snapshot(repo_id: str, revision: str | None = None, download: Callable[..., str] | None = None) -> Path:
+    """A local folder holding the model files of ``repo_id`` (from huggingface_hub's cache when present)."""
+    from huggingface_hub import snapshot_download
+
+    download = download or snapshot_download
+    try:
+        return Path(download(repo_id, revision=revision, allow_patterns=MODEL_FILES))
+    except Exception as exc:  # every failure of the download becomes one line
+        raise _hub_error(exc, repo_id, revision) from None
+
+
+def resolve_model(model: str | Path, revision: str | None = None, download: Callable[..., str] | None = None) -> Path:
+    """A local folder for MODEL: the path itself, or a snapshot of a Hub id."""
+    text = str(model)
+    if Path(text).exists() or not looks_like_repo_id(text):
+        if revision is not None and Path(text).exists():
+            raise SteerfoldError(f"--revision applies to Hub ids, but {text} is a local folder: drop --revision")
+        return Path(text)
+    return fetch_snapshot(text, revision, download)
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    path_in_repo: str
+    local: Path
+    size: int
+
+
+def plan_push(folder: Path) -> list[PlannedFile]:
+    """Every file that a push of ``folder`` uploads (hidden files and folders excluded)."""
+    if not folder.is_dir():
+        raise SteerfoldError(f"{folder} is not a folder: pass a folder written by steerfold")
+    files = [
+        PlannedFile(p.relative_to(folder).as_posix(), p, p.stat().st_size)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+    if not files:
+        raise SteerfoldError(f"{folder} is empty: nothing to push")
+    return files
+
+
+def push_folder(
+    folder: Path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    commit_message: str | None = None,
+    api: Any = None,
+) -> str:
+    """Create the repo if needed, then upload every file in one atomic commit; returns the commit URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    if not REPO_ID.match(repo_id):
+        raise SteerfoldError(f"'{repo_id}' is not a repository id: write it as owner/name")
+    files = plan_push(folder)
+    api = api or HfApi()
+    message = commit_message or f"Upload {folder.name} with steerfold"
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        operations = [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=str(f.local)) for f in files]
+        info = api.create_commit(repo_id, operations, commit_message=message, revision=revision,
+                                 create_pr=create_pr, repo_type="model")
+    except SteerfoldError:
+        raise
+    except Exception as exc:
+        raise _hub_error(exc, repo_id, revision) from None
+    return str(getattr(info, "pr_url", None) or getattr(info, "commit_url", info))

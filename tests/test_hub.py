@@ -1,0 +1,130 @@
+"""Hub code paths through their one seam: an injected download function and an injected HfApi."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from click.testing import CliRunner
+from huggingface_hub import errors
+
+from cli import cli
+from conftest import build_tiny_model, save_tiny_model, write_direction
+from editor.errors import SteerfoldError
+from editor.hub import fetch_snapshot, push_folder, resolve_model
+
+
+class FakeResponse:
+    def __init__(self, status_code):
+        self.status_code = status_code
+        self.headers = {}
+        self.request = None
+
+
+def raiser(exc):
+    def download(*_args, **_kwargs):
+        raise exc
+    return download
+
+
+@pytest.mark.parametrize("exc,fragment", [
+    (errors.LocalEntryNotFoundError("not cached"), "offline"),
+    (errors.OfflineModeIsEnabled("offline"), "offline"),
+    (ConnectionError("no route"), "cannot reach the Hub"),
+])
+def test_fetch_failures_are_one_line(exc, fragment):
+    with pytest.raises(SteerfoldError, match=fragment):
+        fetch_snapshot("owner/model", download=raiser(exc))
+
+
+def test_real_download_offline_with_empty_cache(tmp_path, monkeypatch):
+    """The real huggingface_hub path, forced offline with an empty cache: one clear line, no network."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SteerfoldError, match="not in the local cache"):
+        fetch_snapshot("owner/model")
+
+
+def test_edit_accepts_a_hub_id_through_the_seam(tmp_path, monkeypatch):
+    folder = save_tiny_model(build_tiny_model("llama"), tmp_path / "snapshot")
+    calls = []
+
+    def download(repo_id, revision=None, allow_patterns=None):
+        calls.append((repo_id, revision))
+        return str(folder)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    result = CliRunner().invoke(cli, ["edit", "owner/tiny-llama", "--revision", "v1", "--direction",
+                                      str(write_direction(tmp_path / "d.safetensors")), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert calls == [("owner/tiny-llama", "v1")]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_local_folder_with_revision_is_refused(tmp_path):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(SteerfoldError, match="drop --revision"):
+        resolve_model(tmp_path / "m", revision="main")
+
+
+class RecordingApi:
+    """Stands in for HfApi and records what a push asks of the Hub."""
+
+    def __init__(self, fail_with=None):
+        self.calls, self.fail_with = [], fail_with
+
+    def create_repo(self, repo_id, **kwargs):
+        if self.fail_with:
+            raise self.fail_with
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def create_branch(self, repo_id, **kwargs):
+        self.calls.append(("create_branch", repo_id, kwargs))
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        ops = {op.path_in_repo: hashlib.sha256(open(op.path_or_fileobj, "rb").read()).hexdigest() for op in operations}
+        self.calls.append(("create_commit", repo_id, {"files": ops, **kwargs}))
+        return type("Info", (), {"commit_url": f"https://hub.invalid/{repo_id}/commit/1", "pr_url": None})()
+
+
+def test_push_makes_one_commit_with_every_file(tmp_path):
+    folder = tmp_path / "artifact"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.json").write_text("{}")
+    (folder / "sub" / "b.bin").write_bytes(b"\x00\x01")
+    (folder / ".hidden").write_text("skip")
+    api = RecordingApi()
+    url = push_folder(folder, "me/edited", private=True, revision="edit-1", commit_message="msg", api=api)
+    assert url.endswith("/commit/1")
+    (_, _, repo), (_, _, branch), (_, repo_id, commit) = api.calls
+    assert repo == {"private": True, "exist_ok": True, "repo_type": "model"}
+    assert branch["branch"] == "edit-1"
+    assert repo_id == "me/edited" and commit["commit_message"] == "msg" and commit["revision"] == "edit-1"
+    assert commit["files"] == {"a.json": hashlib.sha256(b"{}").hexdigest(), "sub/b.bin": hashlib.sha256(b"\x00\x01").hexdigest()}
+
+
+def test_push_auth_failure_is_one_line(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f.txt").write_text("x")
+    failure = errors.HfHubHTTPError("401 Unauthorized", response=FakeResponse(401))
+    with pytest.raises(SteerfoldError, match="HF_TOKEN"):
+        push_folder(tmp_path / "a", "me/x", api=RecordingApi(fail_with=failure))
+    with pytest.raises(SteerfoldError, match="cannot reach"):
+        push_folder(tmp_path / "a", "me/x", api=RecordingApi(fail_with=ConnectionError("down")))
+
+
+def test_push_dry_run_prints_the_plan_offline(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"x" * 10)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    result = CliRunner().invoke(cli, ["push", str(tmp_path / "a"), "me/x", "--private", "--dry-run"])
+    assert result.exit_code == 0
+    assert "model.safetensors" in result.output and "me/x (private), revision main" in result.output
+    assert "hf_secret_value" not in result.output
+    bad = CliRunner().invoke(cli, ["push", str(tmp_path / "a"), "not a repo", "--dry-run"])
+    assert bad.exit_code == 2 and bad.output.startswith("error:")
