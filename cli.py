@@ -225,7 +225,9 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
     with atomic_file(out, overwrite) as tmp:
         save_direction_file(tmp, result.file)
     c = result.chosen
-    click.echo(f"chose layer index {c.layer}, position {c.position}: bypass {c.bypass:.1%}, induce {c.induce:.1%}, KL {c.kl:.4f}")
+    base = result.baseline["harmful_refusal_score"]
+    click.echo(f"chose layer index {c.layer}, position {c.position}: refusal score {base:.3f} → {c.bypass:.3f} ablated, "
+               f"induce {c.induce:.3f}, KL {c.kl:.4f}")
     click.echo(f"wrote {out}")
 
 

@@ -21,6 +21,7 @@ from editor.evaluate.behaviour import chat_texts, refusal, respond
 from editor.evaluate.report import before_after_rows, write_report
 from editor.evaluate.validate import EvalSets, validate
 from editor.export.card import write_card
+from editor.export.checksums import write_checksums
 from editor.fit import fit_persona_direction, fit_refusal_direction
 from editor.organism import PERSONAS, SHIPPED_CHECKPOINT, coherent_compliance, load_split
 
@@ -78,7 +79,7 @@ def run_demo(out: Path, overwrite: bool = False, checkpoint: Path = SHIPPED_CHEC
     )
     direction = fit.file.directions[fit.chosen.layer]
     say(f"chose layer index {fit.chosen.layer}, position {fit.chosen.position} "
-        f"(validation bypass {fit.chosen.bypass:.0%}, induce {fit.chosen.induce:.0%}, KL {fit.chosen.kl:.4f})")
+        f"(validation refusal score {fit.baseline['harmful_refusal_score']:.3f} → {fit.chosen.bypass:.3f} ablated, KL {fit.chosen.kl:.4f})")
 
     with atomic_folder(out) as tmp:
         direction_path = tmp / "direction.safetensors"
@@ -112,6 +113,7 @@ def run_demo(out: Path, overwrite: bool = False, checkpoint: Path = SHIPPED_CHEC
                      "direction_layer": fit.chosen.layer, "position": fit.chosen.position,
                      "untied_output_head": merged.details.get("untied_output_head", False)},
             "selection": [row.as_dict() for row in fit.table],
+            "selection_baseline": fit.baseline,
             "persona": persona,
         })
         provenance = {k: v for k, v in fit.file.metadata.items() if k.endswith("_hash") or k in ("method", "steerfold_version")}
@@ -121,6 +123,8 @@ def run_demo(out: Path, overwrite: bool = False, checkpoint: Path = SHIPPED_CHEC
         write_card(tmp / "model", "merged", context)
         write_card(tmp / "adapter", "adapter", context)
         write_report(tmp, report)
+        for folder in (tmp / "model", tmp / "adapter", tmp):
+            write_checksums(folder)
     return report
 
 

@@ -42,6 +42,7 @@ class RefusalFit:
 
     file: DirectionFile
     table: list[Candidate]
+    baseline: dict  # base refusal scores the candidates are compared with, and the refusal tokens
     chosen: Candidate
     candidates: torch.Tensor  # [P, L+1, d] difference of means at every candidate
 
@@ -66,10 +67,10 @@ def fit_refusal_direction(
         layers, positions, settings.batch_size,
     )
     scored_layers = [layer for layer in layers if layer < settings.max_layer_fraction * num_layers]
-    table = score_candidates(
+    table, baseline = score_candidates(
         model, tokenizer, diffs[:, scored_layers], positions, scored_layers, harmful_val, harmless_val, settings, system
     )
-    chosen = choose(table, num_layers, settings)
+    chosen = choose(table, num_layers, settings, min_induce=baseline["harmless_refusal_score"])
     p = positions.index(chosen.position)
     metadata = {
         "method": "diff_in_means",
@@ -82,9 +83,10 @@ def fit_refusal_direction(
         "harmful_val_hash": prompt_hash(harmful_val),
         "harmless_val_hash": prompt_hash(harmless_val),
         "selection": json.dumps([row.as_dict() for row in table]),
+        "selection_baseline": json.dumps(baseline),
         "steerfold_version": VERSION,
     }
-    return RefusalFit(DirectionFile(directions=diffs[p], metadata=metadata), table, chosen, diffs)
+    return RefusalFit(DirectionFile(directions=diffs[p], metadata=metadata), table, baseline, chosen, diffs)
 
 
 def fit_persona_direction(

@@ -1,14 +1,17 @@
 """Choosing the refusal direction among (position, layer) candidates, the selection of Arditi et al. (2024).
 
-For each candidate difference-in-means vector r:
+Scores use the refusal score of Arditi et al.: the probability that the first response token is one that opens
+a refusal (the set of first tokens of the base model's own refusals on the validation harmful prompts). For each
+candidate difference-in-means vector r:
 
-- bypass score: refusal rate on validation harmful prompts with r ablated from every residual writer;
-- induce score: refusal rate on validation harmless prompts with r added at the candidate's layer;
+- bypass score: mean refusal-token probability on validation harmful prompts with r ablated everywhere;
+- induce score: mean refusal-token probability on validation harmless prompts with r added at its layer;
 - KL: first-token KL(base ‖ ablated) on validation harmless prompts.
 
-Candidates in the last ``1 - max_layer_fraction`` of layers, those whose ablation moves harmless behaviour by
-more than ``max_kl``, and those whose addition induces no refusal are filtered out; the lowest bypass score wins
-(ties: lower KL). The whole table is returned so it can be recorded in the direction file and the report.
+Candidates in the last ``1 - max_layer_fraction`` of layers, those whose ablation moves harmless behaviour by more
+than ``max_kl``, and those whose addition does not raise the refusal score above the base's are filtered out; the
+lowest bypass score wins (ties: lower KL). One forward pass per prompt set and candidate, no generation: the
+chosen direction is then checked by generation in validation. The whole table is kept for the file and report.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor.edits import ablation_edit, steering_edit
 from editor.errors import SteerfoldError
-from editor.evaluate.behaviour import chat_texts, refusal, respond
-from editor.evaluate.divergence import first_token_kl, runner
+from editor.activations import encode, left_padded, text_batches
+from editor.evaluate.behaviour import chat_texts
+from editor.evaluate.divergence import Runner, kl, runner
+from editor.evaluate.refusal import is_refusal
 from editor.prompts import PromptRecord
 
 
@@ -32,9 +37,9 @@ class Candidate:
 
     position: int
     layer: int
-    bypass: float
-    induce: float
-    kl: float
+    bypass: float | None  # refusal score on harmful prompts, direction ablated (None: not scored)
+    induce: float | None  # refusal score on harmless prompts, direction added at its layer
+    kl: float | None
     norm: float
     kept: bool = False
     reason: str = ""
@@ -49,9 +54,42 @@ class SelectionSettings:
 
     max_layer_fraction: float = 0.8
     max_kl: float = 0.1
-    min_induce: float = 0.0
-    max_new_tokens: int = 12
     batch_size: int = 32
+
+
+@torch.no_grad()
+def refusal_first_tokens(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, harmful: Sequence[PromptRecord], system: str | None = None
+) -> list[int]:
+    """Ids of the first generated token of the base model's own refusals of ``harmful`` (greedy, marker-detected)."""
+    first: set[int] = set()
+    for inputs, mask in text_batches(tokenizer, chat_texts(tokenizer, harmful, system), 32, torch.device("cpu")):
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False, num_beams=1,
+                             pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+        generated = out[:, mask.shape[1] :]
+        for row in generated:
+            if is_refusal(tokenizer.decode(row, skip_special_tokens=True)):
+                first.add(int(row[0]))
+    if not first:
+        raise SteerfoldError(
+            "the model refuses none of the validation harmful prompts: there is no refusal to remove "
+            "(check --system and the chat template, or use prompts it refuses)"
+        )
+    return sorted(first)
+
+
+def refusal_probability(logits: torch.Tensor, refusal_tokens: list[int]) -> torch.Tensor:
+    """Probability mass of the refusal tokens at the first response position, per prompt."""
+    return logits[:, -1].softmax(-1)[:, refusal_tokens].sum(-1)
+
+
+@torch.no_grad()
+def _last_logits(run: Runner, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int) -> torch.Tensor:
+    rows = []
+    with left_padded(tokenizer):
+        for start in range(0, len(texts), batch_size):
+            rows.append(run(encode(tokenizer, texts[start : start + batch_size], torch.device("cpu")))[:, -1:])
+    return torch.cat(rows)
 
 
 def score_candidates(
@@ -64,31 +102,40 @@ def score_candidates(
     harmless: Sequence[PromptRecord],
     settings: SelectionSettings = SelectionSettings(),
     system: str | None = None,
-) -> list[Candidate]:
-    """Bypass, induce and KL scores of every candidate ``diffs[p, i]`` (position ``positions[p]``, ``layers[i]``)."""
-    num_layers = model.config.num_hidden_layers
-    all_layers = range(num_layers + 1)
-    base = runner(model)
-    harmless_texts = chat_texts(tokenizer, harmless, system)
+) -> tuple[list[Candidate], dict]:
+    """Bypass, induce and KL of every candidate ``diffs[p, i]``; also the base scores they are compared with."""
+    all_layers = range(model.config.num_hidden_layers + 1)
+    refusal_tokens = refusal_first_tokens(model, tokenizer, harmful, system)
+    harmful_texts, harmless_texts = chat_texts(tokenizer, harmful, system), chat_texts(tokenizer, harmless, system)
+    base_harmful = _last_logits(runner(model), tokenizer, harmful_texts, settings.batch_size)
+    base_harmless = _last_logits(runner(model), tokenizer, harmless_texts, settings.batch_size)
+    baseline = {
+        "harmful_refusal_score": float(refusal_probability(base_harmful, refusal_tokens).mean()),
+        "harmless_refusal_score": float(refusal_probability(base_harmless, refusal_tokens).mean()),
+        "refusal_tokens": tokenizer.convert_ids_to_tokens(refusal_tokens),
+    }
     table: list[Candidate] = []
     for p, position in enumerate(positions):
         for i, layer in enumerate(layers):
             vector = diffs[p, i]
             if not torch.isfinite(vector).all() or vector.norm() == 0:
-                table.append(Candidate(position, layer, 1.0, 0.0, float("inf"), 0.0, reason="zero difference"))
+                table.append(Candidate(position, layer, None, None, None, 0.0, reason="zero difference"))
                 continue
-            ablate = ablation_edit(vector, all_layers)
-            add = steering_edit(vector, [layer])
-            gen = dict(system=system, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
-            bypass = refusal(respond(model, tokenizer, harmful, edit=ablate, **gen), harmful)["overall"]
-            induce = refusal(respond(model, tokenizer, harmless, edit=add, **gen), harmless)["overall"]
-            kl = first_token_kl(base, runner(model, ablate), tokenizer, harmless_texts, settings.batch_size).mean()
-            table.append(Candidate(position, layer, bypass, induce, float(kl), float(vector.norm())))
-    return table
+            ablated = runner(model, ablation_edit(vector, all_layers))
+            added = runner(model, steering_edit(vector, [layer]))
+            bypass = refusal_probability(_last_logits(ablated, tokenizer, harmful_texts, settings.batch_size), refusal_tokens)
+            ablated_harmless = _last_logits(ablated, tokenizer, harmless_texts, settings.batch_size)
+            induce = refusal_probability(_last_logits(added, tokenizer, harmless_texts, settings.batch_size), refusal_tokens)
+            kl_value = kl(base_harmless[:, -1], ablated_harmless[:, -1]).mean()
+            table.append(Candidate(position, layer, float(bypass.mean()), float(induce.mean()), float(kl_value),
+                                   float(vector.norm())))
+    return table, baseline
 
 
-def choose(table: list[Candidate], num_layers: int, settings: SelectionSettings = SelectionSettings()) -> Candidate:
-    """Apply the filters, mark each row kept or why not, and return the winner."""
+def choose(
+    table: list[Candidate], num_layers: int, settings: SelectionSettings = SelectionSettings(), min_induce: float = 0.0
+) -> Candidate:
+    """Apply the filters (``min_induce``: the base's harmless refusal score), mark each row, return the winner."""
     for row in table:
         if row.reason:
             continue
@@ -96,8 +143,8 @@ def choose(table: list[Candidate], num_layers: int, settings: SelectionSettings 
             row.reason = f"layer ≥ {settings.max_layer_fraction:g}·L"
         elif row.kl > settings.max_kl:
             row.reason = f"KL {row.kl:.3f} > {settings.max_kl:g}"
-        elif row.induce <= settings.min_induce:
-            row.reason = "adding it induces no refusal"
+        elif row.induce <= min_induce:
+            row.reason = "adding it does not raise the refusal score"
         else:
             row.kept = True
     kept = [row for row in table if row.kept]

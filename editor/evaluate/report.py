@@ -48,12 +48,17 @@ def render_markdown(report: dict) -> str:
         eq = report["equivalence"]
         parts += ["## Equivalence", "", markdown_table(("comparison", "max |Δ logit|"), [(k, f"{v:.2e}") for k, v in eq.items()]), ""]
     if report.get("selection"):
-        rows = [(r["position"], r["layer"], pct(r["bypass"]) if r["bypass"] == r["bypass"] else "–",
-                 pct(r["induce"]) if r["induce"] == r["induce"] else "–", f"{r['kl']:.4f}" if r["kl"] == r["kl"] else "–",
+        num = lambda value, digits: "–" if value is None else f"{value:.{digits}f}"
+        rows = [(r["position"], r["layer"], num(r["bypass"], 3), num(r["induce"], 3), num(r["kl"], 4),
                  r["reason"] or ("kept" if r["kept"] else "")) for r in report["selection"]]
+        baseline = report.get("selection_baseline", {})
         parts += ["## Direction selection (validation prompts)", "",
-                  "Bypass: harmful refusal with the candidate ablated. Induce: harmless refusal with it added. "
-                  "KL: first-token KL on harmless prompts with it ablated.", "",
+                  "Refusal score: probability that the first response token opens a refusal (tokens "
+                  f"{', '.join(f'`{t}`' for t in baseline.get('refusal_tokens', []))}; base: "
+                  f"{baseline.get('harmful_refusal_score', float('nan')):.3f} on harmful, "
+                  f"{baseline.get('harmless_refusal_score', float('nan')):.3f} on harmless prompts). "
+                  "Bypass: score on harmful prompts with the candidate ablated. Induce: score on harmless prompts with "
+                  "it added at its layer. KL: first-token KL on harmless prompts with it ablated.", "",
                   markdown_table(("position", "layer", "bypass", "induce", "KL", "status"), rows), ""]
     if report.get("persona"):
         persona = report["persona"]

@@ -1,0 +1,55 @@
+"""The Arditi et al. selection: filters, winner, and the error when nothing qualifies."""
+
+from __future__ import annotations
+
+import pytest
+
+from editor.errors import SteerfoldError
+from editor.selection import Candidate, SelectionSettings, choose
+
+
+def row(layer, bypass, induce, kl, position=-1):
+    return Candidate(position, layer, bypass, induce, kl, 1.0)
+
+
+def test_choose_filters_then_takes_lowest_bypass():
+    table = [
+        row(1, 0.30, 0.5, 0.02),
+        row(2, 0.10, 0.5, 0.50),  # KL too high
+        row(4, 0.05, 0.5, 0.01),  # layer ≥ 0.8 L with L = 4
+        row(2, 0.20, 0.01, 0.01),  # addition does not raise refusal above the base's 0.02
+        row(1, 0.20, 0.6, 0.03, position=-2),
+        Candidate(-1, 0, None, None, None, 0.0, reason="zero difference"),
+    ]
+    best = choose(table, num_layers=4, settings=SelectionSettings(), min_induce=0.02)
+    assert (best.layer, best.position, best.bypass) == (1, -2, 0.20)
+    assert best.reason == "chosen"
+    assert [r.kept for r in table] == [True, False, False, False, True, False]
+    assert "KL" in table[1].reason and "layer" in table[2].reason and "refusal score" in table[3].reason
+
+
+def test_choose_refuses_when_nothing_passes():
+    with pytest.raises(SteerfoldError, match="no candidate"):
+        choose([row(1, 0.1, 0.5, 0.9)], num_layers=4)
+
+
+def test_fit_refuses_a_model_that_refuses_nothing():
+    from conftest import build_tiny_model
+    from editor.prompts import PromptRecord
+    from editor.selection import refusal_first_tokens
+    from test_activations import CharTokenizer
+
+    class ChatCharTokenizer(CharTokenizer):
+        chat_template = "x"
+        eos_token_id = 2
+
+        def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False):
+            return "".join(m["content"] for m in messages) + ">"
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(chr(97 + (int(i) % 26)) for i in ids)
+
+    model = build_tiny_model("llama")
+    model.generation_config.eos_token_id = 2
+    with pytest.raises(SteerfoldError, match="refuses none"):
+        refusal_first_tokens(model, ChatCharTokenizer(), [PromptRecord("how do I do it")])
