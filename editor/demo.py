@@ -116,12 +116,10 @@ def run_demo(out: Path, overwrite: bool = False, checkpoint: Path = SHIPPED_CHEC
             "selection_baseline": fit.baseline,
             "persona": persona,
         })
-        provenance = {k: v for k, v in fit.file.metadata.items() if k.endswith("_hash") or k in ("method", "steerfold_version")}
-        context = {"title": "steerfold organism, refusal direction ablated", "base_model": str(checkpoint),
-                   "edit": report["edit"], "report": report, "provenance": provenance,
-                   "reproduce": "steerfold demo --out DIR", "rank": 1}
-        write_card(tmp / "model", "merged", context)
-        write_card(tmp / "adapter", "adapter", context)
+        card = dict(title="steerfold organism, refusal direction ablated", base_model=str(checkpoint), edit=report["edit"],
+                    direction_metadata=fit.file.metadata, report=report, reproduce="steerfold demo --out DIR")
+        write_card(tmp / "model", "merged", **card)
+        write_card(tmp / "adapter", "adapter", **card)
         write_report(tmp, report)
         for folder in (tmp / "model", tmp / "adapter", tmp):
             write_checksums(folder)

@@ -13,6 +13,7 @@ from editor.directions import check_hidden_size, load_direction_file
 from editor.edits import Edit, TiedEmbeddingMode, ablation_edit
 from editor.errors import SteerfoldError
 from editor.hub import resolve_model
+from editor.export.card import base_license, write_card
 from editor.export.checksums import write_checksums
 from editor.export.lora import check_lora_can_carry, write_lora_adapter
 from editor.export.merged import DEFAULT_MAX_SHARD_BYTES, write_merged_checkpoint
@@ -74,7 +75,7 @@ class EditSummary:
     details: dict = field(default_factory=dict)
 
 
-def build_edit(request: EditRequest, layout: ModelLayout) -> tuple[Edit, int | None]:
+def build_edit(request: EditRequest, layout: ModelLayout) -> tuple[Edit, int | None, dict[str, str]]:
     """Load and check the direction, then build the ablation edit the request describes."""
     if not math.isfinite(request.scale):
         raise SteerfoldError(f"--scale {request.scale} is not a finite number: pass e.g. --scale 1.0")
@@ -86,7 +87,27 @@ def build_edit(request: EditRequest, layout: ModelLayout) -> tuple[Edit, int | N
         layers = [layer for layer in layers if layer != 0]
     if not layers:
         raise SteerfoldError("no layer left to edit: widen --layers or drop --no-embedding")
-    return ablation_edit(vector, layers, request.scale, request.tied_embedding), source_layer
+    return ablation_edit(vector, layers, request.scale, request.tied_embedding), source_layer, direction_file.metadata
+
+
+def reproduce_command(request: EditRequest) -> str:
+    """The command line that redoes this edit."""
+    parts = ["steerfold edit", str(request.model), "--direction", str(request.direction), "--out", str(request.out)]
+    if request.revision:
+        parts += ["--revision", request.revision]
+    if request.format != "merged":
+        parts += ["--format", request.format]
+    if request.scale != 1.0:
+        parts += ["--scale", f"{request.scale:g}"]
+    if request.layers:
+        parts += ["--layers", request.layers]
+    if request.layer is not None:
+        parts += ["--layer", str(request.layer)]
+    if not request.embedding:
+        parts.append("--no-embedding")
+    if request.tied_embedding != "untie":
+        parts += ["--tied-embedding", request.tied_embedding]
+    return " ".join(parts)
 
 
 def run_edit(request: EditRequest) -> EditSummary:
@@ -96,15 +117,22 @@ def run_edit(request: EditRequest) -> EditSummary:
     folder = open_model_folder(resolve_model(request.model, request.revision), allow_pickle=request.allow_pickle)
     check_output_path(request.out, folder.path, request.overwrite)
     layout = resolve_layout(folder.config, folder.parameter_names())
-    edit, source_layer = build_edit(request, layout)
+    edit, source_layer, metadata = build_edit(request, layout)
     edit.check_foldable(layout)
     if request.format == "lora":
         check_lora_can_carry(edit, layout)
+    base_name = str(request.model) if not Path(str(request.model)).exists() else str(folder.path.resolve())
     with atomic_folder(request.out) as tmp:
         if request.format == "merged":
             max_bytes = parse_size(request.max_shard_size) if request.max_shard_size else DEFAULT_MAX_SHARD_BYTES
             details = write_merged_checkpoint(folder, layout, edit, tmp, max_bytes)
         else:
-            details = write_lora_adapter(folder, layout, edit, tmp, base_model=str(folder.path.resolve()))
+            details = write_lora_adapter(folder, layout, edit, tmp, base_model=base_name)
+        card_edit = {"kind": "ablation", "method": metadata.get("method", "given"), "scale": request.scale,
+                     "layers": edit.layers, "direction_layer": source_layer, "position": metadata.get("position"),
+                     "untied_output_head": details.get("untied_output_head", False)}
+        write_card(tmp, "merged" if request.format == "merged" else "adapter", title=f"{base_name} (steerfold edit)",
+                   base_model=base_name, edit=card_edit, direction_metadata=metadata, license=base_license(folder.path),
+                   reproduce=reproduce_command(request), rank=details.get("rank", 1))
         write_checksums(tmp)
     return EditSummary(request.out, request.format, layout, edit.layers, source_layer, details)

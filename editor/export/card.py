@@ -1,26 +1,59 @@
-"""Model cards rendered from ``model_cards/*.md.j2`` with Jinja2, offline, from the edit and its report."""
+"""Model cards rendered from ``model_cards/*.md.j2`` with Jinja2, offline, from the edit and its report.
+
+Templates: ``merged`` (a checkpoint), ``adapter`` (a PEFT LoRA), ``cvec`` (a GGUF control vector).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import jinja2
+import yaml
 
 from editor.evaluate.report import before_after_rows, markdown_table
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "model_cards"
+KINDS = ("merged", "adapter", "cvec")
+PROVENANCE_KEYS = ("method", "model", "layer", "position", "persona", "against", "steerfold_version")
 
 
-def render_card(kind: str, context: dict) -> str:
-    """Render the card template ``kind`` (``merged`` or ``adapter``) with the edit, base and report."""
+def base_license(base: Path) -> str | None:
+    """The ``license`` of the base model's own card front matter, when it has one."""
+    card = base / "README.md"
+    if not card.is_file():
+        return None
+    text = card.read_text(errors="replace")
+    if not text.startswith("---"):
+        return None
+    front, _, _ = text[3:].partition("\n---")
+    try:
+        meta = yaml.safe_load(front) or {}
+    except yaml.YAMLError:
+        return None
+    value = meta.get("license") if isinstance(meta, dict) else None
+    return str(value) if value else None
+
+
+def provenance(direction_metadata: dict[str, str]) -> dict[str, str]:
+    """The direction's provenance worth printing: method, source model, layer, prompt-set hashes, version."""
+    return {k: v for k, v in direction_metadata.items() if k in PROVENANCE_KEYS or k.endswith("_hash")}
+
+
+def render_card(kind: str, *, title: str, base_model: str, edit: dict, direction_metadata: dict[str, str],
+                report: dict | None = None, license: str | None = None, reproduce: str = "", rank: int = 1) -> str:
+    """Render one card; ``edit`` holds kind, method, scale, layers, direction_layer, position, untied_output_head."""
+    if kind not in KINDS:
+        raise ValueError(f"card kind must be one of {KINDS}")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
     )
-    report = context.get("report")
     table = markdown_table(("metric", "before", "after"), before_after_rows(report)) if report else ""
-    return env.get_template(f"{kind}.md.j2").render(**context, validation_table=table)
+    return env.get_template(f"{kind}.md.j2").render(
+        title=title, base_model=base_model, edit=edit, provenance=provenance(direction_metadata), report=report,
+        validation_table=table, license=license, reproduce=reproduce, rank=rank,
+    )
 
 
-def write_card(folder: Path, kind: str, context: dict) -> None:
-    (folder / "README.md").write_text(render_card(kind, context))
+def write_card(folder: Path, kind: str, **context) -> None:
+    (folder / "README.md").write_text(render_card(kind, **context))

@@ -1,0 +1,49 @@
+"""Model cards: YAML metadata the Hub reads, the edit and its provenance in the body, rendered offline."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cli import cli
+from conftest import build_tiny_model, save_tiny_model, write_direction
+from editor.export.card import render_card
+
+
+def front_matter(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text[4:].split("\n---", 1)[0])
+
+
+@pytest.mark.parametrize("fmt,library,relation", [("merged", "transformers", "finetune"), ("lora", "peft", "adapter")])
+def test_edit_writes_a_card(tmp_path, fmt, library, relation):
+    folder = save_tiny_model(build_tiny_model("llama"), tmp_path / "base")
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# base card\n")
+    direction = write_direction(tmp_path / "d.safetensors", method="diff_in_means", harmful_hash="abc123", layer="2")
+    result = CliRunner().invoke(cli, ["edit", str(folder), "--direction", str(direction), "--out", str(tmp_path / "o"),
+                                      "--format", fmt, "--layers", "1-3"])
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "o" / "README.md").read_text()
+    meta = front_matter(card)
+    assert meta["library_name"] == library and meta["base_model_relation"] == relation
+    assert meta["license"] == "apache-2.0" and "steerfold" in meta["tags"] and "ablation" in meta["tags"]
+    assert "[1, 2, 3]" in card and "abc123" in card and "diff_in_means" in card
+    assert "--layers 1-3" in card  # how to reproduce it
+    assert "# base card" not in card
+
+
+def test_cards_render_a_report_table_and_every_kind():
+    report = {
+        "prompts": {"harmful": 10, "harmless": 8},
+        "before": {"harmful_refusal": 1.0, "harmless_refusal": 0.0, "by_category": {"cyber": 1.0}},
+        "after": {"harmful_refusal": 0.1, "harmless_refusal": 0.0, "by_category": {"cyber": 0.1},
+                  "kl_first_token": 0.02, "kl_multi_token": 0.03},
+    }
+    edit = {"kind": "ablation", "method": "diff_in_means", "scale": 1.0, "layers": [0, 1], "direction_layer": 1,
+            "position": -1, "untied_output_head": True}
+    for kind in ("merged", "adapter", "cvec"):
+        card = render_card(kind, title="t", base_model="org/base", edit=edit, direction_metadata={}, report=report)
+        assert front_matter(card)["base_model"] == "org/base"
+        assert "| harmful refusal | 100.0% | 10.0% |" in card
+    assert "own unedited copy" in render_card("merged", title="t", base_model="b", edit=edit, direction_metadata={})
