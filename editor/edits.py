@@ -48,21 +48,38 @@ class ResidualMap:
         return out.to(w.dtype)
 
     def fold_linear_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """``W ← (I + U Vᵀ) W`` for a writer whose weight is [hidden, in]."""
-        w = weight.to(torch.float32)
-        return (w + self.U @ (self.V.T @ w)).to(weight.dtype)
+        """``W ← (I + U Vᵀ) W`` for a writer whose weight is [hidden, in], in row chunks of float32."""
+        vt_w = torch.zeros(self.V.shape[1], weight.shape[1], dtype=torch.float32)
+        for rows in _row_chunks(weight):
+            vt_w += self.V[rows].T @ weight[rows].to(torch.float32)
+        out = torch.empty_like(weight)
+        for rows in _row_chunks(weight):
+            out[rows] = (weight[rows].to(torch.float32) + self.U[rows] @ vt_w).to(weight.dtype)
+        return out
 
     def fold_bias(self, bias: torch.Tensor) -> torch.Tensor:
         """``β ← (I + U Vᵀ) β + b``."""
         return self.apply(bias)
 
     def fold_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Rows of the embedding are residual vectors: ``E ← E (I + V Uᵀ) + b``."""
-        return self.apply(embedding)
+        """Rows of the embedding are residual vectors: ``E ← E (I + V Uᵀ) + b``, in row chunks."""
+        out = torch.empty_like(embedding)
+        for rows in _row_chunks(embedding):
+            out[rows] = self.apply(embedding[rows])
+        return out
 
     def scaled_offset(self, factor: float) -> "ResidualMap":
         """The same linear part with ``b`` divided by a multiplier the forward pass applies afterwards."""
         return ResidualMap(self.U, self.V, None if self.b is None else self.b / factor)
+
+
+CHUNK_ELEMENTS = 1 << 24  # 64 MB of float32 per chunk: peak memory is the tensor, its output and one chunk
+
+
+def _row_chunks(matrix: torch.Tensor) -> list[slice]:
+    """Row slices of about CHUNK_ELEMENTS elements each, so a fold never holds a whole float32 copy."""
+    step = max(1, CHUNK_ELEMENTS // max(1, matrix.shape[-1]))
+    return [slice(start, start + step) for start in range(0, matrix.shape[0], step)]
 
 
 def unit(vector: torch.Tensor) -> torch.Tensor:

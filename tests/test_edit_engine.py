@@ -259,3 +259,15 @@ def test_offset_folds_into_biases_and_is_refused_without_them():
 
     with pytest.raises(SteerfoldError, match="needs a bias"):
         fold_model(build_tiny_model("llama"), edit)
+
+
+def test_chunked_fold_equals_the_plain_formula(monkeypatch):
+    import editor.edits as edits
+
+    monkeypatch.setattr(edits, "CHUNK_ELEMENTS", 7 * 64)  # force many small chunks
+    residual_map = edits.ablation_map(random_direction())
+    weight = torch.randn(64, 96)
+    embedding = torch.randn(50, 64)
+    r = random_direction().unsqueeze(1)
+    assert torch.allclose(residual_map.fold_linear_weight(weight), weight - r @ (r.T @ weight), atol=1e-5)
+    assert torch.allclose(residual_map.fold_embedding(embedding), embedding - (embedding @ r) @ r.T, atol=1e-5)

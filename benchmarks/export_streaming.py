@@ -1,0 +1,109 @@
+"""Streaming ``steerfold edit`` on a synthetic bfloat16 Llama checkpoint (≥ 6 GB, 1 GB shards) against
+``cp -r`` of the same folder and against transformers load + ``save_pretrained``; wall time and peak RSS.
+
+    .venv/bin/python benchmarks/export_streaming.py --workdir /tmp/sf-bench [--keep]
+
+Each command runs under ``/usr/bin/time -v`` and ends with ``sync``. Goal: edit within 1.3× the copy time and
+peak RSS under 1.5 GB. Figures are written down in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig
+
+from editor.directions import DirectionFile, save_direction_file
+from editor.stream import OutputTensor, TensorEntry, plan_shards, write_index, shard_names
+
+HIDDEN, INTER, LAYERS, VOCAB = 4096, 11008, 14, 32000  # 14 Llama-7B-sized blocks: about 6.5 GB in bfloat16
+
+
+def tensor_shapes() -> list[tuple[str, tuple[int, ...]]]:
+    shapes = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
+    for i in range(LAYERS):
+        p = f"model.layers.{i}"
+        shapes += [(f"{p}.self_attn.{n}.weight", (HIDDEN, HIDDEN)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        shapes += [(f"{p}.mlp.gate_proj.weight", (INTER, HIDDEN)), (f"{p}.mlp.up_proj.weight", (INTER, HIDDEN)),
+                   (f"{p}.mlp.down_proj.weight", (HIDDEN, INTER))]
+        shapes += [(f"{p}.input_layernorm.weight", (HIDDEN,)), (f"{p}.post_attention_layernorm.weight", (HIDDEN,))]
+    shapes += [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
+    return shapes
+
+
+def write_synthetic_checkpoint(folder: Path) -> None:
+    """Random bfloat16 weights in 1 GB shards, written one tensor at a time (so this script stays small too)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    config = LlamaConfig(hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS, num_attention_heads=32,
+                         num_key_value_heads=32, vocab_size=VOCAB, dtype="bfloat16")
+    config.save_pretrained(folder)
+    fake = [OutputTensor(name, TensorEntry(name, "BF16", shape, folder, 0, 2 * torch.Size(shape).numel()), False)
+            for name, shape in tensor_shapes()]
+    shards = plan_shards(fake, 10**9)
+    names = shard_names(len(shards))
+    generator = torch.Generator().manual_seed(0)
+    weight_map = {}
+    for name, shard in zip(names, shards):
+        tensors = {t.name: (torch.randn(t.source.shape, generator=generator) * 0.02).to(torch.bfloat16) for t in shard}
+        save_file(tensors, str(folder / name), metadata={"format": "pt"})
+        weight_map.update({t.name: name for t in shard})
+        del tensors
+    write_index(folder, weight_map, sum(t.source.nbytes for t in fake))
+
+
+def timed(command: str) -> dict:
+    """Wall seconds and peak RSS (MB) of ``command; sync`` under /usr/bin/time -v."""
+    start = time.perf_counter()
+    result = subprocess.run(["/usr/bin/time", "-v", "bash", "-c", f"{command} && sync"], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"failed: {command}\n{result.stderr[-2000:]}")
+    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
+    return {"command": command, "wall_s": round(wall, 2), "peak_rss_mb": round(rss_kb / 1024, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/sf-bench"))
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--skip-transformers", action="store_true")
+    args = parser.parse_args()
+    work = args.workdir
+    shutil.rmtree(work, ignore_errors=True)
+    base = work / "base"
+    write_synthetic_checkpoint(base)
+    size = sum(p.stat().st_size for p in base.iterdir())
+    direction = torch.randn(HIDDEN)
+    save_direction_file(work / "direction.safetensors", DirectionFile(direction=direction / direction.norm()))
+    subprocess.run(["sync"], check=True)
+
+    python = sys.executable
+    runs = {
+        "cp -r": timed(f"cp -r {base} {work}/copy"),
+        "steerfold edit": timed(f"{Path(python).parent}/steerfold edit {base} --direction {work}/direction.safetensors "
+                                f"--out {work}/edited --max-shard-size 1GB"),
+    }
+    if not args.skip_transformers:
+        script = (f"import torch; from transformers import AutoModelForCausalLM; "
+                  f"m = AutoModelForCausalLM.from_pretrained('{base}', dtype=torch.bfloat16); "
+                  f"m.save_pretrained('{work}/resaved', max_shard_size='1GB')")
+        runs["transformers load + save_pretrained"] = timed(f"{python} -c \"{script}\"")
+    summary = {"checkpoint_bytes": size, "runs": runs,
+               "edit_over_copy": round(runs["steerfold edit"]["wall_s"] / runs["cp -r"]["wall_s"], 2)}
+    print(json.dumps(summary, indent=2))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
