@@ -51,6 +51,21 @@ class ModelFolder:
         return [entry for path in files for entry in read_header(path)[0]]
 
 
+def read_tensors(folder: ModelFolder, keys: list[str]) -> dict[str, torch.Tensor]:
+    """A few named tensors (e.g. post-norm gains), read without loading anything else."""
+    wanted, found = set(keys), {}
+    if not wanted:
+        return found
+    for shard in folder.shards:
+        if folder.pickled:
+            found.update({k: v for k, v in _load_pickle(shard).items() if k in wanted})
+        else:
+            found.update({e.name: e.load() for e in read_header(shard)[0] if e.name in wanted})
+    if missing := wanted - set(found):
+        raise SteerfoldError(f"tensor '{sorted(missing)[0]}' is not in {folder.path}: the checkpoint is incomplete")
+    return found
+
+
 def _pickle_to_safetensors(shard: Path, scratch: Path) -> Path:
     """Convert one pickled shard to safetensors (one shard in memory at a time) so one streaming path serves both."""
     scratch.mkdir(parents=True, exist_ok=True)

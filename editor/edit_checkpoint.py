@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from editor.arch import ModelLayout, resolve_layout
-from editor.checkpoint import atomic_folder, check_output_path, open_model_folder
+from editor.checkpoint import atomic_folder, check_output_path, open_model_folder, read_tensors
 from editor.directions import check_hidden_size, load_direction_file
 from editor.edits import Edit, TiedEmbeddingMode, ablation_edit
 from editor.errors import SteerfoldError
@@ -119,8 +119,11 @@ def run_edit(request: EditRequest) -> EditSummary:
     layout = resolve_layout(folder.config, folder.parameter_names())
     edit, source_layer, metadata = build_edit(request, layout)
     edit.check_foldable(layout)
+    gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
     if request.format == "lora":
-        check_lora_can_carry(edit, layout)
+        check_lora_can_carry(edit, layout, gains.__getitem__)
+    else:
+        edit.module_maps(layout, gains.__getitem__)
     base_name = str(request.model) if not Path(str(request.model)).exists() else str(folder.path.resolve())
     with atomic_folder(request.out) as tmp:
         if request.format == "merged":

@@ -30,6 +30,7 @@ class ResidualMap:
     U: torch.Tensor
     V: torch.Tensor
     b: torch.Tensor | None = None
+    ablation_scale: float | None = None  # set when this is an ablation: U = -λ V with V orthonormal
 
     @property
     def rank(self) -> int:
@@ -70,7 +71,22 @@ class ResidualMap:
 
     def scaled_offset(self, factor: float) -> "ResidualMap":
         """The same linear part with ``b`` divided by a multiplier the forward pass applies afterwards."""
-        return ResidualMap(self.U, self.V, None if self.b is None else self.b / factor)
+        if self.b is None or factor == 1.0:
+            return self
+        return ResidualMap(self.U, self.V, self.b / factor, self.ablation_scale)
+
+    def linear_part(self) -> "ResidualMap":
+        return ResidualMap(self.U, self.V, None, self.ablation_scale) if self.b is not None else self
+
+    def through_gain(self, gain: torch.Tensor) -> "ResidualMap":
+        """The ablation to apply to ``y`` when the write is ``g ⊙ norm(y)``: remove ``g ⊙ r`` from ``y``, so the
+        write has no component along ``r`` (an exact removal; the norm then rescales what is left)."""
+        if self.ablation_scale is None:
+            raise SteerfoldError(
+                "only ablations can be folded through a post-norm (Gemma 2/3, OLMo 2/3): use an ablation edit"
+            )
+        q, _ = torch.linalg.qr(gain.to(torch.float32).unsqueeze(1) * self.V)
+        return ResidualMap(U=-self.ablation_scale * q, V=q.clone(), ablation_scale=self.ablation_scale)
 
 
 CHUNK_ELEMENTS = 1 << 24  # 64 MB of float32 per chunk: peak memory is the tensor, its output and one chunk
@@ -94,13 +110,13 @@ def unit(vector: torch.Tensor) -> torch.Tensor:
 def ablation_map(direction: torch.Tensor, scale: float = 1.0) -> ResidualMap:
     """Remove ``scale`` times the component along ``direction`` (scale 1 = full ablation)."""
     r = unit(direction).unsqueeze(1)
-    return ResidualMap(U=-scale * r, V=r.clone())
+    return ResidualMap(U=-scale * r, V=r.clone(), ablation_scale=scale)
 
 
 def subspace_ablation_map(basis: torch.Tensor) -> ResidualMap:
     """Remove the subspace spanned by the columns of ``basis`` [d, k] (orthonormalised here)."""
     q, _ = torch.linalg.qr(basis.detach().to(torch.float32))
-    return ResidualMap(U=-q, V=q.clone())
+    return ResidualMap(U=-q, V=q.clone(), ablation_scale=1.0)
 
 
 @dataclass(frozen=True)
@@ -122,18 +138,31 @@ class Edit:
     def edits_embedding(self) -> bool:
         return 0 in self.maps
 
-    def module_maps(self, layout: ModelLayout) -> dict[str, ResidualMap]:
-        """The map each residual writer's output gets; a layer's offset is carried by its last writer only."""
+    def module_maps(self, layout: ModelLayout, gain_of: Callable[[str], torch.Tensor] | None = None) -> dict[str, ResidualMap]:
+        """The map each residual writer's hook module output gets, keyed by that module's name.
+
+        A layer's offset is carried by its last writer only, divided by the scalar the model multiplies that
+        output by. Post-norm writers get the ablation re-expressed against ``g ⊙ r``; ``gain_of`` reads the
+        post-norm weights (needed only on post-norm architectures).
+        """
         self.check_against(layout)
+        offset = layout.architecture.norm_gain_offset
         per_module: dict[str, ResidualMap] = {}
         for layer, residual_map in self.maps.items():
             writers = layout.writers_at([layer])
             for i, writer in enumerate(writers):
                 carries_offset = residual_map.b is not None and i == len(writers) - 1
-                linear_only = ResidualMap(residual_map.U, residual_map.V)
-                per_module[writer.module] = (
-                    residual_map.scaled_offset(writer.multiplier) if carries_offset else linear_only
-                )
+                mapped = residual_map.scaled_offset(writer.stream_scale) if carries_offset else residual_map.linear_part()
+                if writer.post_norm:
+                    if mapped.b is not None:
+                        raise SteerfoldError(
+                            f"a constant offset cannot pass through the post-norm of {writer.hook}: "
+                            "steer a pre-norm architecture, or use an ablation here"
+                        )
+                    if gain_of is None:
+                        raise ValueError("post-norm writers need gain_of to read their norm weights")
+                    mapped = mapped.through_gain(gain_of(writer.post_norm).to(torch.float32) + offset)
+                per_module[writer.hook] = mapped
         return per_module
 
     def check_against(self, layout: ModelLayout) -> None:
@@ -189,17 +218,21 @@ def ablation_edit(
 
 
 def fold_tensor(key: str, tensor: torch.Tensor, layout: ModelLayout, module_maps: dict[str, ResidualMap]) -> torch.Tensor:
-    """The edited version of one state-dict tensor (unchanged when the edit does not touch it)."""
+    """The edited version of one tensor (unchanged when the edit does not touch it)."""
     found = layout.writer_of_key(key)
     if found is None:
         return tensor
-    writer, leaf = found
-    residual_map = module_maps.get(writer.module)
+    writer, kind = found
+    residual_map = module_maps.get(writer.hook)
     if residual_map is None:
         return tensor
-    if writer.role == "embedding":
-        return residual_map.fold_embedding(tensor)
-    return residual_map.fold_linear_weight(tensor) if leaf == "weight" else residual_map.fold_bias(tensor)
+    if kind == "embedding":
+        return residual_map.scaled_offset(writer.weight_scale).fold_embedding(tensor)
+    if kind == "bias":
+        return residual_map.fold_bias(tensor)
+    if kind == "experts":  # fused [E, hidden, inter]: each expert's down projection is a writer
+        return torch.stack([residual_map.fold_linear_weight(expert) for expert in tensor])
+    return residual_map.fold_linear_weight(tensor)
 
 
 def _untie_output_head(model: torch.nn.Module, layout: ModelLayout) -> None:
@@ -212,20 +245,24 @@ def _untie_output_head(model: torch.nn.Module, layout: ModelLayout) -> None:
         text_config.tie_word_embeddings = False
 
 
+def _gain_reader(model: torch.nn.Module) -> Callable[[str], torch.Tensor]:
+    return lambda key: model.get_parameter(key).detach()
+
+
 @torch.no_grad()
 def fold_model(model: torch.nn.Module, edit: Edit) -> ModelLayout:
     """Fold an edit into a loaded transformers model in place; returns the layout it used."""
     layout = layout_of_model(model)
     edit.check_foldable(layout)
-    module_maps = edit.module_maps(layout)
+    module_maps = edit.module_maps(layout, _gain_reader(model))
     if edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "untie":
         _untie_output_head(model, layout)
-    for module_name in module_maps:
-        module = model.get_submodule(module_name)
-        for leaf in ("weight", "bias"):
-            param = getattr(module, leaf, None)
-            if param is not None:
-                param.copy_(fold_tensor(f"{module_name}.{leaf}", param.data, layout, module_maps))
+    for writer in layout.writers:
+        if writer.hook not in module_maps:
+            continue
+        for key in [k for k, _ in writer.tensors] + ([writer.bias] if writer.bias else []):
+            param = model.get_parameter(key)
+            param.copy_(fold_tensor(key, param.data, layout, module_maps))
     return layout
 
 
@@ -236,7 +273,7 @@ def runtime_hooks(model: torch.nn.Module, edit: Edit) -> Iterator[ModelLayout]:
     With ``tied_embedding="shared"`` the output head is edited too, as the shared fold does.
     """
     layout = layout_of_model(model)
-    module_maps = edit.module_maps(layout)
+    module_maps = edit.module_maps(layout, _gain_reader(model))
     handles = []
     for module_name, residual_map in module_maps.items():
         handles.append(model.get_submodule(module_name).register_forward_hook(_output_hook(residual_map)))
@@ -251,7 +288,9 @@ def runtime_hooks(model: torch.nn.Module, edit: Edit) -> Iterator[ModelLayout]:
 
 
 def _output_hook(residual_map: ResidualMap) -> Callable:
-    def hook(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    def hook(_module: torch.nn.Module, _inputs: tuple, output):
+        if isinstance(output, tuple):
+            return (residual_map.apply(output[0]), *output[1:])
         return residual_map.apply(output)
 
     return hook
@@ -283,7 +322,8 @@ def lora_pair(residual_map: ResidualMap, weight: torch.Tensor, embedding: bool, 
     """``(lora_A, lora_B)`` in float32 for one module, padded with zeros to the uniform ``rank``.
 
     Linear writers: ``lora_B = U`` [d, k], ``lora_A = Vᵀ W`` [k, in]. The embedding: PEFT's
-    ``lora_embedding_A`` [k, vocab] is ``(E V)ᵀ`` and ``lora_embedding_B`` [d, k] is ``U``.
+    ``lora_embedding_A`` [k, vocab] is ``(E V)ᵀ`` and ``lora_embedding_B`` [d, k] is ``U``. Where the embedding
+    module scales its rows (Gemma's √d), PEFT ≥ 0.18 scales the adapter's output the same way.
     """
     U, V = _pad_rank(residual_map.U, rank), _pad_rank(residual_map.V, rank)
     w = weight.to(torch.float32)

@@ -25,7 +25,21 @@ TINY_CASES = [
     ("qwen3", "qwen3", {"head_dim": 16}),
     ("phi3", "phi3", {}),
     ("granite", "granite", {"embedding_multiplier": 2.0, "residual_multiplier": 0.5, "logits_scaling": 2.0}),
+    ("gemma", "gemma", {"head_dim": 16, "tie_word_embeddings": True}),
+    ("gemma2", "gemma2", {"head_dim": 16, "tie_word_embeddings": True}),
+    ("gemma3_text", "gemma3_text", {"head_dim": 16, "tie_word_embeddings": True}),
+    ("olmo2", "olmo2", {}),
+    ("olmo3", "olmo3", {}),
+    ("mixtral", "mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    ("qwen3_moe", "qwen3_moe", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "head_dim": 16}),
+    ("qwen2_moe", "qwen2_moe", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                "shared_expert_intermediate_size": 48}),
+    ("starcoder2", "starcoder2", {}),
+    ("phi", "phi", {}),
 ]
+# Cases where a portable LoRA cannot express the edit exactly, and steerfold must refuse to write one.
+LORA_REFUSED = {"llama_bias": "bias", "starcoder2": "bias", "phi": "bias",
+                "mixtral": "mixture-of-experts", "qwen3_moe": "mixture-of-experts", "qwen2_moe": "mixture-of-experts"}
 
 
 def tiny_config(model_type: str, **extra):

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from editor.arch import ModelLayout
-from editor.checkpoint import ModelFolder
+from editor.checkpoint import ModelFolder, read_tensors
 from editor.edits import Edit, lora_pair, lora_rank
 from editor.errors import SteerfoldError
 
@@ -25,20 +25,27 @@ def lora_keys(module: str, embedding: bool) -> tuple[str, str]:
     return f"{PEFT_PREFIX}{module}.lora_A.weight", f"{PEFT_PREFIX}{module}.lora_B.weight"
 
 
-def check_lora_can_carry(edit: Edit, layout: ModelLayout) -> None:
-    """Refuse, before writing anything, an edit that a LoRA cannot express exactly."""
+def check_lora_can_carry(edit: Edit, layout: ModelLayout, gain_of=None) -> None:
+    """Refuse, before writing anything, an edit that a portable LoRA cannot express exactly."""
     if edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "shared":
         raise SteerfoldError(
             "a LoRA on the embedding cannot also edit the tied output head: use --tied-embedding untie "
             "(the adapter then edits the input embedding only) or --format merged"
         )
-    module_maps = edit.module_maps(layout)
-    biased = [m for m in module_maps if (w := layout.writer(m)) is not None and w.has_bias]
-    if biased:
-        raise SteerfoldError(
-            f"{biased[0]} has a bias, and the edit changes it by U Vᵀ β, which a portable LoRA (no lora_bias) cannot "
-            "carry: use --format merged"
-        )
+    module_maps = edit.module_maps(layout, gain_of)
+    for hook in module_maps:
+        writer = layout.writer(hook)
+        assert writer is not None
+        if writer.lora_module is None:
+            raise SteerfoldError(
+                f"{hook} is a mixture-of-experts block, whose expert weights a portable LoRA cannot target: "
+                "use --format merged"
+            )
+        if writer.has_bias:
+            raise SteerfoldError(
+                f"{writer.lora_module} has a bias, and the edit changes it by U Vᵀ β, which a portable LoRA "
+                "(no lora_bias) cannot carry: use --format merged"
+            )
     lora_rank(module_maps)
 
 
@@ -46,23 +53,26 @@ def write_lora_adapter(folder: ModelFolder, layout: ModelLayout, edit: Edit, des
     """Compute ``lora_A = Vᵀ W``, ``lora_B = U`` for every edited writer in one pass over the shards."""
     from peft import LoraConfig  # imported here: peft is slow to import and only this export needs it
 
-    check_lora_can_carry(edit, layout)
-    module_maps = edit.module_maps(layout)
+    gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
+    check_lora_can_carry(edit, layout, gains.__getitem__)
+    module_maps = edit.module_maps(layout, gains.__getitem__)
     rank = lora_rank(module_maps)
+    by_key = {w.tensors[0][0]: w for w in layout.writers if w.hook in module_maps}
     tensors: dict[str, torch.Tensor] = {}
     for entry in folder.entries(scratch=dest / ".scratch"):
-        found = layout.writer_of_key(entry.name)
-        if found is None or found[1] != "weight" or found[0].module not in module_maps:
+        writer = by_key.get(entry.name)
+        if writer is None:
             continue
-        writer = found[0]
-        lora_a, lora_b = lora_pair(module_maps[writer.module], entry.load(), writer.role == "embedding", rank)
-        key_a, key_b = lora_keys(writer.module, writer.role == "embedding")
+        embedding = writer.role == "embedding"
+        lora_a, lora_b = lora_pair(module_maps[writer.hook], entry.load(), embedding, rank)
+        key_a, key_b = lora_keys(writer.lora_module, embedding)
         tensors[key_a], tensors[key_b] = lora_a, lora_b
     shutil.rmtree(dest / ".scratch", ignore_errors=True)
+    target_modules = sorted(by_key[k].lora_module for k in by_key)
     config = LoraConfig(
         r=rank,
         lora_alpha=rank,
-        target_modules=sorted(module_maps),
+        target_modules=target_modules,
         lora_dropout=0.0,
         bias="none",
         task_type="CAUSAL_LM",

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from editor.arch import ModelLayout
-from editor.checkpoint import ModelFolder, copy_side_files, update_config
+from editor.checkpoint import ModelFolder, copy_side_files, read_tensors, update_config
 from editor.edits import Edit, fold_tensor
 from editor.stream import OutputTensor, plan_shards, write_index, write_shards
 
@@ -29,7 +29,8 @@ def write_merged_checkpoint(
 ) -> dict:
     """Fold the edit into every residual writer; every other tensor passes through unchanged."""
     edit.check_foldable(layout)
-    module_maps = edit.module_maps(layout)
+    gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
+    module_maps = edit.module_maps(layout, gains.__getitem__)
     untie = unties_output_head(edit, layout)
     embedding_key = f"{layout.embedding.module}.weight"
     head_key = f"{layout.architecture.lm_head}.weight"
@@ -37,7 +38,7 @@ def write_merged_checkpoint(
     outputs: list[OutputTensor] = []
     for entry in folder.entries(scratch=dest / ".scratch"):
         found = layout.writer_of_key(entry.name)
-        outputs.append(OutputTensor(entry.name, entry, transform=found is not None and found[0].module in module_maps))
+        outputs.append(OutputTensor(entry.name, entry, transform=found is not None and found[0].hook in module_maps))
         if untie and entry.name == embedding_key and not layout.has_lm_head_tensor:
             outputs.append(OutputTensor(head_key, entry, transform=False))
 
