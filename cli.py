@@ -92,7 +92,8 @@ def inspect(model_dir: str, as_json: bool, allow_pickle: bool, revision: str | N
         "layer_indices": f"0..{layout.num_layers} ({LAYER_INDEX_HELP})",
         "tied_embeddings": layout.tied_embeddings,
         "residual_writers": [
-            {"layer": w.layer, "module": w.module, "role": w.role, "bias": w.has_bias, "multiplier": w.multiplier}
+            {"layer": w.layer, "module": w.hook, "role": w.role, "tensors": [k for k, _ in w.tensors], "bias": w.has_bias,
+             "multiplier": w.stream_scale, "post_norm": w.post_norm}
             for w in layout.writers
         ],
         "artifacts": [c.__dict__ for c in table],
@@ -109,11 +110,13 @@ def inspect(model_dir: str, as_json: bool, allow_pickle: bool, revision: str | N
         roles.setdefault(w.role, []).append(w)
     click.echo("residual writers")
     for role, writers in roles.items():
-        example = writers[-1].module
+        example = writers[-1]
         biases = sum(w.has_bias for w in writers)
-        mult = {w.multiplier for w in writers}
+        mult = {w.stream_scale for w in writers}
         extra = f", output × {mult.pop():g}" if mult != {1.0} else ""
-        click.echo(f"  {role:<10} {len(writers):>3} × {example} (bias on {biases}{extra})")
+        extra += f", post-norm {example.post_norm.rsplit('.', 2)[-2]}" if example.post_norm else ""
+        tensors = f", {len(example.tensors)} tensors each" if len(example.tensors) > 1 else ""
+        click.echo(f"  {role:<10} {len(writers):>3} × {example.hook} (bias on {biases}{extra}{tensors})")
     click.echo("what each artifact can carry exactly")
     for c in table:
         click.echo(f"  {'yes' if c.exact else 'no ':<4} {c.artifact:<20} {c.edit_kind:<40} {c.note}")

@@ -41,3 +41,15 @@ def test_inspect_text_output(tmp_path):
     result = CliRunner().invoke(cli, ["inspect", str(save_tiny_model(build_tiny_model("phi3"), tmp_path / "p"))])
     assert result.exit_code == 0
     assert "phi3" in result.output and "model.layers.2.mlp.down_proj" in result.output
+
+
+def test_inspect_reports_post_norm_and_experts(tmp_path):
+    gemma = inspect_json(save_tiny_model(build_tiny_model("gemma2", head_dim=16, tie_word_embeddings=True), tmp_path / "g"))
+    assert gemma["residual_writers"][1]["post_norm"].endswith("post_attention_layernorm.weight")
+    notes = " ".join(a["note"] for a in gemma["artifacts"])
+    assert "not identical to a runtime ablation" in notes and "PEFT ≥ 0.18" in notes
+    moe = inspect_json(save_tiny_model(build_tiny_model("mixtral", num_local_experts=4, num_experts_per_tok=2), tmp_path / "m"))
+    mlp = moe["residual_writers"][2]
+    assert mlp["module"] == "model.layers.0.mlp" and len(mlp["tensors"]) == 4  # one down projection per expert, on disk
+    cells = {(a["artifact"], a["edit_kind"].split(" ")[0]): a["exact"] for a in moe["artifacts"]}
+    assert cells[("merged safetensors", "linear")] and not cells[("PEFT LoRA", "linear")]
