@@ -164,6 +164,37 @@ def push(folder: Path, repo_id: str, private: bool, revision: str | None, create
     click.echo(f"pushed {folder} to {url}")
 
 
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: runs/RECIPE_NAME).")
+@click.option("--resume", is_flag=True, help="Continue a run in --out, skipping finished stages.")
+@click.option("--overwrite", is_flag=True, help="Start over in an existing --out.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (stages, downloads, estimates) without running a model.")
+def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: bool) -> None:
+    """Run every stage of a RECIPE (YAML): fit, export, validate, report, push."""
+    from editor.run import ThresholdFailure, plan_recipe, run_recipe
+
+    out = out or Path("runs") / recipe.stem
+    if dry_run:
+        for line in plan_recipe(recipe, out):
+            click.echo(line)
+        return
+    try:
+        report = run_recipe(recipe, out, resume=resume, overwrite=overwrite, say=click.echo)
+    except ThresholdFailure as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished stages are kept; run again with --resume --out {out}", err=True)
+        raise SystemExit(130)
+    if "after" in report:
+        from editor.evaluate.report import before_after_rows
+
+        for metric, before, after in before_after_rows(report):
+            click.echo(f"{metric:<34} {before:>8} {after:>8}")
+    click.echo(f"wrote {out}")
+
+
 def _records(path: Path | None):
     from editor.prompts import load_prompts
 

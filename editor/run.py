@@ -1,0 +1,328 @@
+"""``steerfold run``: execute a recipe stage by stage, caching each stage by the content hash of its inputs.
+
+Stages: prompts → fit → export (merged / lora) → validate → report → push. A stage's key hashes the model's
+identity, the prompt contents and the stage's parameters (and the keys of the stages it reads), so a repeated or
+resumed run skips finished work and recomputes exactly what changed. Exports are written atomically; an
+interrupted run leaves finished stages in ``OUT/.cache`` and no partial export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from editor.errors import SteerfoldError
+from editor.prompts import PromptRecord, load_prompts
+from editor.recipe import PromptSet, Recipe
+
+STATE = ".steerfold-run.json"
+Say = Callable[[str], None]
+
+
+def digest(*parts: object) -> str:
+    """Stable short hash of JSON-serialisable parts."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def records_hash(records: list[PromptRecord]) -> str:
+    return digest([(r.text, r.category) for r in records])
+
+
+def model_identity(folder: Path) -> str:
+    """Identity of a local checkpoint without reading its weights: config plus weight file names and sizes."""
+    files = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    return digest((folder / "config.json").read_text(), files)
+
+
+def load_prompt_set(spec: PromptSet, base: Path) -> list[PromptRecord]:
+    """Prompts of one set: a local file, a split of the organism's prompts, or a Hub dataset."""
+    if spec.organism:
+        from editor.organism import load_split
+
+        kind, _, split = spec.organism.partition("/")
+        try:
+            records = load_split(kind, split)
+        except ValueError as exc:
+            raise SteerfoldError(f"organism prompts '{spec.organism}': {exc}: write e.g. harmful/test") from None
+    elif spec.file:
+        path = base / spec.file if (base / spec.file).is_file() else Path(spec.file)
+        records = load_prompts(path)
+    else:
+        records = _hub_dataset(spec)
+    return records[: spec.count] if spec.count else records
+
+
+def _hub_dataset(spec: PromptSet) -> list[PromptRecord]:
+    try:
+        import datasets
+    except ImportError:
+        raise SteerfoldError(f"prompts from the Hub dataset {spec.dataset} need the datasets package: pip install datasets") from None
+    try:
+        rows = datasets.load_dataset(spec.dataset, split=spec.split)
+    except Exception as exc:  # every failure to fetch becomes one line
+        raise SteerfoldError(f"could not load dataset {spec.dataset} split {spec.split} ({type(exc).__name__}): "
+                             "check the id and split, and that the Hub is reachable") from None
+    if spec.column not in rows.column_names:
+        raise SteerfoldError(f"dataset {spec.dataset} has no column '{spec.column}' (columns: {', '.join(rows.column_names)})")
+    categories = rows[spec.category_column] if spec.category_column else [None] * len(rows)
+    return [PromptRecord(str(t), c) for t, c in zip(rows[spec.column], categories)]
+
+
+def model_folder(recipe: Recipe) -> Path:
+    """The local folder of the recipe's model (the organism, a folder, or a Hub snapshot)."""
+    if recipe.model.path == "organism":
+        from editor.organism import SHIPPED_CHECKPOINT
+
+        return SHIPPED_CHECKPOINT
+    from editor.hub import resolve_model
+
+    return resolve_model(recipe.model.path, recipe.model.revision)
+
+
+@dataclass
+class RunState:
+    """What a run has finished, by stage key (kept in OUT/.steerfold-run.json)."""
+
+    path: Path
+    done: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, out: Path) -> "RunState":
+        file = out / STATE
+        data = json.loads(file.read_text()) if file.is_file() else {}
+        return cls(file, data.get("done", {}), data.get("timings", {}))
+
+    def finish(self, stage: str, key: str, seconds: float) -> None:
+        self.done[stage], self.timings[stage] = key, round(seconds, 2)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"done": self.done, "timings": self.timings}, indent=2))
+        tmp.replace(self.path)
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs: an existing run folder needs --resume (continue) or --overwrite (start over)."""
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif not resume:
+            raise SteerfoldError(f"{out} already holds a run: pass --resume to continue it, or --overwrite to start over")
+        elif not (out / STATE).is_file():
+            raise SteerfoldError(f"{out} is not a steerfold run folder: choose another --out")
+    (out / ".cache").mkdir(parents=True, exist_ok=True)
+
+
+def stage(state: RunState, name: str, key: str, done: Callable[[], bool], work: Callable[[], None], say: Say) -> bool:
+    """Run ``work`` unless this stage already finished with the same key; returns whether it ran."""
+    if state.done.get(name) == key and done():
+        say(f"[{name}] cached ({key})")
+        return False
+    say(f"[{name}] running")
+    start = time.perf_counter()
+    work()
+    state.finish(name, key, time.perf_counter() - start)
+    say(f"[{name}] done in {time.perf_counter() - start:.1f} s")
+    return True
+
+
+class ThresholdFailure(SteerfoldError):
+    """A validation threshold of the recipe was not met (the run's artifacts are kept)."""
+
+
+def check_thresholds(report: dict, thresholds) -> list[str]:
+    """Human-readable failures of the recipe's validation thresholds."""
+    after, failures = report["after"], []
+    checks = [("harmful_refusal", thresholds.harmful_refusal_max, max), ("harmless_refusal", thresholds.harmless_refusal_max, max),
+              ("kl_first_token", thresholds.kl_first_token_max, max), ("coherent_compliance", thresholds.coherent_compliance_min, min)]
+    for metric, limit, kind in checks:
+        if limit is None or metric not in after:
+            continue
+        value = after[metric]
+        if (kind is max and value > limit) or (kind is min and value < limit):
+            failures.append(f"{metric} {value:.3f} {'>' if kind is max else '<'} {limit:g}")
+    return failures
+
+
+def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bool = False, say: Say = print) -> dict:
+    """Run every stage of a recipe into ``out``; returns the report."""
+    import torch
+
+    from editor.directions import load_direction_file, save_direction_file
+    from editor.edit_checkpoint import EditRequest, run_edit
+    from editor.evaluate.report import write_report
+    from editor.evaluate.validate import EvalSets, validate
+    from editor.export.card import write_card
+    from editor.export.checksums import write_checksums
+    from editor.fit import fit_persona_direction, fit_refusal_direction, split_for_validation
+    from editor.models import atomic_file, load_model, load_tokenizer
+    from editor.recipe import load_recipe
+    from editor.selection import SelectionSettings
+
+    recipe = load_recipe(recipe_path)
+    prepare_out(out, resume, overwrite)
+    state = RunState.open(out)
+    folder = model_folder(recipe)
+    identity = model_identity(folder)
+    sets = {name: load_prompt_set(spec, recipe_path.parent) for name, spec in recipe.prompts.items()}
+    hashes = {name: records_hash(records) for name, records in sets.items()}
+    cache: dict[str, object] = {}
+
+    def base():
+        if "model" not in cache:
+            torch.manual_seed(0)
+            cache["model"], cache["tokenizer"] = load_model(folder), load_tokenizer(folder)
+        return cache["model"], cache["tokenizer"]
+
+    fit = recipe.fit
+    used = [n for n in (fit.harmful, fit.harmless, fit.harmful_val, fit.harmless_val, fit.prompts) if n]
+    fit_key = digest("fit", identity, fit.model_dump(), [hashes[n] for n in used])
+    direction_path = out / ".cache" / f"direction-{fit_key}.safetensors"
+
+    def do_fit() -> None:
+        model, tokenizer = base()
+        if fit.method == "persona_vector":
+            file = fit_persona_direction(model, tokenizer, sets[fit.prompts], fit.persona, fit.against, model_name=recipe.model.path)
+        else:
+            harmful, harmful_val = (sets[fit.harmful], sets[fit.harmful_val]) if fit.harmful_val else split_for_validation(sets[fit.harmful])
+            harmless, harmless_val = (sets[fit.harmless], sets[fit.harmless_val]) if fit.harmless_val else split_for_validation(sets[fit.harmless])
+            settings = SelectionSettings(max_layer_fraction=fit.max_layer_fraction, max_kl=fit.max_kl)
+            file = fit_refusal_direction(model, tokenizer, harmful, harmless, harmful_val, harmless_val, settings,
+                                         fit.system, recipe.model.path).file
+        with atomic_file(direction_path, overwrite=True) as tmp:
+            save_direction_file(tmp, file)
+
+    stage(state, "fit", fit_key, direction_path.is_file, do_fit, say)
+    shutil.copy2(direction_path, out / "direction.safetensors")
+
+    edit = recipe.edit
+    export_keys: dict[str, str] = {}
+    for fmt in recipe.export.formats:
+        key = export_keys[fmt] = digest("export", fit_key, edit.model_dump(), fmt, recipe.export.max_shard_size)
+        target = out / fmt
+        request = EditRequest(model=folder, direction=direction_path, out=target, format=fmt, scale=edit.scale,
+                              layers=edit.layers, layer=edit.layer, embedding=edit.embedding, overwrite=True,
+                              tied_embedding=edit.tied_embedding, max_shard_size=recipe.export.max_shard_size)
+        stage(state, f"export:{fmt}", key, lambda t=target: (t / "SHA256SUMS").is_file(), lambda r=request: run_edit(r), say)
+
+    report: dict = {}
+    if recipe.validate_ is not None:
+        spec = recipe.validate_
+        fmt = "merged" if "merged" in recipe.export.formats else recipe.export.formats[0]
+        key = digest("validate", export_keys[fmt], spec.model_dump(), hashes[spec.harmful], hashes[spec.harmless])
+        report_path = out / ".cache" / f"validate-{key}.json"
+
+        def do_validate() -> None:
+            model, tokenizer = base()
+            check = None
+            if spec.coherence == "organism":
+                from editor.organism import coherent_compliance as check
+            edited = load_model(out / fmt, base=folder)
+            result = validate(model, edited, tokenizer, EvalSets(sets[spec.harmful], sets[spec.harmless]), spec.system,
+                              check, spec.max_new_tokens)
+            with atomic_file(report_path, overwrite=True) as tmp:
+                tmp.write_text(json.dumps(result, default=str))
+
+        stage(state, "validate", key, report_path.is_file, do_validate, say)
+        report = json.loads(report_path.read_text())
+
+    metadata = load_direction_file(direction_path).metadata
+    report.update({"recipe": recipe.name, "base": recipe.model.path, "revision": recipe.model.revision,
+                   "edit": {"kind": edit.kind, "method": metadata.get("method", fit.method), "scale": edit.scale,
+                            "layers": edit.layers or "all", "direction_layer": edit.layer if edit.layer is not None else metadata.get("layer"),
+                            "position": metadata.get("position"), "untied_output_head": False},
+                   "stage_seconds": state.timings})
+    if "selection" in metadata:
+        report["selection"] = json.loads(metadata["selection"])
+        report["selection_baseline"] = json.loads(metadata.get("selection_baseline", "{}"))
+    if "before" in report:
+        write_report(out, report)
+        for fmt in recipe.export.formats:
+            write_card(out / fmt, "merged" if fmt == "merged" else "adapter", title=f"{recipe.name}", base_model=recipe.model.path,
+                       edit=report["edit"], direction_metadata=metadata, report=report, reproduce=f"steerfold run {recipe_path.name}")
+            write_checksums(out / fmt)
+
+    if recipe.push is not None:
+        from editor.hub import push_folder
+
+        for fmt in recipe.export.formats:
+            repo = recipe.push.repo if len(recipe.export.formats) == 1 else f"{recipe.push.repo}-{fmt}"
+            say(f"[push] {out / fmt} → {repo}: {push_folder(out / fmt, repo, recipe.push.private, recipe.push.revision)}")
+
+    failures = check_thresholds(report, recipe.validate_.thresholds) if recipe.validate_ and "after" in report else []
+    if failures:
+        raise ThresholdFailure(f"validation thresholds not met: {'; '.join(failures)} (artifacts kept in {out})")
+    return report
+
+
+def plan_recipe(recipe_path: Path, out: Path) -> list[str]:
+    """What ``run`` would do, without loading a model or touching the network: stages, downloads, estimates."""
+    from editor.hub import looks_like_repo_id
+    from editor.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    lines = [f"recipe {recipe.name}: model {recipe.model.path}" + (f" @ {recipe.model.revision}" if recipe.model.revision else "")]
+    config = _config_offline(recipe)
+    if recipe.model.path != "organism" and looks_like_repo_id(recipe.model.path):
+        lines.append(f"download: model {recipe.model.path} (unless in the Hugging Face cache)")
+    for name, spec in recipe.prompts.items():
+        source = spec.file or spec.organism or f"Hub dataset {spec.dataset} [{spec.split}] column {spec.column}"
+        if spec.dataset:
+            lines.append(f"download: dataset {spec.dataset} split {spec.split}")
+        lines.append(f"prompts {name}: {source}" + (f", first {spec.count}" if spec.count else ""))
+    state = RunState.open(out) if (out / STATE).is_file() else None
+    stages = ["fit"] + [f"export:{f}" for f in recipe.export.formats] + (["validate"] if recipe.validate_ else []) + ["report"]
+    stages += ["push"] if recipe.push else []
+    for name in stages:
+        status = "finished before (re-checked by key on --resume)" if state and name in state.done else "would run"
+        lines.append(f"stage {name}: {status}")
+    lines += estimate_lines(config, recipe.export.formats)
+    return lines
+
+
+def _config_offline(recipe: Recipe) -> dict | None:
+    """The model's config.json from a local folder, the organism, or the Hugging Face cache; None offline."""
+    path = recipe.model.path
+    if path == "organism" or Path(path).is_dir():
+        folder = model_folder(recipe)
+        return json.loads((folder / "config.json").read_text())
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, "config.json", revision=recipe.model.revision)
+    except Exception:  # an id the cache cannot even parse: no estimate
+        return None
+    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+
+
+BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def estimate_lines(config: dict | None, formats: list[str]) -> list[str]:
+    """Disk and memory estimates from a config (parameter count from the shapes of a decoder-only model)."""
+    if not config:
+        return ["estimate: the model's config.json is not available offline (not in the Hugging Face cache)"]
+    config = config.get("text_config", config)
+    d, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    inter = config.get("intermediate_size", 4 * d)
+    heads = config.get("num_attention_heads", 1)
+    head_dim = config.get("head_dim") or d // heads
+    kv = config.get("num_key_value_heads", heads)
+    experts = config.get("num_local_experts") or config.get("num_experts") or 1
+    moe_inter = config.get("moe_intermediate_size", inter)
+    attention = d * head_dim * heads * 2 + 2 * d * head_dim * kv
+    mlp = 3 * d * (moe_inter * experts if experts > 1 else inter)
+    embeddings = vocab * d * (1 if config.get("tie_word_embeddings") else 2)
+    params = embeddings + layers * (attention + mlp)
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    size = params * BYTES.get(dtype, 4)
+    gb = lambda n: f"{n / 1e9:.2f} GB"
+    lines = [f"estimate: about {params / 1e9:.2f} B parameters, {gb(size)} of weights in {dtype}"]
+    if "merged" in formats:
+        lines.append(f"estimate: merged export writes about {gb(size)}, streaming (memory: a few of its largest tensors)")
+    lines.append(f"estimate: fit and validate hold the model in float32: about {gb(params * 4)} of memory")
+    return lines

@@ -1,0 +1,72 @@
+"""Recipes: every shipped recipe validates and plans offline; mistakes are one line naming the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from editor.errors import SteerfoldError
+from editor.recipe import load_recipe
+from editor.run import check_thresholds, estimate_lines
+
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_shipped_recipe_validates_and_plans_offline(path, tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    recipe = load_recipe(path)
+    assert recipe.prompts
+    result = CliRunner().invoke(cli, ["run", str(path), "--dry-run", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "stage fit: would run" in result.output and "estimate" in result.output
+    assert not (tmp_path / "run").exists()  # a plan writes nothing
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = """model: organism
+prompts:
+  harmful: {organism: harmful/train}
+  harmless: {organism: harmless/train}
+"""
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("fit:\n  harmfull: harmful\n", "unknown key 'fit.harmfull': did you mean 'harmful'?"),
+    ("edit:\n  scale: lots\n", "edit.scale: Input should be a valid number"),
+    ("validat: {}\n", "unknown key 'validat': did you mean 'validate'?"),
+    ("fit:\n  harmless: missing_set\n", "fit.harmless names prompt set 'missing_set'"),
+    ("export:\n  formats: [gguf]\n", "export.formats.0"),
+])
+def test_recipe_mistakes_are_one_line(tmp_path, extra, message):
+    result = CliRunner().invoke(cli, ["run", str(write(tmp_path, BASE + extra)), "--dry-run"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_missing_prompt_file_names_the_key(tmp_path):
+    path = write(tmp_path, BASE.replace("{organism: harmful/train}", "{file: nowhere.jsonl}"))
+    with pytest.raises(SteerfoldError, match="prompts.harmful.file: nowhere.jsonl does not exist"):
+        load_recipe(path)
+
+
+def test_thresholds_and_estimates():
+    from editor.recipe import Thresholds
+
+    report = {"after": {"harmful_refusal": 0.2, "harmless_refusal": 0.0, "kl_first_token": 0.05, "coherent_compliance": 0.5}}
+    failures = check_thresholds(report, Thresholds(harmful_refusal_max=0.1, kl_first_token_max=0.1, coherent_compliance_min=0.8))
+    assert failures == ["harmful_refusal 0.200 > 0.1", "coherent_compliance 0.500 < 0.8"]
+    lines = estimate_lines({"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256, "intermediate_size": 14336,
+                            "num_attention_heads": 32, "num_key_value_heads": 8, "dtype": "bfloat16"}, ["merged"])
+    assert "8.03 B parameters" in lines[0] and "16.06 GB" in lines[0]  # Llama-3.1-8B's published size
