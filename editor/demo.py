@@ -7,6 +7,7 @@ direction and measure what adding it does, and write everything with a report an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -114,13 +115,14 @@ def run_demo(out: Path, overwrite: bool = False, checkpoint: Path = SHIPPED_CHEC
                      "untied_output_head": merged.details.get("untied_output_head", False)},
             "selection": [row.as_dict() for row in fit.table],
             "selection_baseline": fit.baseline,
+            "projections": json.loads(fit.file.metadata["projections"]),
             "persona": persona,
         })
         card = dict(title="steerfold organism, refusal direction ablated", base_model=str(checkpoint), edit=report["edit"],
                     direction_metadata=fit.file.metadata, report=report, reproduce="steerfold demo --out DIR")
-        write_card(tmp / "model", "merged", **card)
-        write_card(tmp / "adapter", "adapter", **card)
         write_report(tmp, report)
+        write_card(tmp / "model", "merged", plots_from=tmp, **card)
+        write_card(tmp / "adapter", "adapter", plots_from=tmp, **card)
         for folder in (tmp / "model", tmp / "adapter", tmp):
             write_checksums(folder)
     return report

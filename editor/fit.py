@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editor.activations import post_instruction_positions
+from editor.activations import at_positions, capture, post_instruction_positions
 from editor.directions import DirectionFile
 from editor.evaluate.behaviour import chat_texts
 from editor.methods import difference_in_means, persona_vector
@@ -72,6 +72,8 @@ def fit_refusal_direction(
     )
     chosen = choose(table, num_layers, settings, min_induce=baseline["harmless_refusal_score"])
     p = positions.index(chosen.position)
+    projections = chosen_projections(model, tokenizer, diffs[p, chosen.layer], chosen, harmful_val, harmless_val, system,
+                                     settings.batch_size)
     metadata = {
         "method": "diff_in_means",
         "model": model_name,
@@ -84,9 +86,21 @@ def fit_refusal_direction(
         "harmless_val_hash": prompt_hash(harmless_val),
         "selection": json.dumps([row.as_dict() for row in table]),
         "selection_baseline": json.dumps(baseline),
+        "projections": json.dumps(projections),
         "steerfold_version": VERSION,
     }
     return RefusalFit(DirectionFile(directions=diffs[p], metadata=metadata), table, baseline, chosen, diffs)
+
+
+def chosen_projections(model, tokenizer, vector: torch.Tensor, chosen: Candidate, harmful, harmless, system, batch_size) -> dict:
+    """Validation activations at the chosen position and layer, projected on the chosen unit direction."""
+    unit = vector / vector.norm()
+    out = {}
+    for name, records in (("harmful", harmful), ("harmless", harmless)):
+        acts = capture(model, tokenizer, chat_texts(tokenizer, records, system), [chosen.layer], at_positions([chosen.position]),
+                       batch_size)
+        out[name] = [round(float(v), 4) for v in acts[:, 0, 0] @ unit]
+    return out
 
 
 def fit_persona_direction(

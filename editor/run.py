@@ -239,10 +239,11 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
     if "selection" in metadata:
         report["selection"] = json.loads(metadata["selection"])
         report["selection_baseline"] = json.loads(metadata.get("selection_baseline", "{}"))
+        report["projections"] = json.loads(metadata.get("projections", "{}"))
     if "before" in report:
         write_report(out, report)
         for fmt in recipe.export.formats:
-            write_card(out / fmt, "merged" if fmt == "merged" else "adapter", title=f"{recipe.name}", base_model=recipe.model.path,
+            write_card(out / fmt, "merged" if fmt == "merged" else "adapter", plots_from=out, title=recipe.name, base_model=recipe.model.path,
                        edit=report["edit"], direction_metadata=metadata, report=report, reproduce=f"steerfold run {recipe_path.name}")
             write_checksums(out / fmt)
 

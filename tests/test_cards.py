@@ -47,3 +47,29 @@ def test_cards_render_a_report_table_and_every_kind():
         assert front_matter(card)["base_model"] == "org/base"
         assert "| harmful refusal | 100.0% | 10.0% |" in card
     assert "own unedited copy" in render_card("merged", title="t", base_model="b", edit=edit, direction_metadata={})
+
+
+def test_report_plots_are_drawn_and_embedded(tmp_path):
+    from editor.evaluate.report import write_report
+    from editor.export.card import write_card
+
+    report = {
+        "prompts": {"harmful": 2, "harmless": 2},
+        "before": {"harmful_refusal": 1.0, "harmless_refusal": 0.0, "by_category": {"cyber": 1.0, "cooking": 0.0}},
+        "after": {"harmful_refusal": 0.0, "harmless_refusal": 0.0, "by_category": {"cyber": 0.0, "cooking": 0.0},
+                  "kl_first_token": 0.01, "kl_multi_token": 0.02},
+        "selection": [{"position": -1, "layer": 1, "bypass": 0.2, "induce": 0.5, "kl": 0.01, "norm": 1.0, "kept": True, "reason": "chosen"},
+                      {"position": -1, "layer": 2, "bypass": 0.4, "induce": 0.6, "kl": 0.02, "norm": 1.0, "kept": True, "reason": ""}],
+        "projections": {"harmful": [1.0, 1.2, 0.9], "harmless": [0.1, -0.2, 0.0]},
+    }
+    write_report(tmp_path, report)
+    for name in ("selection", "projections", "refusal_by_category"):
+        assert (tmp_path / "plots" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    assert "![Refusal by category](plots/refusal_by_category.png)" in (tmp_path / "report.md").read_text()
+    (tmp_path / "model").mkdir()
+    edit = {"kind": "ablation", "method": "m", "scale": 1.0, "layers": [1], "direction_layer": 1, "position": -1,
+            "untied_output_head": False}
+    write_card(tmp_path / "model", "merged", plots_from=tmp_path, title="t", base_model="b", edit=edit,
+               direction_metadata={}, report=report)
+    assert (tmp_path / "model" / "plots" / "selection.png").is_file()
+    assert "(plots/selection.png)" in (tmp_path / "model" / "README.md").read_text()

@@ -68,6 +68,10 @@ def render_markdown(report: dict) -> str:
                   f"{pct(persona['steered_harmful_refusal'])}.", "",
                   markdown_table(("layer index", "cos(persona, refusal)"),
                                  [(i, f"{c:+.3f}") for i, c in enumerate(persona["cosine_with_refusal"])]), ""]
+    if report.get("plots"):
+        parts += ["## Plots", ""]
+        for title, file in report["plots"].items():
+            parts += [f"### {title}", "", f"![{title}]({file})", ""]
     if report.get("examples"):
         parts += ["## Examples", ""]
         for ex in report["examples"]:
@@ -76,7 +80,11 @@ def render_markdown(report: dict) -> str:
     return "\n".join(parts)
 
 
-def write_report(folder: Path, report: dict) -> None:
-    """Write report.json and report.md into ``folder``."""
+def write_report(folder: Path, report: dict, plots: bool = True) -> None:
+    """Write report.json, report.md and (unless ``plots`` is False) the PNG plots into ``folder``."""
+    if plots:
+        from editor.evaluate.plots import write_plots
+
+        report["plots"] = write_plots(folder, report)
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (folder / "report.md").write_text(render_markdown(report))

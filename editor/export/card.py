@@ -40,7 +40,8 @@ def provenance(direction_metadata: dict[str, str]) -> dict[str, str]:
 
 
 def render_card(kind: str, *, title: str, base_model: str, edit: dict, direction_metadata: dict[str, str],
-                report: dict | None = None, license: str | None = None, reproduce: str = "", rank: int = 1) -> str:
+                report: dict | None = None, license: str | None = None, reproduce: str = "", rank: int = 1,
+                plots: dict[str, str] | None = None) -> str:
     """Render one card; ``edit`` holds kind, method, scale, layers, direction_layer, position, untied_output_head."""
     if kind not in KINDS:
         raise ValueError(f"card kind must be one of {KINDS}")
@@ -51,9 +52,16 @@ def render_card(kind: str, *, title: str, base_model: str, edit: dict, direction
     table = markdown_table(("metric", "before", "after"), before_after_rows(report)) if report else ""
     return env.get_template(f"{kind}.md.j2").render(
         title=title, base_model=base_model, edit=edit, provenance=provenance(direction_metadata), report=report,
-        validation_table=table, license=license, reproduce=reproduce, rank=rank,
+        validation_table=table, license=license, reproduce=reproduce, rank=rank, plots=plots or {},
     )
 
 
-def write_card(folder: Path, kind: str, **context) -> None:
-    (folder / "README.md").write_text(render_card(kind, **context))
+def write_card(folder: Path, kind: str, plots_from: Path | None = None, **context) -> None:
+    """Write README.md into an artifact folder, copying the report's plots beside it when given."""
+    plots = {}
+    if plots_from is not None and context.get("report", {}).get("plots"):
+        import shutil
+
+        shutil.copytree(plots_from / "plots", folder / "plots", dirs_exist_ok=True)
+        plots = context["report"]["plots"]
+    (folder / "README.md").write_text(render_card(kind, plots=plots, **context))

@@ -1,0 +1,77 @@
+"""PNG plots for the report and card: selection scores per layer, projections on the chosen direction, and
+refusal by category before and after. Drawn with matplotlib's Agg backend (no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+
+def selection_plot(selection: list[dict], path: Path) -> None:
+    """Bypass, induce and KL of every candidate, one line per position, against the layer index."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for position in sorted({row["position"] for row in selection}):
+        rows = [r for r in selection if r["position"] == position and r["bypass"] is not None]
+        layers = [r["layer"] for r in rows]
+        for axis, key in zip(axes, ("bypass", "induce", "kl")):
+            axis.plot(layers, [r[key] for r in rows], marker="o", label=f"position {position}")
+    chosen = next((r for r in selection if r.get("reason") == "chosen"), None)
+    for axis, title in zip(axes, ("bypass: refusal score, ablated", "induce: refusal score, added", "KL on harmless, ablated")):
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("layer index")
+        if chosen:
+            axis.axvline(chosen["layer"], color="grey", linestyle=":")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def projection_plot(projections: dict[str, list[float]], path: Path) -> None:
+    """Histogram of harmful vs harmless activations projected on the chosen (unit) direction."""
+    fig, axis = plt.subplots(figsize=(6, 3.2))
+    for name, values in projections.items():
+        axis.hist(values, bins=20, alpha=0.6, label=name)
+    axis.set_xlabel("projection on the refusal direction (chosen layer and position)")
+    axis.set_ylabel("prompts")
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def category_plot(before: dict[str, float], after: dict[str, float], path: Path) -> None:
+    """Refusal rate per category before and after the edit."""
+    categories = sorted(after)
+    x = range(len(categories))
+    fig, axis = plt.subplots(figsize=(max(5, len(categories) * 0.8), 3.2))
+    axis.bar([i - 0.2 for i in x], [100 * before.get(c, 0) for c in categories], width=0.4, label="before")
+    axis.bar([i + 0.2 for i in x], [100 * after[c] for c in categories], width=0.4, label="after")
+    axis.set_xticks(list(x), categories, rotation=30, ha="right")
+    axis.set_ylabel("refusal (%)")
+    axis.set_ylim(0, 105)
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_plots(folder: Path, report: dict) -> dict[str, str]:
+    """Draw every plot the report has data for; returns {title: path relative to ``folder``}."""
+    plots_dir = folder / "plots"
+    plots_dir.mkdir(exist_ok=True)
+    made: dict[str, str] = {}
+    if report.get("selection"):
+        selection_plot(report["selection"], plots_dir / "selection.png")
+        made["Selection scores per layer"] = "plots/selection.png"
+    if report.get("projections"):
+        projection_plot(report["projections"], plots_dir / "projections.png")
+        made["Projections on the chosen direction"] = "plots/projections.png"
+    if report.get("after", {}).get("by_category"):
+        category_plot(report["before"]["by_category"], report["after"]["by_category"], plots_dir / "refusal_by_category.png")
+        made["Refusal by category"] = "plots/refusal_by_category.png"
+    return made
