@@ -137,5 +137,5 @@ def run_edit(request: EditRequest) -> EditSummary:
         write_card(tmp, "merged" if request.format == "merged" else "adapter", title=f"{base_name} (steerfold edit)",
                    base_model=base_name, edit=card_edit, direction_metadata=metadata, license=base_license(folder.path),
                    reproduce=reproduce_command(request), rank=details.get("rank", 1))
-        write_checksums(tmp)
+        write_checksums(tmp, known=details.pop("digests", None))
     return EditSummary(request.out, request.format, layout, edit.layers, source_layer, details)

@@ -49,13 +49,21 @@ class ResidualMap:
         return out.to(w.dtype)
 
     def fold_linear_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """``W ← (I + U Vᵀ) W`` for a writer whose weight is [hidden, in], in row chunks of float32."""
+        """``W ← (I + U Vᵀ) W`` for a writer whose weight is [hidden, in], in float32.
+
+        A tensor within ``WHOLE_FLOAT32_BYTES`` is converted once; a larger one is folded in row chunks, so
+        memory stays near the tensor's own size whatever the model.
+        """
+        if weight.numel() * 4 <= WHOLE_FLOAT32_BYTES:
+            w = weight.to(torch.float32)
+            return w.addmm_(self.U, self.V.T @ w).to(weight.dtype)
         vt_w = torch.zeros(self.V.shape[1], weight.shape[1], dtype=torch.float32)
         for rows in _row_chunks(weight):
             vt_w += self.V[rows].T @ weight[rows].to(torch.float32)
         out = torch.empty_like(weight)
         for rows in _row_chunks(weight):
-            out[rows] = (weight[rows].to(torch.float32) + self.U[rows] @ vt_w).to(weight.dtype)
+            chunk = weight[rows].to(torch.float32)
+            out[rows] = chunk.addmm_(self.U[rows], vt_w)  # in place: no separate outer product
         return out
 
     def fold_bias(self, bias: torch.Tensor) -> torch.Tensor:
@@ -90,6 +98,7 @@ class ResidualMap:
 
 
 CHUNK_ELEMENTS = 1 << 24  # 64 MB of float32 per chunk: peak memory is the tensor, its output and one chunk
+WHOLE_FLOAT32_BYTES = 512 << 20  # tensors up to this size in float32 are folded in one piece
 
 
 def _row_chunks(matrix: torch.Tensor) -> list[slice]:

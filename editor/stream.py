@@ -140,24 +140,45 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
-def write_shards(shards: list[list[OutputTensor]], dest: Path, transform: Transform) -> dict[str, str]:
-    """Write every planned shard into ``dest``; returns the weight map (tensor name → file name)."""
+def write_shards(
+    shards: list[list[OutputTensor]], dest: Path, transform: Transform, digests: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Write every planned shard into ``dest``; returns the weight map (tensor name → file name).
+
+    With ``digests``, each finished shard is hashed (sha256) in a background thread while the next one is written,
+    so checksums cost almost no extra time; the hex digests land in ``digests`` by file name.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from editor.export.checksums import sha256_of
+
     names = shard_names(len(shards))
     weight_map: dict[str, str] = {}
-    for name, tensors in zip(names, shards):
-        with open(dest / name, "wb") as out:
-            out.write(_header_bytes(tensors, {"format": "pt"}))
-            for tensor in tensors:
-                if tensor.transform:
-                    edited = transform(tensor.name, tensor.source.load())
-                    expected = (DTYPES[tensor.source.dtype], torch.Size(tensor.source.shape))
-                    if (edited.dtype, edited.shape) != expected:
-                        raise AssertionError(f"transform changed {tensor.name}: {edited.dtype}, {tuple(edited.shape)}")
-                    out.write(tensor_bytes(edited))
-                else:
-                    tensor.source.copy_to(out)
-                weight_map[tensor.name] = name
+    with ThreadPoolExecutor(max_workers=1) as hasher:
+        pending = {}
+        for name, tensors in zip(names, shards):
+            _write_shard(dest / name, tensors, transform)
+            weight_map.update({t.name: name for t in tensors})
+            if digests is not None:
+                pending[name] = hasher.submit(sha256_of, dest / name)
+        for name, future in pending.items():
+            digests[name] = future.result()
     return weight_map
+
+
+def _write_shard(path: Path, tensors: list[OutputTensor], transform: Transform) -> None:
+    """Header first (shapes and dtypes are known), then each tensor: folded, or copied byte for byte."""
+    with open(path, "wb") as out:
+        out.write(_header_bytes(tensors, {"format": "pt"}))
+        for tensor in tensors:
+            if tensor.transform:
+                edited = transform(tensor.name, tensor.source.load())
+                expected = (DTYPES[tensor.source.dtype], torch.Size(tensor.source.shape))
+                if (edited.dtype, edited.shape) != expected:
+                    raise AssertionError(f"transform changed {tensor.name}: {edited.dtype}, {tuple(edited.shape)}")
+                out.write(tensor_bytes(edited))
+            else:
+                tensor.source.copy_to(out)
 
 
 def write_index(dest: Path, weight_map: dict[str, str], total_size: int) -> None:

@@ -26,10 +26,12 @@ def artifact_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SUMS and not p.name.startswith("."))
 
 
-def write_checksums(folder: Path) -> int:
-    """Write ``SHA256SUMS`` listing every file under ``folder``; returns how many were listed."""
+def write_checksums(folder: Path, known: dict[str, str] | None = None) -> int:
+    """Write ``SHA256SUMS`` listing every file under ``folder`` (``known``: digests already computed, by relative
+    name, for files written in this run); returns how many were listed."""
+    known = known or {}
     files = artifact_files(folder)
-    lines = [f"{sha256_of(p)}  {p.relative_to(folder).as_posix()}" for p in files]
+    lines = [f"{known.get(rel) or sha256_of(p)}  {rel}" for p in files for rel in [p.relative_to(folder).as_posix()]]
     (folder / SUMS).write_text("\n".join(lines) + "\n")
     return len(files)
 

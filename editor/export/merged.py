@@ -47,10 +47,11 @@ def write_merged_checkpoint(
 
     copy_side_files(folder.path, dest)
     shards = plan_shards(outputs, max_shard_bytes)
-    weight_map = write_shards(shards, dest, transform)
+    digests: dict[str, str] = {}
+    weight_map = write_shards(shards, dest, transform, digests)
     shutil.rmtree(dest / ".scratch", ignore_errors=True)
     if len(shards) > 1:
         write_index(dest, weight_map, sum(t.source.nbytes for t in outputs))
     if untie:
         update_config(dest, tie_word_embeddings=False)
-    return {"untied_output_head": untie, "edited_modules": len(module_maps), "shards": len(shards)}
+    return {"untied_output_head": untie, "edited_modules": len(module_maps), "shards": len(shards), "digests": digests}
