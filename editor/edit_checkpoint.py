@@ -133,7 +133,7 @@ def run_edit(request: EditRequest) -> EditSummary:
             details = write_lora_adapter(folder, layout, edit, tmp, base_model=base_name)
         card_edit = {"kind": "ablation", "method": metadata.get("method", "given"), "scale": request.scale,
                      "layers": edit.layers, "direction_layer": source_layer, "position": metadata.get("position"),
-                     "untied_output_head": details.get("untied_output_head", False)}
+                     "untied_output_head": details.get("untied_output_head", False), "post_norm": layout.post_norm}
         write_card(tmp, "merged" if request.format == "merged" else "adapter", title=f"{base_name} (steerfold edit)",
                    base_model=base_name, edit=card_edit, direction_metadata=metadata, license=base_license(folder.path),
                    reproduce=reproduce_command(request), rank=details.get("rank", 1))

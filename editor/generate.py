@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from editor.progress import progress
+
 
 def add_special_tokens_for(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:
     """Whether tokenising ``text`` should add special tokens: not when a chat template already wrote the BOS."""
@@ -31,7 +33,7 @@ def greedy_generate(
     device = next(model.parameters()).device
     outputs: list[str] = []
     try:
-        for start in range(0, len(texts), batch_size):
+        for start in progress(range(0, len(texts), batch_size), "generating"):
             chunk = texts[start : start + batch_size]
             enc = tokenizer(
                 chunk,

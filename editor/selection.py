@@ -28,6 +28,7 @@ from editor.activations import encode, left_padded, text_batches
 from editor.evaluate.behaviour import chat_texts
 from editor.evaluate.divergence import Runner, kl, runner
 from editor.evaluate.refusal import is_refusal
+from editor.progress import progress
 from editor.prompts import PromptRecord
 
 
@@ -115,20 +116,20 @@ def score_candidates(
         "refusal_tokens": tokenizer.convert_ids_to_tokens(refusal_tokens),
     }
     table: list[Candidate] = []
-    for p, position in enumerate(positions):
-        for i, layer in enumerate(layers):
-            vector = diffs[p, i]
-            if not torch.isfinite(vector).all() or vector.norm() == 0:
-                table.append(Candidate(position, layer, None, None, None, 0.0, reason="zero difference"))
-                continue
-            ablated = runner(model, ablation_edit(vector, all_layers))
-            added = runner(model, steering_edit(vector, [layer]))
-            bypass = refusal_probability(_last_logits(ablated, tokenizer, harmful_texts, settings.batch_size), refusal_tokens)
-            ablated_harmless = _last_logits(ablated, tokenizer, harmless_texts, settings.batch_size)
-            induce = refusal_probability(_last_logits(added, tokenizer, harmless_texts, settings.batch_size), refusal_tokens)
-            kl_value = kl(base_harmless[:, -1], ablated_harmless[:, -1]).mean()
-            table.append(Candidate(position, layer, float(bypass.mean()), float(induce.mean()), float(kl_value),
-                                   float(vector.norm())))
+    grid = [(p, position, i, layer) for p, position in enumerate(positions) for i, layer in enumerate(layers)]
+    for p, position, i, layer in progress(grid, "scoring candidate directions"):
+        vector = diffs[p, i]
+        if not torch.isfinite(vector).all() or vector.norm() == 0:
+            table.append(Candidate(position, layer, None, None, None, 0.0, reason="zero difference"))
+            continue
+        ablated = runner(model, ablation_edit(vector, all_layers))
+        added = runner(model, steering_edit(vector, [layer]))
+        bypass = refusal_probability(_last_logits(ablated, tokenizer, harmful_texts, settings.batch_size), refusal_tokens)
+        ablated_harmless = _last_logits(ablated, tokenizer, harmless_texts, settings.batch_size)
+        induce = refusal_probability(_last_logits(added, tokenizer, harmless_texts, settings.batch_size), refusal_tokens)
+        kl_value = kl(base_harmless[:, -1], ablated_harmless[:, -1]).mean()
+        table.append(Candidate(position, layer, float(bypass.mean()), float(induce.mean()), float(kl_value),
+                               float(vector.norm())))
     return table, baseline
 
 

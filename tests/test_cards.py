@@ -73,3 +73,13 @@ def test_report_plots_are_drawn_and_embedded(tmp_path):
                direction_metadata={}, report=report)
     assert (tmp_path / "model" / "plots" / "selection.png").is_file()
     assert "(plots/selection.png)" in (tmp_path / "model" / "README.md").read_text()
+
+
+def test_post_norm_card_says_the_fold_is_an_exact_removal(tmp_path):
+    from conftest import build_tiny_model, save_tiny_model, write_direction
+
+    folder = save_tiny_model(build_tiny_model("olmo2"), tmp_path / "base")
+    result = CliRunner().invoke(cli, ["edit", str(folder), "--direction", str(write_direction(tmp_path / "d.safetensors")),
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert "exact removal" in (tmp_path / "o" / "README.md").read_text()

@@ -50,6 +50,7 @@ def render_card(kind: str, *, title: str, base_model: str, edit: dict, direction
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
     )
     table = markdown_table(("metric", "before", "after"), before_after_rows(report)) if report else ""
+    edit = {"post_norm": False, "untied_output_head": False, **edit}
     return env.get_template(f"{kind}.md.j2").render(
         title=title, base_model=base_model, edit=edit, provenance=provenance(direction_metadata), report=report,
         validation_table=table, license=license, reproduce=reproduce, rank=rank, plots=plots or {},
