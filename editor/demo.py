@@ -39,24 +39,29 @@ def max_logit_gap(first: torch.nn.Module, second: torch.nn.Module, input_ids: to
     return float((a - b).abs().max())
 
 
+COEFFICIENTS = (1.0, 2.0, 4.0, 8.0)
+
+
 def persona_study(model, tokenizer, refusal_directions: torch.Tensor, default: str | None, compliant: str) -> dict:
-    """Fit the compliant-persona direction; pick the layer whose addition cuts validation refusal most; test it."""
+    """Fit the compliant-persona direction; choose the layer and coefficient of its addition that cut refusal most
+    on validation prompts (ties: the smaller coefficient), then measure that choice on the held-out split."""
     fit_prompts = load_split("harmful", "train")[::2] + load_split("harmless", "train")[::2]
     vectors = fit_persona_direction(model, tokenizer, fit_prompts, compliant, default).directions
     assert vectors is not None
     val, test = load_split("harmful", "val"), load_split("harmful", "test")
-    layers = range(1, model.config.num_hidden_layers + 1)
+    grid = [(layer, c) for layer in range(1, model.config.num_hidden_layers + 1) for c in COEFFICIENTS]
     val_rates = {
-        layer: refusal(respond(model, tokenizer, val, default, steering_edit(vectors[layer], [layer]), 12), val)["overall"]
-        for layer in layers
+        (layer, c): refusal(respond(model, tokenizer, val, default, steering_edit(vectors[layer], [layer], c), 12), val)["overall"]
+        for layer, c in grid
     }
-    best = min(val_rates, key=lambda layer: (val_rates[layer], layer))
+    layer, coefficient = min(val_rates, key=lambda key: (val_rates[key], key[1], key[0]))
     base_rate = refusal(respond(model, tokenizer, test, default), test)["overall"]
-    steered = refusal(respond(model, tokenizer, test, default, steering_edit(vectors[best], [best])), test)["overall"]
+    steered = refusal(respond(model, tokenizer, test, default, steering_edit(vectors[layer], [layer], coefficient)), test)["overall"]
     cosines = torch.nn.functional.cosine_similarity(vectors, refusal_directions, dim=-1)
     return {
-        "layer": best,
-        "validation_refusal_by_layer": val_rates,
+        "layer": layer,
+        "coefficient": coefficient,
+        "validation_refusal": {f"layer {l}, x{c:g}": rate for (l, c), rate in val_rates.items()},
         "base_harmful_refusal": base_rate,
         "steered_harmful_refusal": steered,
         "cosine_with_refusal": [float(c) for c in cosines],

@@ -63,7 +63,8 @@ def render_markdown(report: dict) -> str:
     if report.get("persona"):
         persona = report["persona"]
         parts += ["## Persona", "",
-                  f"Adding the compliant-persona direction at layer index {persona['layer']} (chosen on validation prompts) "
+                  f"Adding {persona.get('coefficient', 1):g}× the compliant-persona direction at layer index {persona['layer']} "
+                  "(both chosen on validation prompts) "
                   f"to the default persona: harmful refusal {pct(persona['base_harmful_refusal'])} → "
                   f"{pct(persona['steered_harmful_refusal'])}.", "",
                   markdown_table(("layer index", "cos(persona, refusal)"),
