@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor.progress import progress
-
-
-def add_special_tokens_for(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:
-    """Whether tokenising ``text`` should add special tokens: not when a chat template already wrote the BOS."""
-    bos = tokenizer.bos_token
-    return not (bos and text.startswith(bos))
 
 
 @torch.no_grad()
@@ -26,33 +22,28 @@ def greedy_generate(
 
     Batches are left-padded with an attention mask whatever the tokenizer's default padding side is.
     """
-    side, pad = tokenizer.padding_side, tokenizer.pad_token
-    tokenizer.padding_side = "left"
-    if pad is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    from editor.activations import text_batches
+
     device = next(model.parameters()).device
+    batches = text_batches(tokenizer, texts, batch_size, device)
     outputs: list[str] = []
-    try:
-        for start in progress(range(0, len(texts), batch_size), "generating"):
-            chunk = texts[start : start + batch_size]
-            enc = tokenizer(
-                chunk,
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=add_special_tokens_for(tokenizer, chunk[0]),
-            ).to(device)
-            generated = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=tokenizer.pad_token_id,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-            )
-            new = generated[:, enc["input_ids"].shape[1] :]
-            outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    finally:
-        tokenizer.padding_side, tokenizer.pad_token = side, pad
+    for inputs, _ in progress(batches, "generating", total=math.ceil(len(texts) / batch_size)):
+        new = greedy_ids(model, tokenizer, inputs, max_new_tokens)
+        outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return outputs
+
+
+@torch.no_grad()
+def greedy_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, inputs: dict, max_new_tokens: int) -> torch.Tensor:
+    """Greedy continuation token ids of a left-padded batch (only the new tokens)."""
+    sequences = model.generate(
+        **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
+    )
+    return sequences[:, inputs["input_ids"].shape[1] :]
+
+
+def through_first_eos(generated: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """Mask of generated positions up to and including each row's first EOS."""
+    is_eos = (generated == eos_token_id).long()
+    return (torch.cumsum(is_eos, dim=1) - is_eos) == 0

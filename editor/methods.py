@@ -13,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor.activations import Batch, at_positions, capture, capture_batches, masked_mean, text_batches
 from editor.evaluate.behaviour import chat_texts
+from editor.generate import greedy_ids, through_first_eos
 from editor.prompts import PromptRecord
 
 
@@ -51,16 +52,11 @@ def response_batches(
     """Prompt + greedy response token ids, with the response tokens (through the first EOS) selected."""
     eos = tokenizer.eos_token_id
     for inputs, prompt_mask in text_batches(tokenizer, texts, batch_size, next(model.parameters()).device):
-        sequences = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-            pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
-        )
-        generated = sequences[:, prompt_mask.shape[1] :]
-        is_eos = (generated == eos).long()
-        response = (torch.cumsum(is_eos, dim=1) - is_eos) == 0
-        mask = torch.cat([prompt_mask, response.long()], dim=1)
-        selection = torch.cat([torch.zeros_like(prompt_mask), response.long()], dim=1)
-        yield {"input_ids": sequences, "attention_mask": mask}, selection
+        generated = greedy_ids(model, tokenizer, inputs, max_new_tokens)
+        response = through_first_eos(generated, eos).long()
+        mask = torch.cat([prompt_mask, response], dim=1)
+        selection = torch.cat([torch.zeros_like(prompt_mask), response], dim=1)
+        yield {"input_ids": torch.cat([inputs["input_ids"], generated], dim=1), "attention_mask": mask}, selection
 
 
 def response_means(

@@ -28,6 +28,7 @@ from editor.activations import encode, left_padded, text_batches
 from editor.evaluate.behaviour import chat_texts
 from editor.evaluate.divergence import Runner, kl, runner
 from editor.evaluate.refusal import is_refusal
+from editor.generate import greedy_ids
 from editor.progress import progress
 from editor.prompts import PromptRecord
 
@@ -64,11 +65,8 @@ def refusal_first_tokens(
 ) -> list[int]:
     """Ids of the first generated token of the base model's own refusals of ``harmful`` (greedy, marker-detected)."""
     first: set[int] = set()
-    for inputs, mask in text_batches(tokenizer, chat_texts(tokenizer, harmful, system), 32, torch.device("cpu")):
-        out = model.generate(**inputs, max_new_tokens=8, do_sample=False, num_beams=1,
-                             pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
-        generated = out[:, mask.shape[1] :]
-        for row in generated:
+    for inputs, _ in text_batches(tokenizer, chat_texts(tokenizer, harmful, system), 32, torch.device("cpu")):
+        for row in greedy_ids(model, tokenizer, inputs, max_new_tokens=8):
             if is_refusal(tokenizer.decode(row, skip_special_tokens=True)):
                 first.add(int(row[0]))
     if not first:

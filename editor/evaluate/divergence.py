@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor.activations import encode, left_padded
 from editor.edits import Edit, runtime_hooks
+from editor.generate import greedy_ids, through_first_eos
 
 Runner = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # batch -> logits [b, t, vocab]
 
@@ -64,14 +65,9 @@ def multi_token_kl(
         for start in range(0, len(texts), batch_size):
             batch = encode(tokenizer, texts[start : start + batch_size], torch.device("cpu"))
             prompt_len = batch["input_ids"].shape[1]
-            sequences = base_model.generate(
-                **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
-            )
-            generated = sequences[:, prompt_len:]
-            # Positions whose next token was generated, up to and including the first EOS.
-            ended_before = torch.cumsum((generated == eos).int(), dim=1) - (generated == eos).int()
-            scored = ended_before == 0
+            generated = greedy_ids(base_model, tokenizer, batch, max_new_tokens)
+            sequences = torch.cat([batch["input_ids"], generated], dim=1)
+            scored = through_first_eos(generated, eos)  # positions whose next token was generated
             mask = torch.cat([batch["attention_mask"], scored.long()], dim=1)
             full = {"input_ids": sequences, "attention_mask": mask}
             positions = slice(prompt_len - 1, sequences.shape[1] - 1)
