@@ -259,6 +259,8 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
     with atomic_file(out, overwrite) as tmp:
         save_direction_file(tmp, result.file)
     c = result.chosen
+    if "relaxed" in c.reason:
+        click.echo(f"warning: no candidate kept harmless first-token KL ≤ {max_kl:g}; the lowest-bypass one was taken (KL {c.kl:.3f})", err=True)
     base = result.baseline["harmful_refusal_score"]
     click.echo(f"chose layer index {c.layer}, position {c.position}: refusal score {base:.3f} → {c.bypass:.3f} ablated, "
                f"induce {c.induce:.3f}, KL {c.kl:.4f}")

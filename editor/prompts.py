@@ -42,8 +42,9 @@ def _record(row: dict, where: str) -> PromptRecord:
 def load_prompts(path: str | Path) -> list[PromptRecord]:
     """Read a prompt file: ``.jsonl``/``.json`` lines, ``.csv`` with a header, otherwise one prompt a line.
 
-    >>> load_prompts("editor/organism/data/harmful_test.jsonl")[0].category
-    'fraud'
+    >>> records = load_prompts("editor/organism/data/harmful_test.jsonl")
+    >>> sorted({r.category for r in records})
+    ['cyber', 'drugs', 'fraud', 'politics', 'weapons']
     """
     path = Path(path)
     if not path.is_file():

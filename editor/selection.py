@@ -135,23 +135,31 @@ def choose(
     table: list[Candidate], num_layers: int, settings: SelectionSettings = SelectionSettings(), min_induce: float = 0.0
 ) -> Candidate:
     """Apply the filters (``min_induce``: the base's harmless refusal score), mark each row, return the winner."""
+    only_kl: list[Candidate] = []
     for row in table:
         if row.reason:
             continue
+        failures = []
         if row.layer >= settings.max_layer_fraction * num_layers:
-            row.reason = f"layer ≥ {settings.max_layer_fraction:g}·L"
-        elif row.kl > settings.max_kl:
-            row.reason = f"KL {row.kl:.3f} > {settings.max_kl:g}"
-        elif row.induce <= min_induce:
-            row.reason = "adding it does not raise the refusal score"
-        else:
-            row.kept = True
+            failures.append(f"layer ≥ {settings.max_layer_fraction:g}·L")
+        if row.kl > settings.max_kl:
+            failures.append(f"KL {row.kl:.3f} > {settings.max_kl:g}")
+        if row.induce <= min_induce:
+            failures.append("adding it does not raise the refusal score")
+        row.kept, row.reason = not failures, "; ".join(failures)
+        if len(failures) == 1 and failures[0].startswith("KL"):
+            only_kl.append(row)
     kept = [row for row in table if row.kept]
-    if not kept:
-        raise SteerfoldError(
-            "no candidate direction passed the filters (see the table in the report): "
-            "use more or cleaner prompts, or relax --max-kl"
-        )
+    if not kept:  # relax the KL filter alone, and say so, rather than stop with nothing
+        kept = only_kl
+        if not kept:
+            raise SteerfoldError(
+                "no candidate direction passed the filters (see the table in the report): "
+                "use more or cleaner prompts, or relax --max-kl"
+            )
+        best = min(kept, key=lambda row: (row.bypass, row.kl))
+        best.reason = f"chosen (no candidate met KL ≤ {settings.max_kl:g}: KL filter relaxed)"
+        return best
     best = min(kept, key=lambda row: (row.bypass, row.kl))
     best.reason = "chosen"
     return best

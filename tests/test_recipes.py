@@ -13,8 +13,6 @@ from editor.recipe import load_recipe
 from editor.run import check_thresholds, estimate_lines
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
-ORGANISM_READY = (Path(__file__).parents[1] / "editor" / "organism" / "checkpoint" / "config.json").is_file()
-RECIPES = [p for p in RECIPES if ORGANISM_READY or not p.stem.startswith("organism")]
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])

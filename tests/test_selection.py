@@ -28,9 +28,16 @@ def test_choose_filters_then_takes_lowest_bypass():
     assert "KL" in table[1].reason and "layer" in table[2].reason and "refusal score" in table[3].reason
 
 
+def test_choose_relaxes_only_the_kl_filter_and_says_so():
+    table = [row(1, 0.3, 0.5, 0.9), row(2, 0.1, 0.5, 0.4), row(4, 0.0, 0.5, 0.2), row(1, 0.0, 0.0, 0.3)]
+    best = choose(table, num_layers=4)
+    assert (best.layer, best.bypass) == (2, 0.1)  # the layer and induce filters still hold
+    assert "KL filter relaxed" in best.reason
+
+
 def test_choose_refuses_when_nothing_passes():
     with pytest.raises(SteerfoldError, match="no candidate"):
-        choose([row(1, 0.1, 0.5, 0.9)], num_layers=4)
+        choose([row(4, 0.1, 0.5, 0.01), row(1, 0.1, 0.0, 0.01)], num_layers=4)
 
 
 def test_fit_refuses_a_model_that_refuses_nothing():

@@ -1,0 +1,62 @@
+"""`steerfold run` on the organism recipe: end to end, resumed runs skip finished work, interruptions resume."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from editor.run import run_recipe
+
+pytestmark = pytest.mark.slow
+RECIPE = Path(__file__).parents[1] / "recipes" / "organism-demo.yaml"
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipe") / "run"
+    start = time.perf_counter()
+    report = run_recipe(RECIPE, out, say=quiet)
+    return out, report, time.perf_counter() - start
+
+
+def test_recipe_runs_end_to_end(reference):
+    out, report, _ = reference
+    assert report["after"]["harmful_refusal"] < report["before"]["harmful_refusal"]
+    for path in ("merged/README.md", "merged/SHA256SUMS", "lora/adapter_config.json", "report.md", "direction.safetensors"):
+        assert (out / path).is_file(), path
+
+
+def test_resumed_run_skips_finished_work(reference):
+    out, report, first = reference
+    start = time.perf_counter()
+    again = run_recipe(RECIPE, out, resume=True, say=quiet)
+    assert time.perf_counter() - start <= 0.3 * first
+    assert again["after"] == report["after"]
+
+
+def test_interrupted_run_resumes_to_the_same_result(reference, tmp_path, monkeypatch):
+    import editor.evaluate.validate as validate_module
+
+    ref_out, ref_report, _ = reference
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(validate_module, "validate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(RECIPE, tmp_path / "run", say=quiet)
+    state = json.loads((tmp_path / "run" / ".steerfold-run.json").read_text())
+    assert "fit" in state["done"] and "validate" not in state["done"]
+    assert not [p for p in (tmp_path / "run").iterdir() if ".tmp-" in p.name]  # no partial export
+    monkeypatch.undo()
+
+    resumed = run_recipe(RECIPE, tmp_path / "run", resume=True, say=quiet)
+    assert resumed["after"] == ref_report["after"]
+    assert (tmp_path / "run" / "direction.safetensors").read_bytes() == (ref_out / "direction.safetensors").read_bytes()
