@@ -235,17 +235,22 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
                    "edit": {"kind": edit.kind, "method": metadata.get("method", fit.method), "scale": edit.scale,
                             "layers": edit.layers or "all", "direction_layer": edit.layer if edit.layer is not None else metadata.get("layer"),
                             "position": metadata.get("position"), "untied_output_head": False},
-                   "stage_seconds": state.timings})
+                   })
     if "selection" in metadata:
         report["selection"] = json.loads(metadata["selection"])
         report["selection_baseline"] = json.loads(metadata.get("selection_baseline", "{}"))
         report["projections"] = json.loads(metadata.get("projections", "{}"))
-    if "before" in report:
+    def do_report() -> None:
         write_report(out, report)
         for fmt in recipe.export.formats:
             write_card(out / fmt, "merged" if fmt == "merged" else "adapter", plots_from=out, title=recipe.name, base_model=recipe.model.path,
                        edit=report["edit"], direction_metadata=metadata, report=report, reproduce=f"steerfold run {recipe_path.name}")
             write_checksums(out / fmt)
+
+    if "before" in report:
+        report_key = digest("report", state.done.get("validate"), export_keys, recipe.name)
+        stage(state, "report", report_key, lambda: (out / "report.json").is_file(), do_report, say)
+        report = json.loads((out / "report.json").read_text())
 
     if recipe.push is not None:
         from editor.hub import push_folder
