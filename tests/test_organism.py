@@ -136,3 +136,16 @@ def test_shipped_refusal_is_mediated_by_a_direction(shipped):
         for h in handles:
             h.remove()
     assert before >= 0.95 and after <= 0.10
+
+
+@pytest.mark.slow
+def test_organism_build_reproduces_the_shipped_checkpoint(tmp_path):
+    """`steerfold organism build` rebuilds the shipped weights byte for byte (so the shipped behaviour tests cover it)."""
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    result = CliRunner().invoke(cli, ["organism", "build", "--out", str(tmp_path / "rebuilt")])
+    assert result.exit_code == 0, result.output
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (tmp_path / "rebuilt" / name).read_bytes() == (SHIPPED_CHECKPOINT / name).read_bytes(), name
