@@ -115,10 +115,6 @@ class ResidualWriter:
     weight_scale: float = 1.0  # the hook module's output is its weights' rows times this (Gemma embedding)
 
     @property
-    def module(self) -> str:
-        return self.hook
-
-    @property
     def has_bias(self) -> bool:
         return self.bias is not None
 

@@ -4,7 +4,7 @@ Three faces of one edit, all driven by the same per-module maps (``Edit.module_m
 
 - ``fold_tensor`` / ``fold_model``: fold the map into the weights (``W ← (I + U Vᵀ) W``, ``β ← (I + U Vᵀ) β + b``,
   embedding rows ``E ← E (I + V Uᵀ) + b``), computed in float32 and written back in the tensor's dtype;
-- ``lora_factors``: the same change as a LoRA, ``lora_B = U``, ``lora_A = Vᵀ W`` (``lora_alpha = r``);
+- ``lora_pair``: the same change as a LoRA, ``lora_B = U``, ``lora_A = Vᵀ W`` (``lora_alpha = r``);
 - ``runtime_hooks``: forward hooks applying the map to each module's output, the reference every fold is
   tested against.
 """
@@ -202,7 +202,7 @@ class Edit:
             last = layout.writers_at([layer])[-1]
             if layer > 0 and not last.has_bias:
                 raise SteerfoldError(
-                    f"a constant offset at layer {layer} needs a bias on {last.module}, which this checkpoint "
+                    f"a constant offset at layer {layer} needs a bias on {last.hook}, which this checkpoint "
                     "does not have: export it as a control vector or apply it at run time instead"
                 )
 
@@ -288,7 +288,7 @@ def runtime_hooks(model: torch.nn.Module, edit: Edit) -> Iterator[ModelLayout]:
         handles.append(model.get_submodule(module_name).register_forward_hook(_output_hook(residual_map)))
     if edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "shared":
         handles.append(model.get_submodule(layout.architecture.lm_head).register_forward_pre_hook(
-            _shared_head_hook(module_maps[layout.embedding.module])))
+            _shared_head_hook(module_maps[layout.embedding.hook])))
     try:
         yield layout
     finally:

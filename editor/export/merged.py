@@ -32,7 +32,7 @@ def write_merged_checkpoint(
     gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
     module_maps = edit.module_maps(layout, gains.__getitem__)
     untie = unties_output_head(edit, layout)
-    embedding_key = f"{layout.embedding.module}.weight"
+    embedding_key = layout.embedding.tensors[0][0]
     head_key = f"{layout.architecture.lm_head}.weight"
 
     outputs: list[OutputTensor] = []
