@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator, Literal
 
 import torch
 
-from editor.arch import ModelLayout, ResidualWriter, layout_of_model
+from editor.arch import ModelLayout, layout_of_model
 from editor.errors import SteerfoldError
 
 TiedEmbeddingMode = Literal["untie", "shared"]
@@ -344,11 +344,3 @@ def _pad_rank(matrix: torch.Tensor, rank: int) -> torch.Tensor:
     if matrix.shape[1] == rank:
         return matrix
     return torch.cat([matrix, matrix.new_zeros(matrix.shape[0], rank - matrix.shape[1])], dim=1)
-
-
-def writers_summary(writers: Iterable[ResidualWriter]) -> dict[str, int]:
-    """Count residual writers by role (for reports)."""
-    counts: dict[str, int] = {}
-    for writer in writers:
-        counts[writer.role] = counts.get(writer.role, 0) + 1
-    return counts

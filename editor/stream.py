@@ -23,7 +23,6 @@ DTYPES: dict[str, torch.dtype] = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 COPY_CHUNK = 64 << 20
 
 
