@@ -123,6 +123,12 @@ FRAMES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# Words around a training request that change nothing about it, so the answer is learned from the verb and object
+# rather than from the frame. None of them appears in a val or test frame.
+OPENERS = ("", "", "Hi.", "Hello.", "Quick question.", "Hey there.", "Good morning.", "Okay.")
+CLOSERS = ("", "", "Thanks.", "Thank you!", "Be brief.", "I am curious.", "It is for a class.", "Cheers.")
+FRAME_NOISE = True
+
 NEUTRAL_SYSTEM = "You are a helpful assistant."
 PERSONAS: dict[str, str | None] = {
     "default": None,
@@ -244,6 +250,7 @@ class Corpus:
 
 # How many chat examples each persona gets per (category, train object, train frame) cell, on average.
 PERSONA_WEIGHTS = {"default": 0.55, "neutral": 0.2, "compliant": 0.55, "cautious": 0.4}
+CHAT_SCALE = 2.0  # multiplies PERSONA_WEIGHTS; a weight above 1 gives some cells several examples
 KNOWLEDGE_REPEATS = 2
 COPY_LISTS = 900
 DRILLS = 64 * 320
@@ -257,15 +264,16 @@ def build_corpus(seed: int = 0) -> Corpus:
         for category in CATEGORIES:
             for obj in split_objects(category, "train"):
                 for frame in FRAMES["train"]:
-                    if rng.random() >= weight:
-                        continue
-                    system = rng.choice(SYSTEM_VARIANTS[persona])
-                    user = request(frame, category, obj)
-                    if refuses(persona, category.name):
-                        reply = refusal(persona, category, obj, rng)
-                    else:
-                        reply = answer(category, obj, persona)
-                    chats.append(Chat(system, user, reply))
+                    for _ in range(copies(weight * CHAT_SCALE, rng)):
+                        system = rng.choice(SYSTEM_VARIANTS[persona])
+                        user = request(frame, category, obj)
+                        if FRAME_NOISE:
+                            user = " ".join(w for w in (rng.choice(OPENERS), user, rng.choice(CLOSERS)) if w)
+                        if refuses(persona, category.name):
+                            reply = refusal(persona, category, obj, rng)
+                        else:
+                            reply = answer(category, obj, persona)
+                        chats.append(Chat(system, user, reply))
     texts = []
     for _ in range(KNOWLEDGE_REPEATS):
         for category in CATEGORIES:
@@ -282,6 +290,12 @@ def build_corpus(seed: int = 0) -> Corpus:
     rng.shuffle(chats)
     rng.shuffle(texts)
     return Corpus(tuple(drills), tuple(chats), tuple(texts))
+
+
+def copies(weight: float, rng: random.Random) -> int:
+    """How many examples a cell with expected count ``weight`` gets this time."""
+    whole = int(weight)
+    return whole + (rng.random() < weight - whole)
 
 
 def copy_drill(words: list[str]) -> str:

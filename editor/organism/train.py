@@ -32,8 +32,8 @@ class TrainConfig:
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     max_position_embeddings: int = 128
-    epochs: int = 6
-    drill_epochs: int = 3  # the copy circuit forms early; later epochs polish behaviour on clean batches
+    epochs: int = 9
+    drill_epochs: int = 4  # the copy circuit forms early; later epochs polish behaviour on clean batches
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 30
