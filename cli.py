@@ -41,8 +41,15 @@ def cli() -> None:
 @click.argument("model_dir")
 @click.option("--direction", "direction", required=True, type=click.Path(path_type=Path), help="Direction file (.safetensors with 'direction' or 'directions').")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (written atomically).")
-@click.option("--format", "fmt", type=click.Choice(["merged", "lora"]), default="merged", show_default=True, help="Merged checkpoint or PEFT LoRA adapter.")
+@click.option("--format", "fmt", type=click.Choice(["merged", "lora", "cvec"]), default="merged", show_default=True, help="Merged checkpoint, PEFT LoRA adapter, or llama.cpp GGUF control vector (steering only; layer index l is written as direction.{l-1}).")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Ablation strength λ (1 = remove the direction fully).")
+@click.option("--steer", type=float, default=None, metavar="COEF", help="Steer instead of ablating: add COEF × the direction (as stored) at each of --layers; folded into the bias of the layer's last writer, or written as a control vector. Default layers: the layer the file records.")
+@click.option("--condition", type=click.Path(path_type=Path), default=None, metavar="FILE", help="Conditional map instead of ablation: w ↦ w + α r̂ (ĉ · w), r = --direction, c = FILE's direction (when c is present, add r).")
+@click.option("--alpha", type=float, default=1.0, show_default=True, help="α of --condition.")
+@click.option("--subspace", is_flag=True, help="Remove the span of the direction file's basis (fit --method inlp: its nullspace projection) instead of one direction.")
+@click.option("--norm-preserving", is_flag=True, help="Ablation only, merged only: after the projection, rescale each weight column (what one input feature writes), embedding row and bias to its original norm.")
+@click.option("--attention-kernel", default=None, metavar="PEAK,PEAK_WEIGHT,MIN_WEIGHT,FALLOFF", help=f"Per-layer weight of attention writers, multiplying --scale or --alpha: w(l) = MIN_WEIGHT + (PEAK_WEIGHT − MIN_WEIGHT)·max(0, 1 − |l − PEAK| / FALLOFF) ({LAYER_INDEX_HELP}). Default: 1.")
+@click.option("--mlp-kernel", default=None, metavar="PEAK,PEAK_WEIGHT,MIN_WEIGHT,FALLOFF", help="Per-layer weight of MLP writers, same formula; the embedding (layer index 0) follows it. Default: 1.")
 @click.option("--layers", default=None, help=f"Layer indices to edit, e.g. 0-4,10 (inclusive; {LAYER_INDEX_HELP}). Default: all.")
 @click.option("--layer", type=int, default=None, help=f"Row of a 'directions' file to use ({LAYER_INDEX_HELP}). Default: the layer the file records.")
 @click.option("--no-embedding", is_flag=True, help="Leave the embedding (layer index 0) unedited.")
@@ -51,21 +58,36 @@ def cli() -> None:
 @click.option("--allow-pickle", is_flag=True, help="Accept pickled pytorch_model.bin weights (they can run code when loaded).")
 @click.option("--max-shard-size", default=None, help="Largest output shard, e.g. 5GB or 500MB (default 5GB).")
 @click.option("--revision", default=None, help="Revision (branch, tag or commit) when MODEL_DIR is a Hub id.")
-def edit(model_dir: Path, direction: Path, out: Path, fmt: str, scale: float, layers: str | None, layer: int | None,
-         no_embedding: bool, tied_embedding: str, overwrite: bool, allow_pickle: bool, max_shard_size: str | None, revision: str | None) -> None:
-    """Fold the ablation of a direction into MODEL_DIR's weights (or a LoRA adapter).
+def edit(model_dir: Path, direction: Path, out: Path, fmt: str, scale: float, steer: float | None, condition: Path | None,
+         alpha: float, subspace: bool, norm_preserving: bool, attention_kernel: str | None, mlp_kernel: str | None, layers: str | None,
+         layer: int | None, no_embedding: bool, tied_embedding: str, overwrite: bool, allow_pickle: bool,
+         max_shard_size: str | None, revision: str | None) -> None:
+    """Fold an edit along a direction into MODEL_DIR's weights (or a LoRA adapter, or a control vector).
 
-    MODEL_DIR is a local checkpoint folder or a Hub id (fetched through huggingface_hub's cache).
+    The edit is the ablation of the direction, or with --steer a constant offset along it, with --condition a
+    conditional map, or with --subspace the removal of the file's basis. Before writing, it prints which artifacts can carry the edit exactly, and refuses a --format
+    that cannot. MODEL_DIR is a local checkpoint folder or a Hub id (fetched through huggingface_hub's cache).
     """
     from editor.edit_checkpoint import EditRequest, run_edit
+    from editor.kernels import LayerKernel
 
-    summary = run_edit(EditRequest(
-        model=model_dir, direction=direction, out=out, format=fmt, scale=scale, layers=layers, layer=layer,
+    chosen = [flag for flag, given in (("--steer", steer is not None), ("--condition", condition is not None),
+                                       ("--subspace", subspace)) if given]
+    if len(chosen) > 1:
+        raise UserError(f"{' and '.join(chosen)} each name a different edit: pass one of them")
+    kind = {"--steer": "steering", "--condition": "conditional", "--subspace": "subspace"}[chosen[0]] if chosen else "ablation"
+    kernels = {flag: LayerKernel.parse(text, flag) if text else None
+               for flag, text in (("--attention-kernel", attention_kernel), ("--mlp-kernel", mlp_kernel))}
+    request = EditRequest(
+        model=model_dir, direction=direction, out=out, format=fmt, kind=kind, scale=scale,
+        coefficient=steer if steer is not None else 1.0, condition=condition, alpha=alpha, norm_preserving=norm_preserving,
+        attention_kernel=kernels["--attention-kernel"], mlp_kernel=kernels["--mlp-kernel"], layers=layers, layer=layer,
         embedding=not no_embedding, overwrite=overwrite, allow_pickle=allow_pickle, tied_embedding=tied_embedding,
         max_shard_size=max_shard_size, revision=revision,
-    ))
+    )
+    summary = run_edit(request, say=click.echo)
     layers_text = _ranges(summary.layers)
-    click.echo(f"wrote {summary.format} {summary.out} ({summary.layout.model_type}, layer indices {layers_text}, scale {scale:g})")
+    click.echo(f"wrote {summary.format} {summary.out} ({summary.layout.model_type}, layer indices {layers_text}, {request.describe()})")
     if summary.details.get("untied_output_head"):
         click.echo("note: the tied output head was given its own unedited copy of the embedding (tie_word_embeddings=false)")
 
@@ -201,70 +223,76 @@ def _records(path: Path | None):
     return load_prompts(path) if path is not None else None
 
 
+def _metavar(annotation) -> str:
+    """How a FitOptions field's value is shown in --help: [a|b] for choices, else FLOAT, INT or TEXT."""
+    from typing import Literal, get_args, get_origin
+
+    if get_origin(annotation) is Literal:
+        return "[" + "|".join(get_args(annotation)) + "]"
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if args:
+        return _metavar(args[0])
+    return {float: "FLOAT", int: "INT"}.get(annotation, "TEXT")
+
+
+def _fit_option_flags(function):
+    """One --flag per FitOptions field (editor/methods/options.py, which recipes share); values are checked there."""
+    from editor.methods.options import FitOptions
+
+    for name, field in reversed(list(FitOptions.model_fields.items())):
+        default = "" if field.default is None else f" [default: {field.default}]"
+        metavar = "NAME" if name == "method" else _metavar(field.annotation)
+        function = click.option(f"--{name.replace('_', '-')}", name, default=None, metavar=metavar,
+                                help=f"{field.description}.{default}")(function)
+    return function
+
+
 @cli.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Direction file to write (.safetensors).")
-@click.option("--harmful", type=click.Path(path_type=Path), help="Prompts that should be refused (jsonl, csv or txt).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Direction file to write (.safetensors); a method's report goes beside it (.md).")
+@click.option("--harmful", type=click.Path(path_type=Path), help="Prompts that should be refused (jsonl, csv or txt; per_category reads their 'category').")
 @click.option("--harmless", type=click.Path(path_type=Path), help="Prompts that should be answered.")
 @click.option("--harmful-val", type=click.Path(path_type=Path), help="Validation harmful prompts (default: every 4th of --harmful).")
 @click.option("--harmless-val", type=click.Path(path_type=Path), help="Validation harmless prompts (default: every 4th of --harmless).")
-@click.option("--system", default=None, help="System prompt used for every request (default: none).")
-@click.option("--max-kl", type=float, default=0.1, show_default=True, help="Discard candidates whose ablation moves harmless first-token KL above this.")
-@click.option("--persona", default=None, help="Persona method: the system prompt of the persona to fit.")
-@click.option("--against", default=None, help="Persona method: the system prompt to contrast with (default: none).")
-@click.option("--prompts", type=click.Path(path_type=Path), help="Persona method: prompts whose responses are averaged.")
+@click.option("--prompts", type=click.Path(path_type=Path), help="persona_vector: prompts whose responses are averaged.")
+@_fit_option_flags
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None, harmful_val: Path | None,
-        harmless_val: Path | None, system: str | None, max_kl: float, persona: str | None, against: str | None,
-        prompts: Path | None, overwrite: bool) -> None:
-    """Fit a direction: refusal (--harmful/--harmless) or persona (--persona/--prompts).
+        harmless_val: Path | None, prompts: Path | None, overwrite: bool, **options: str | None) -> None:
+    """Fit a direction with --method (default diff_in_means; --persona alone implies persona_vector).
 
-    Refusal: difference of means at every post-instruction position and layer index, then the selection of
-    Arditi et al. (bypass, induce, KL on validation prompts); the file records the chosen layer and the table.
+    Contrast methods (diff_in_means, pca, logistic, ridge, inlp) fit at every post-instruction position and layer
+    index, then choose one candidate as Arditi et al. do (bypass, induce, KL on validation prompts); the file
+    records the chosen layer and the table. per_category writes one direction per harm category, every layer, and
+    a cosine report beside the file. Layer index: 0 = embedding output, l = output of decoder block l-1.
     """
-    from editor.directions import save_direction_file
     from editor.errors import SteerfoldError
-    from editor.fit import fit_persona_direction, fit_refusal_direction, split_for_validation
-    from editor.models import atomic_file, load_model, load_tokenizer
-    from editor.selection import SelectionSettings
+    from editor.methods.options import parse_fit_options
 
-    if persona is not None:
-        if prompts is None:
-            raise SteerfoldError("--persona needs --prompts FILE: the requests whose responses are averaged")
-        records = _records(prompts)
-        if out.exists() and not overwrite:
-            raise SteerfoldError(f"{out} already exists: choose another path or pass --overwrite")
-        model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-        file = fit_persona_direction(model, tokenizer, records, persona, against, model_name=str(model_dir))
-        with atomic_file(out, overwrite) as tmp:
-            save_direction_file(tmp, file)
-        click.echo(f"wrote persona directions for layer indices 0..{file.directions.shape[0] - 1} to {out}")
-        return
-    if harmful is None or harmless is None:
-        raise SteerfoldError("pass --harmful FILE and --harmless FILE (refusal direction) or --persona TEXT --prompts FILE")
-    harmful_records, harmless_records = _records(harmful), _records(harmless)
-    if harmful_val is None:
-        harmful_records, harmful_val_records = split_for_validation(harmful_records)
-    else:
-        harmful_val_records = _records(harmful_val)
-    if harmless_val is None:
-        harmless_records, harmless_val_records = split_for_validation(harmless_records)
-    else:
-        harmless_val_records = _records(harmless_val)
+    given = {name: value for name, value in options.items() if value is not None}
+    if "persona" in given:
+        given.setdefault("method", "persona_vector")
+    fit_options = parse_fit_options(given)
     if out.exists() and not overwrite:
         raise SteerfoldError(f"{out} already exists: choose another path or pass --overwrite")
+
+    from editor.fit import FitInputs, check_prompt_sets, run_fit, write_fitted
+    from editor.models import load_model, load_tokenizer
+
+    check_prompt_sets(fit_options, harmful is not None, harmless is not None, prompts is not None)
+    sets = {name: _records(path) for name, path in (("harmful", harmful), ("harmless", harmless), ("harmful_val", harmful_val),
+                                                     ("harmless_val", harmless_val), ("prompts", prompts))}
     model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-    result = fit_refusal_direction(model, tokenizer, harmful_records, harmless_records, harmful_val_records,
-                                   harmless_val_records, SelectionSettings(max_kl=max_kl), system, str(model_dir))
-    with atomic_file(out, overwrite) as tmp:
-        save_direction_file(tmp, result.file)
-    c = result.chosen
-    if "relaxed" in c.reason:
-        click.echo(f"warning: no candidate kept harmless first-token KL ≤ {max_kl:g}; the lowest-bypass one was taken (KL {c.kl:.3f})", err=True)
-    base = result.baseline["harmful_refusal_score"]
-    click.echo(f"chose layer index {c.layer}, position {c.position}: refusal score {base:.3f} → {c.bypass:.3f} ablated, "
-               f"induce {c.induce:.3f}, KL {c.kl:.4f}")
-    click.echo(f"wrote {out}")
+    fitted = run_fit(FitInputs(
+        model, tokenizer, fit_options, sets["harmful"] or (), sets["harmless"] or (), sets["harmful_val"],
+        sets["harmless_val"], sets["prompts"] or (), model_name=str(model_dir),
+    ))
+    written = write_fitted(out, fitted, overwrite)
+    for warning in fitted.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for line in fitted.lines:
+        click.echo(line)
+    click.echo(f"wrote {' and '.join(map(str, written))}")
 
 
 @cli.command()

@@ -42,7 +42,7 @@ def max_logit_gap(first: torch.nn.Module, second: torch.nn.Module, input_ids: to
 COEFFICIENTS = (1.0, 2.0, 4.0, 8.0)
 
 
-def persona_study(model, tokenizer, refusal_directions: torch.Tensor, default: str | None, compliant: str) -> dict:
+def persona_study(model, tokenizer, refusal_directions: torch.Tensor | None, default: str | None, compliant: str) -> dict:
     """Fit the compliant-persona direction; choose the layer and coefficient of its addition that cut refusal most
     on validation prompts (ties: the smaller coefficient), then measure that choice on the held-out split."""
     fit_prompts = load_split("harmful", "train")[::2] + load_split("harmless", "train")[::2]
@@ -57,7 +57,7 @@ def persona_study(model, tokenizer, refusal_directions: torch.Tensor, default: s
     layer, coefficient = min(val_rates, key=lambda key: (val_rates[key], key[1], key[0]))
     base_rate = refusal(respond(model, tokenizer, test, default), test)["overall"]
     steered = refusal(respond(model, tokenizer, test, default, steering_edit(vectors[layer], [layer], coefficient)), test)["overall"]
-    cosines = torch.nn.functional.cosine_similarity(vectors, refusal_directions, dim=-1)
+    cosines = [] if refusal_directions is None else torch.nn.functional.cosine_similarity(vectors, refusal_directions, dim=-1)
     return {
         "layer": layer,
         "coefficient": coefficient,

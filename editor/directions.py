@@ -1,7 +1,18 @@
 """The direction file: safetensors holding ``direction`` [hidden] or ``directions`` [L+1, hidden], float32.
 
 Rows of ``directions`` use the DESIGN.md layer index (0 = embedding output, l = output of block l-1).
-String metadata records provenance: method, model, chosen layer, positions, prompt-set hashes, version.
+String metadata records provenance: method, model, chosen layer, positions, prompt-set hashes, options, version.
+Vectors are unnormalised: a unit direction times the mean harmful − harmless contrast along it (the size steering
+uses; ablation normalises).
+
+Two optional tensors extend the format; readers that do not know them ignore them, and every file still holds
+``direction`` or ``directions``, so any file loads in any version:
+
+- ``basis`` [k, hidden]: orthonormal rows spanning a subspace (INLP), fitted at metadata ``basis_layer`` and
+  ``basis_position``; ablating it is ``editor.methods.inlp.nullspace_edit``. ``direction``/``directions`` then
+  hold the first basis row (scaled as above), the classifier normal a counterfactual reflection uses.
+- ``directions.<category>`` [L+1, hidden], one per harm category (method ``per_category``; metadata
+  ``categories`` lists them as JSON), beside ``directions``, the all-categories difference of means.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from safetensors.torch import save_file
 from editor.errors import SteerfoldError
 
 FORMAT_VERSION = "1"
+CATEGORY_PREFIX = "directions."
 
 
 @dataclass(frozen=True)
@@ -26,6 +38,8 @@ class DirectionFile:
     direction: torch.Tensor | None = None  # [hidden]
     directions: torch.Tensor | None = None  # [L+1, hidden]
     metadata: dict[str, str] = field(default_factory=dict)
+    basis: torch.Tensor | None = None  # [k, hidden], orthonormal rows (subspace methods)
+    categories: dict[str, torch.Tensor] = field(default_factory=dict)  # {category: [L+1, hidden]}
 
     @property
     def hidden_size(self) -> int:
@@ -75,6 +89,7 @@ def load_direction_file(path: str | Path) -> DirectionFile:
             keys = set(handle.keys())
             metadata = dict(handle.metadata() or {})
             tensors = {k: handle.get_tensor(k) for k in keys & {"direction", "directions"}}
+            extensions = {k: handle.get_tensor(k) for k in keys if k == "basis" or k.startswith(CATEGORY_PREFIX)}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SteerfoldError(f"{path} is not a readable safetensors direction file ({first}): pass the file written by 'steerfold fit'") from None
@@ -94,7 +109,32 @@ def load_direction_file(path: str | Path) -> DirectionFile:
         )
     tensor = tensor.to(torch.float32)
     _check_finite_nonzero(name, tensor, path)
-    return DirectionFile(**{name: tensor}, metadata=metadata)
+    basis, categories = _read_extensions(extensions, tensor, path)
+    return DirectionFile(**{name: tensor}, metadata=metadata, basis=basis, categories=categories)
+
+
+def _read_extensions(
+    extensions: dict[str, torch.Tensor], main: torch.Tensor, path: Path
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Check the optional ``basis`` and ``directions.<category>`` tensors against the main one."""
+    hidden = main.shape[-1]
+    basis = extensions.pop("basis", None)
+    if basis is not None:
+        basis = basis.to(torch.float32)
+        if basis.dim() != 2 or basis.shape[1] != hidden or basis.shape[0] == 0:
+            raise SteerfoldError(f"'basis' in {path} has shape {list(basis.shape)}; expected [k, {hidden}] with k ≥ 1")
+        if not torch.isfinite(basis).all():
+            raise SteerfoldError(f"'basis' in {path} contains NaN or infinite values: re-fit it")
+        gram = basis @ basis.T
+        if (gram - torch.eye(len(basis))).abs().max() > 1e-3:
+            raise SteerfoldError(f"the rows of 'basis' in {path} are not orthonormal: re-fit it")
+    categories = {}
+    for key in sorted(extensions):
+        tensor = extensions[key].to(torch.float32)
+        if tensor.shape != main.shape or not torch.isfinite(tensor).all():
+            raise SteerfoldError(f"'{key}' in {path} must be finite with the main tensor's shape {list(main.shape)}: re-fit it")
+        categories[key.removeprefix(CATEGORY_PREFIX)] = tensor
+    return basis, categories
 
 
 def save_direction_file(path: str | Path, file: DirectionFile) -> None:
@@ -104,6 +144,10 @@ def save_direction_file(path: str | Path, file: DirectionFile) -> None:
         tensors["direction"] = file.direction.detach().to(torch.float32).contiguous()
     if file.directions is not None:
         tensors["directions"] = file.directions.detach().to(torch.float32).contiguous()
+    if file.basis is not None:
+        tensors["basis"] = file.basis.detach().to(torch.float32).contiguous()
+    for category, tensor in file.categories.items():
+        tensors[CATEGORY_PREFIX + category] = tensor.detach().to(torch.float32).contiguous()
     metadata = {"format_version": FORMAT_VERSION, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in file.metadata.items()}}
     save_file(tensors, str(path), metadata=metadata)
 

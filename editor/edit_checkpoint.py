@@ -1,25 +1,35 @@
-"""The ``steerfold edit`` job: a model folder and a direction file in, an edited checkpoint or adapter out."""
+"""The ``steerfold edit`` job: a model folder and a direction file in, an edited checkpoint, adapter or control
+vector out. Before anything is written it says which artifacts can carry the edit exactly, and refuses a format
+that cannot."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
-from editor.arch import ModelLayout, resolve_layout
-from editor.checkpoint import atomic_folder, check_output_path, open_model_folder, read_tensors
-from editor.directions import check_hidden_size, load_direction_file
-from editor.edits import Edit, TiedEmbeddingMode, ablation_edit
+import torch
+
+from editor.arch import ModelLayout, Role, resolve_layout
+from editor.checkpoint import ModelFolder, atomic_folder, check_output_path, open_model_folder, read_tensors
+from editor.directions import DirectionFile, check_hidden_size, load_direction_file
+from editor.edits import Edit, TiedEmbeddingMode, ablation_edit, conditional_edit, steering_edit, subspace_ablation_map
 from editor.errors import SteerfoldError
 from editor.hub import resolve_model
-from editor.export.card import base_license, write_card
+from editor.export.card import CARD_OF_FORMAT, base_license, write_card
 from editor.export.checksums import write_checksums
-from editor.export.lora import check_lora_can_carry, write_lora_adapter
+from editor.export.cvec import write_control_vector
+from editor.export.lora import write_lora_adapter
 from editor.export.merged import DEFAULT_MAX_SHARD_BYTES, write_merged_checkpoint
+from editor.kernels import LayerKernel, kernel_weights
+from editor.norm_preserving import norm_preserving_edit
+from editor.portability import Carrier, edit_carriers
 from editor.stream import parse_size
 
-OutputFormat = Literal["merged", "lora"]
+OutputFormat = Literal["merged", "lora", "cvec"]
+EditKind = Literal["ablation", "steering", "conditional", "subspace"]
+Say = Callable[[str], None]
 
 
 def parse_layers(spec: str | None, num_layers: int) -> list[int]:
@@ -46,13 +56,26 @@ def parse_layers(spec: str | None, num_layers: int) -> list[int]:
 
 @dataclass(frozen=True)
 class EditRequest:
-    """What ``steerfold edit`` was asked to do."""
+    """What ``steerfold edit`` was asked to do.
+
+    ``kind``: ``ablation`` removes the direction (strength ``scale``); ``steering`` adds ``coefficient`` times the
+    direction as stored; ``conditional`` applies ``w ↦ w + α r̂ (ĉ · w)`` with r the direction and c the
+    ``condition`` file's direction; ``subspace`` removes the span of the file's ``basis`` (INLP's nullspace
+    projection). Kernels scale ablation, subspace and conditional maps per layer index and writer.
+    """
 
     model: str | Path  # a local folder or a Hub id
     direction: Path
     out: Path
     format: OutputFormat = "merged"
+    kind: EditKind = "ablation"
     scale: float = 1.0
+    coefficient: float = 1.0  # steering
+    condition: Path | None = None  # conditional
+    alpha: float = 1.0  # conditional
+    norm_preserving: bool = False
+    attention_kernel: LayerKernel | None = None
+    mlp_kernel: LayerKernel | None = None
     layers: str | None = None
     layer: int | None = None
     embedding: bool = True
@@ -61,6 +84,23 @@ class EditRequest:
     tied_embedding: TiedEmbeddingMode = "untie"
     max_shard_size: str | None = None  # e.g. "5GB"; default 5 GB
     revision: str | None = None  # for a Hub id
+
+    @property
+    def strength(self) -> float:
+        """λ, the steering coefficient, or α: the number the edit's map is scaled by."""
+        return {"ablation": self.scale, "steering": self.coefficient, "conditional": self.alpha, "subspace": 1.0}[self.kind]
+
+    def kernels(self) -> dict[str, str]:
+        """The kernels given, as their command-line values, by writer role."""
+        given = {"attention": self.attention_kernel, "mlp": self.mlp_kernel}
+        return {role: kernel.text() for role, kernel in given.items() if kernel is not None}
+
+    def describe(self) -> str:
+        """A few words for the CLI: the strength, kernels and norm preservation."""
+        text = {"ablation": "scale", "steering": "steer", "conditional": "alpha", "subspace": "subspace, scale"}[self.kind]
+        text += f" {self.strength:g}"
+        text += "".join(f", {role} kernel {value}" for role, value in self.kernels().items())
+        return text + (", norm-preserving" if self.norm_preserving else "")
 
 
 @dataclass
@@ -73,69 +113,176 @@ class EditSummary:
     layers: list[int]
     direction_layer: int | None
     details: dict = field(default_factory=dict)
+    carriers: dict[str, Carrier] = field(default_factory=dict)
 
 
-def build_edit(request: EditRequest, layout: ModelLayout) -> tuple[Edit, int | None, dict[str, str]]:
-    """Load and check the direction, then build the ablation edit the request describes."""
-    if not math.isfinite(request.scale):
-        raise SteerfoldError(f"--scale {request.scale} is not a finite number: pass e.g. --scale 1.0")
-    direction_file = load_direction_file(request.direction)
-    check_hidden_size(direction_file, layout.hidden_size, layout.num_layers, request.direction)
-    vector, source_layer = direction_file.select(request.layer)
-    layers = parse_layers(request.layers, layout.num_layers)
+# Requests that make no sense, as (test, message), checked in order before the direction file is read.
+CONFLICTS: list[tuple[Callable[[EditRequest], bool], str]] = [
+    (lambda r: not all(math.isfinite(v) for v in (r.scale, r.coefficient, r.alpha)),
+     "--scale, --steer and --alpha take finite numbers: pass e.g. --scale 1.0"),
+    (lambda r: r.kind == "conditional" and r.condition is None, "a conditional edit needs --condition FILE (the direction c)"),
+    (lambda r: r.kind != "conditional" and r.condition is not None,
+     "a condition file is for conditional edits only: drop --steer, or drop --condition"),
+    (lambda r: r.kind != "conditional" and r.alpha != 1.0, "--alpha is the strength of a conditional map: add --condition FILE or drop --alpha"),
+    (lambda r: r.kind not in ("ablation", "subspace") and r.scale != 1.0,
+     "--scale is the ablation strength: set the strength of a steering edit with --steer and of a conditional one with --alpha"),
+    (lambda r: r.norm_preserving and r.kind != "ablation", "--norm-preserving applies to ablations only: drop it, or drop --steer/--condition/--subspace"),
+    (lambda r: r.kind == "subspace" and r.scale != 1.0, "--subspace removes the whole span of the basis: drop --scale"),
+    (lambda r: r.kind == "steering" and bool(r.kernels()),
+     "kernels weight the writers of an ablation or conditional map; a steering offset is set per layer: use --layers and --steer"),
+]
+
+
+def check_request(request: EditRequest) -> None:
+    """Refuse the first conflict of ``CONFLICTS`` the request has."""
+    for conflict, message in CONFLICTS:
+        if conflict(request):
+            raise SteerfoldError(message)
+
+
+def edit_layers(request: EditRequest, layout: ModelLayout, source_layer: int | None) -> list[int]:
+    """The layer indices to edit: --layers, or all of them (steering: the layer the direction was fitted at)."""
+    if request.kind == "steering" and request.layers is None:
+        if source_layer is None:
+            raise SteerfoldError("the direction file records no layer to steer at: pass --layers (e.g. --layers 4)")
+        layers = [source_layer]
+    else:
+        layers = parse_layers(request.layers, layout.num_layers)
     if not request.embedding:
         layers = [layer for layer in layers if layer != 0]
     if not layers:
         raise SteerfoldError("no layer left to edit: widen --layers or drop --no-embedding")
-    return ablation_edit(vector, layers, request.scale, request.tied_embedding), source_layer, direction_file.metadata
+    return layers
+
+
+def _load_direction(path: Path, layout: ModelLayout, layer: int | None) -> tuple[DirectionFile, torch.Tensor, int | None]:
+    file = load_direction_file(path)
+    check_hidden_size(file, layout.hidden_size, layout.num_layers, path)
+    return (file, *file.select(layer))
+
+
+def _condition_vector(request: EditRequest, layout: ModelLayout) -> torch.Tensor:
+    """The condition direction c: a row of a per-layer file is picked like the direction's (--layer or recorded)."""
+    assert request.condition is not None
+    file = load_direction_file(request.condition)
+    check_hidden_size(file, layout.hidden_size, layout.num_layers, request.condition)
+    return file.select(request.layer if file.directions is not None else None)[0]
+
+
+def _basis(request: EditRequest) -> torch.Tensor:
+    """The orthonormal ``basis`` [k, hidden] of the direction file (written by ``steerfold fit --method inlp``)."""
+    file = load_direction_file(request.direction)
+    if file.basis is None:
+        raise SteerfoldError(f"{request.direction} holds no basis to remove: fit one with --method inlp, or drop --subspace")
+    return file.basis
+
+
+Weights = dict[tuple[int, Role], float]
+# One builder per edit kind: (request, layout, direction vector, layers, per-module weights) → Edit.
+BUILDERS: dict[str, Callable[[EditRequest, ModelLayout, torch.Tensor, list[int], Weights], Edit]] = {
+    "ablation": lambda r, layout, v, layers, w: ablation_edit(v, layers, r.scale, r.tied_embedding, w),
+    "steering": lambda r, layout, v, layers, w: replace(steering_edit(v, layers, r.coefficient), tied_embedding=r.tied_embedding),
+    "subspace": lambda r, layout, v, layers, w: Edit({layer: subspace_ablation_map(_basis(r).T) for layer in layers},
+                                                     r.tied_embedding, w),
+    "conditional": lambda r, layout, v, layers, w: conditional_edit(_condition_vector(r, layout), v, layers, r.alpha,
+                                                                    r.tied_embedding, w),
+}
+
+
+def build_edit(request: EditRequest, layout: ModelLayout) -> tuple[Edit, int | None, dict[str, str]]:
+    """Load and check the direction (and condition), then build the edit the request describes."""
+    check_request(request)
+    direction_file, vector, source_layer = _load_direction(request.direction, layout, request.layer)
+    layers = edit_layers(request, layout, source_layer)
+    weights = kernel_weights(layers, request.attention_kernel, request.mlp_kernel)
+    edit = BUILDERS[request.kind](request, layout, vector, layers, weights)
+    edit.check_changes_something(layout)
+    if request.norm_preserving:
+        edit = norm_preserving_edit(edit)
+    return edit, source_layer, direction_file.metadata
+
+
+# (request field, flag, default): a value equal to its default is left out of the reproduce command.
+FLAGS: list[tuple[str, str, object]] = [
+    ("revision", "--revision", None), ("format", "--format", "merged"), ("scale", "--scale", 1.0),
+    ("condition", "--condition", None), ("alpha", "--alpha", 1.0), ("attention_kernel", "--attention-kernel", None),
+    ("mlp_kernel", "--mlp-kernel", None), ("layers", "--layers", None), ("layer", "--layer", None),
+    ("tied_embedding", "--tied-embedding", "untie"),
+]
+
+
+def _flag_value(value: object) -> str:
+    if isinstance(value, LayerKernel):
+        return value.text()
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def reproduce_command(request: EditRequest) -> str:
     """The command line that redoes this edit."""
     parts = ["steerfold edit", str(request.model), "--direction", str(request.direction), "--out", str(request.out)]
-    if request.revision:
-        parts += ["--revision", request.revision]
-    if request.format != "merged":
-        parts += ["--format", request.format]
-    if request.scale != 1.0:
-        parts += ["--scale", f"{request.scale:g}"]
-    if request.layers:
-        parts += ["--layers", request.layers]
-    if request.layer is not None:
-        parts += ["--layer", str(request.layer)]
-    if not request.embedding:
-        parts.append("--no-embedding")
-    if request.tied_embedding != "untie":
-        parts += ["--tied-embedding", request.tied_embedding]
+    if request.kind == "steering":
+        parts += ["--steer", _flag_value(request.coefficient)]
+    for name, flag, default in FLAGS:
+        value = getattr(request, name)
+        if value != default:
+            parts += [flag, _flag_value(value)]
+    parts += ["--no-embedding"] if not request.embedding else []
+    parts += ["--norm-preserving"] if request.norm_preserving else []
     return " ".join(parts)
 
 
-def run_edit(request: EditRequest) -> EditSummary:
-    """Check everything first, then write the artifact atomically; the input is never modified."""
+Writer = Callable[[ModelFolder, ModelLayout, Edit, Path, EditRequest, str], dict]
+# One writer per --format, each called inside the atomic output folder.
+WRITERS: dict[str, Writer] = {
+    "merged": lambda folder, layout, edit, dest, request, base: write_merged_checkpoint(
+        folder, layout, edit, dest, parse_size(request.max_shard_size) if request.max_shard_size else DEFAULT_MAX_SHARD_BYTES),
+    "lora": lambda folder, layout, edit, dest, request, base: write_lora_adapter(folder, layout, edit, dest, base_model=base),
+    "cvec": lambda folder, layout, edit, dest, request, base: write_control_vector(layout, edit, dest),
+}
+
+
+def card_edit(request: EditRequest, edit: Edit, layout: ModelLayout, metadata: dict[str, str], source_layer: int | None,
+              details: dict) -> dict:
+    """The edit as the model card and the report describe it."""
+    described = {"kind": request.kind, "method": metadata.get("method", "given"), "scale": request.strength,
+                 "layers": edit.layers, "direction_layer": source_layer, "position": metadata.get("position"),
+                 "untied_output_head": details.get("untied_output_head", False), "post_norm": layout.post_norm,
+                 "norm_preserving": request.norm_preserving, "kernels": request.kernels()}
+    if "gguf_tensors" in details:
+        described["gguf_tensors"] = details["gguf_tensors"]
+    return described
+
+
+def carrier_lines(carriers: dict[str, Carrier]) -> list[str]:
+    """The portability of this edit, one line per artifact, as the CLI prints it before writing."""
+    lines = ["which artifacts can carry this edit exactly:"]
+    for carrier in carriers.values():
+        lines.append(f"  {'yes' if carrier.exact else 'no ':<4} {carrier.artifact:<20} {carrier.note}".rstrip())
+    return lines
+
+
+def run_edit(request: EditRequest, say: Say = lambda _line: None) -> EditSummary:
+    """Check everything first, say which artifacts can carry the edit, then write the chosen one atomically.
+
+    The input is never modified; a format that cannot carry the edit exactly is refused before anything is written.
+    """
     if request.max_shard_size:
         parse_size(request.max_shard_size)
     folder = open_model_folder(resolve_model(request.model, request.revision), allow_pickle=request.allow_pickle)
     check_output_path(request.out, folder.path, request.overwrite)
     layout = resolve_layout(folder.config, folder.parameter_names())
     edit, source_layer, metadata = build_edit(request, layout)
-    edit.check_foldable(layout)
     gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
-    if request.format == "lora":
-        check_lora_can_carry(edit, layout, gains.__getitem__)
-    else:
-        edit.module_maps(layout, gains.__getitem__)
+    carriers = edit_carriers(edit, layout, gains.__getitem__)
+    for line in carrier_lines(carriers):
+        say(line)
+    if not carriers[request.format].exact:
+        raise SteerfoldError(carriers[request.format].note)
     base_name = str(request.model) if not Path(str(request.model)).exists() else str(folder.path.resolve())
     with atomic_folder(request.out) as tmp:
-        if request.format == "merged":
-            max_bytes = parse_size(request.max_shard_size) if request.max_shard_size else DEFAULT_MAX_SHARD_BYTES
-            details = write_merged_checkpoint(folder, layout, edit, tmp, max_bytes)
-        else:
-            details = write_lora_adapter(folder, layout, edit, tmp, base_model=base_name)
-        card_edit = {"kind": "ablation", "method": metadata.get("method", "given"), "scale": request.scale,
-                     "layers": edit.layers, "direction_layer": source_layer, "position": metadata.get("position"),
-                     "untied_output_head": details.get("untied_output_head", False), "post_norm": layout.post_norm}
-        write_card(tmp, "merged" if request.format == "merged" else "adapter", title=f"{base_name} (steerfold edit)",
-                   base_model=base_name, edit=card_edit, direction_metadata=metadata, license=base_license(folder.path),
-                   reproduce=reproduce_command(request), rank=details.get("rank", 1))
+        details = WRITERS[request.format](folder, layout, edit, tmp, request, base_name)
+        write_card(tmp, CARD_OF_FORMAT[request.format], title=f"{base_name} (steerfold edit)", base_model=base_name,
+                   edit=card_edit(request, edit, layout, metadata, source_layer, details), direction_metadata=metadata,
+                   license=base_license(folder.path), reproduce=reproduce_command(request), rank=details.get("rank", 1))
         write_checksums(tmp, known=details.pop("digests", None))
-    return EditSummary(request.out, request.format, layout, edit.layers, source_layer, details)
+    return EditSummary(request.out, request.format, layout, edit.layers, source_layer, details, carriers)

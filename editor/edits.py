@@ -7,17 +7,20 @@ Three faces of one edit, all driven by the same per-module maps (``Edit.module_m
 - ``lora_pair``: the same change as a LoRA, ``lora_B = U``, ``lora_A = Vᵀ W`` (``lora_alpha = r``);
 - ``runtime_hooks``: forward hooks applying the map to each module's output, the reference every fold is
   tested against.
+
+An edit may scale each module's map (``Edit.weights``, e.g. the layer kernels of ``editor.kernels``); a map that
+only a weight fold can express (``editor.norm_preserving``) says so, and LoRA and hooks refuse it.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Literal
+from dataclasses import dataclass, field, replace
+from typing import Callable, ClassVar, Iterable, Iterator, Literal, Mapping
 
 import torch
 
-from editor.arch import ModelLayout, layout_of_model
+from editor.arch import ModelLayout, Role, layout_of_model
 from editor.errors import SteerfoldError
 
 TiedEmbeddingMode = Literal["untie", "shared"]
@@ -31,6 +34,9 @@ class ResidualMap:
     V: torch.Tensor
     b: torch.Tensor | None = None
     ablation_scale: float | None = None  # set when this is an ablation: U = -λ V with V orthonormal
+    # Why this map is not of the form above on the module's output (so no LoRA or runtime hook carries it);
+    # None for every map of that form. Subclasses that only a weight fold can express set it.
+    not_a_write_map: ClassVar[str | None] = None
 
     @property
     def rank(self) -> int:
@@ -39,6 +45,23 @@ class ResidualMap:
     @property
     def is_linear(self) -> bool:
         return self.b is None
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the map changes nothing (U = 0, no offset): such writers are left untouched."""
+        return self.b is None and not bool(self.U.any())
+
+    @property
+    def is_offset_only(self) -> bool:
+        """True when the map only adds ``b`` (U = 0): what a control vector can carry."""
+        return self.b is not None and not bool(self.U.any())
+
+    def scaled(self, weight: float) -> "ResidualMap":
+        """The same map with its change multiplied by ``weight``: ``U ← weight U``, ``b ← weight b`` (per-module scale)."""
+        if weight == 1.0:
+            return self
+        return replace(self, U=weight * self.U, b=None if self.b is None else weight * self.b,
+                       ablation_scale=None if self.ablation_scale is None else weight * self.ablation_scale)
 
     def apply(self, w: torch.Tensor) -> torch.Tensor:
         """Apply the map to vectors in the last dimension, in float32, returning ``w``'s dtype."""
@@ -52,8 +75,10 @@ class ResidualMap:
         """``W ← (I + U Vᵀ) W`` for a writer whose weight is [hidden, in], in float32.
 
         A tensor within ``WHOLE_FLOAT32_BYTES`` is converted once; a larger one is folded in row chunks, so
-        memory stays near the tensor's own size whatever the model.
+        memory stays near the tensor's own size whatever the model. With U = 0 (an offset only) it is returned as is.
         """
+        if not self.U.any():
+            return weight
         if weight.numel() * 4 <= WHOLE_FLOAT32_BYTES:
             w = weight.to(torch.float32)
             return w.addmm_(self.U, self.V.T @ w).to(weight.dtype)
@@ -81,10 +106,10 @@ class ResidualMap:
         """The same linear part with ``b`` divided by a multiplier the forward pass applies afterwards."""
         if self.b is None or factor == 1.0:
             return self
-        return ResidualMap(self.U, self.V, self.b / factor, self.ablation_scale)
+        return replace(self, b=self.b / factor)
 
     def linear_part(self) -> "ResidualMap":
-        return ResidualMap(self.U, self.V, None, self.ablation_scale) if self.b is not None else self
+        return replace(self, b=None) if self.b is not None else self
 
     def through_gain(self, gain: torch.Tensor) -> "ResidualMap":
         """The ablation to apply to ``y`` when the write is ``g ⊙ norm(y)``: remove ``g ⊙ r`` from ``y``, so the
@@ -94,7 +119,7 @@ class ResidualMap:
                 "only ablations can be folded through a post-norm (Gemma 2/3, OLMo 2/3): use an ablation edit"
             )
         q, _ = torch.linalg.qr(gain.to(torch.float32).unsqueeze(1) * self.V)
-        return ResidualMap(U=-self.ablation_scale * q, V=q.clone(), ablation_scale=self.ablation_scale)
+        return replace(self, U=-self.ablation_scale * q, V=q.clone())
 
 
 CHUNK_ELEMENTS = 1 << 24  # 64 MB of float32 per chunk: peak memory is the tensor, its output and one chunk
@@ -128,6 +153,17 @@ def subspace_ablation_map(basis: torch.Tensor) -> ResidualMap:
     return ResidualMap(U=-q, V=q.clone(), ablation_scale=1.0)
 
 
+def conditional_map(condition: torch.Tensor, target: torch.Tensor, alpha: float = 1.0) -> ResidualMap:
+    """The map "when c is present, add r": ``w ↦ w + α r̂ (ĉ · w)``, i.e. ``U = α r̂``, ``V = ĉ`` (unit vectors).
+
+    The write gains α times its component along ĉ, pointed along r̂; with c = r and α = -λ this is the ablation.
+    """
+    return ResidualMap(U=alpha * unit(target).unsqueeze(1), V=unit(condition).unsqueeze(1))
+
+
+NOTHING_CHANGED = "the edit changes no residual writer: widen --layers or raise the kernel weights above 0"
+
+
 @dataclass(frozen=True)
 class Edit:
     """One residual map per DESIGN.md layer index; index 0 (the embedding) is edited only if present.
@@ -139,17 +175,24 @@ class Edit:
 
     maps: dict[int, ResidualMap]
     tied_embedding: TiedEmbeddingMode = "untie"
+    # Per-module scale by (layer index, writer role), 1 where absent: each writer gets ``maps[layer].scaled(w)``;
+    # a weight of 0 leaves that writer untouched (see ``editor.kernels`` for per-layer kernels).
+    weights: Mapping[tuple[int, Role], float] = field(default_factory=dict)
 
     @property
     def layers(self) -> list[int]:
         return sorted(self.maps)
 
+    def weight(self, layer: int, role: Role) -> float:
+        return self.weights.get((layer, role), 1.0)
+
     def edits_embedding(self) -> bool:
-        return 0 in self.maps
+        return 0 in self.maps and self.weight(0, "embedding") != 0
 
     def module_maps(self, layout: ModelLayout, gain_of: Callable[[str], torch.Tensor] | None = None) -> dict[str, ResidualMap]:
         """The map each residual writer's hook module output gets, keyed by that module's name.
 
+        Each writer's map is scaled by its weight (``weights``); writers whose map changes nothing are left out.
         A layer's offset is carried by its last writer only, divided by the scalar the model multiplies that
         output by. Post-norm writers get the ablation re-expressed against ``g ⊙ r``; ``gain_of`` reads the
         post-norm weights (needed only on post-norm architectures).
@@ -157,11 +200,14 @@ class Edit:
         self.check_against(layout)
         offset = layout.architecture.norm_gain_offset
         per_module: dict[str, ResidualMap] = {}
-        for layer, residual_map in self.maps.items():
+        for layer, layer_map in self.maps.items():
             writers = layout.writers_at([layer])
             for i, writer in enumerate(writers):
+                residual_map = layer_map.scaled(self.weight(layer, writer.role))
                 carries_offset = residual_map.b is not None and i == len(writers) - 1
                 mapped = residual_map.scaled_offset(writer.stream_scale) if carries_offset else residual_map.linear_part()
+                if mapped.is_identity:
+                    continue
                 if writer.post_norm:
                     if mapped.b is not None:
                         raise SteerfoldError(
@@ -172,7 +218,15 @@ class Edit:
                         raise ValueError("post-norm writers need gain_of to read their norm weights")
                     mapped = mapped.through_gain(gain_of(writer.post_norm).to(torch.float32) + offset)
                 per_module[writer.hook] = mapped
+        if not per_module:
+            raise SteerfoldError(NOTHING_CHANGED)
         return per_module
+
+    def check_changes_something(self, layout: ModelLayout) -> None:
+        """Refuse an edit that leaves every writer as it is (e.g. kernel weights of 0 at every listed layer)."""
+        if not any(not m.scaled(self.weight(layer, w.role)).is_identity
+                   for layer, m in self.maps.items() for w in layout.writers_at([layer])):
+            raise SteerfoldError(NOTHING_CHANGED)
 
     def check_against(self, layout: ModelLayout) -> None:
         """Refuse layer indices out of range and maps of the wrong size."""
@@ -203,7 +257,7 @@ class Edit:
             if layer > 0 and not last.has_bias:
                 raise SteerfoldError(
                     f"a constant offset at layer {layer} needs a bias on {last.hook}, which this checkpoint "
-                    "does not have: export it as a control vector or apply it at run time instead"
+                    "does not have: export it as a control vector (--format cvec) or apply it at run time instead"
                 )
 
 
@@ -220,10 +274,24 @@ def ablation_edit(
     layers: Iterable[int],
     scale: float = 1.0,
     tied_embedding: TiedEmbeddingMode = "untie",
+    weights: Mapping[tuple[int, Role], float] | None = None,
 ) -> Edit:
-    """Ablate one direction from the writers of every listed layer index."""
+    """Ablate one direction from the writers of every listed layer index (``weights`` scale λ per module)."""
     residual_map = ablation_map(direction, scale)
-    return Edit({layer: residual_map for layer in sorted(set(layers))}, tied_embedding)
+    return Edit({layer: residual_map for layer in sorted(set(layers))}, tied_embedding, dict(weights or {}))
+
+
+def conditional_edit(
+    condition: torch.Tensor,
+    target: torch.Tensor,
+    layers: Iterable[int],
+    alpha: float = 1.0,
+    tied_embedding: TiedEmbeddingMode = "untie",
+    weights: Mapping[tuple[int, Role], float] | None = None,
+) -> Edit:
+    """Apply ``w ↦ w + α r̂ (ĉ · w)`` to the writers of every listed layer index (see ``conditional_map``)."""
+    residual_map = conditional_map(condition, target, alpha)
+    return Edit({layer: residual_map for layer in sorted(set(layers))}, tied_embedding, dict(weights or {}))
 
 
 def fold_tensor(key: str, tensor: torch.Tensor, layout: ModelLayout, module_maps: dict[str, ResidualMap]) -> torch.Tensor:
@@ -283,6 +351,7 @@ def runtime_hooks(model: torch.nn.Module, edit: Edit) -> Iterator[ModelLayout]:
     """
     layout = layout_of_model(model)
     module_maps = edit.module_maps(layout, _gain_reader(model))
+    check_write_maps(module_maps, "runtime hooks")
     handles = []
     for module_name, residual_map in module_maps.items():
         handles.append(model.get_submodule(module_name).register_forward_hook(_output_hook(residual_map)))
@@ -317,8 +386,17 @@ def _shared_head_hook(residual_map: ResidualMap) -> Callable:
     return hook
 
 
+def check_write_maps(module_maps: dict[str, ResidualMap], face: str) -> None:
+    """Refuse maps that are not ``(I + U Vᵀ)`` on the module's output: a LoRA and runtime hooks carry only those."""
+    for residual_map in module_maps.values():
+        if residual_map.not_a_write_map:
+            raise SteerfoldError(f"{residual_map.not_a_write_map}, so {face} cannot carry it exactly: "
+                                 "fold it into a merged checkpoint (--format merged)")
+
+
 def lora_rank(module_maps: dict[str, ResidualMap]) -> int:
-    """The uniform LoRA rank of an edit; refuses maps a LoRA cannot carry (constant offsets)."""
+    """The uniform LoRA rank of an edit; refuses maps a LoRA cannot carry (constant offsets, weight-only folds)."""
+    check_write_maps(module_maps, "a LoRA adapter")
     for module_name, residual_map in module_maps.items():
         if residual_map.b is not None:
             raise SteerfoldError(

@@ -1,19 +1,37 @@
-"""The ``steerfold fit`` jobs: prompts in, a direction file (with its provenance) out."""
+"""The ``steerfold fit`` jobs: prompts in, a direction file (with its provenance) out.
+
+``run_fit`` looks the method up in the registry (``editor.methods.registry``) and runs its job, one per entry here.
+Contrast jobs read per-prompt activations at every post-instruction position and layer index (or the one
+``position`` asked for), fit the method's estimator at each candidate, and choose one candidate with the selection
+of Arditi et al. on validation prompts. ``per_category`` keeps every layer of one position instead, and
+``persona_vector`` averages responses. The CLI and recipes both go through ``run_fit`` and ``write_fitted``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor.activations import at_positions, capture, post_instruction_positions
-from editor.directions import DirectionFile
+from editor.directions import DirectionFile, save_direction_file
+from editor.errors import SteerfoldError
 from editor.evaluate.behaviour import chat_texts
-from editor.methods import difference_in_means, persona_vector
+from editor.methods.categories import category_directions, category_similarity, similarity_markdown
+from editor.methods.contrast import Estimator, fit_every_candidate, orthogonal_to
+from editor.methods.estimators import mean_difference, paired_pca, probe_direction, ridge_direction
+from editor.methods.inlp import inlp_estimate
+from editor.methods.means import persona_vector, response_means
+from editor.methods.options import FitOptions
+from editor.methods.registry import Method, get_method
+from editor.methods.scorers import SCORERS, confidence_weights, refusal_confidence
 from editor.prompts import PromptRecord
 from editor.selection import Candidate, SelectionSettings, choose, score_candidates
 
@@ -36,6 +54,103 @@ def split_for_validation(records: Sequence[PromptRecord], fraction: float = 0.25
     return train, val
 
 
+@dataclass(frozen=True)
+class FitInputs:
+    """What a fitting job reads: the model, the options, and the prompt sets (those a method does not read stay empty)."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    options: FitOptions = FitOptions()
+    harmful: Sequence[PromptRecord] = ()
+    harmless: Sequence[PromptRecord] = ()
+    harmful_val: Sequence[PromptRecord] | None = None  # None: every 4th of ``harmful``
+    harmless_val: Sequence[PromptRecord] | None = None
+    prompts: Sequence[PromptRecord] = ()  # persona_vector: the requests whose responses are averaged
+    model_name: str = ""
+
+    def with_validation_sets(self) -> "FitInputs":
+        """The same inputs with explicit validation sets (split off the training sets where none were given)."""
+        harmful, harmful_val = _train_and_validation(self.harmful, self.harmful_val)
+        harmless, harmless_val = _train_and_validation(self.harmless, self.harmless_val)
+        return dataclasses.replace(self, harmful=harmful, harmless=harmless, harmful_val=harmful_val, harmless_val=harmless_val)
+
+
+def _train_and_validation(records: Sequence[PromptRecord], val: Sequence[PromptRecord] | None) -> tuple[list, list]:
+    return (list(records), list(val)) if val is not None else split_for_validation(records)
+
+
+@dataclass
+class Fitted:
+    """A fitted direction file, the lines and warnings to show, and a markdown report to write beside it."""
+
+    file: DirectionFile
+    lines: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    report: str | None = None
+
+
+def check_prompt_sets(options: FitOptions, harmful: bool, harmless: bool, prompts: bool) -> Method:
+    """The options' method, once the prompt sets it reads are known to be there (before any model is loaded)."""
+    method = get_method(options.method)
+    if method.needs == "contrast" and not (harmful and harmless):
+        raise SteerfoldError(f"method {method.name} reads harmful and harmless prompts: pass --harmful FILE and "
+                             "--harmless FILE (in a recipe: fit.harmful, fit.harmless)")
+    if method.needs == "persona" and not prompts:
+        raise SteerfoldError(f"method {method.name} averages the responses to prompts: pass --prompts FILE "
+                             "(in a recipe: fit.prompts)")
+    if method.needs == "persona" and options.orthogonalize != "none" and not harmless:
+        raise SteerfoldError("orthogonalize harmless-mean needs harmless prompts: pass --harmless FILE "
+                             "(in a recipe: fit.harmless)")
+    return method
+
+
+def run_fit(inputs: FitInputs) -> Fitted:
+    """Fit with the method the options name (``editor.methods.registry``)."""
+    method = check_prompt_sets(inputs.options, bool(inputs.harmful), bool(inputs.harmless), bool(inputs.prompts))
+    return method.load()(inputs)
+
+
+def report_path(out: Path) -> Path:
+    """Where a fit's markdown report goes: beside the direction file, with the suffix ``.md``."""
+    return out.with_suffix(".md")
+
+
+def write_fitted(out: Path, fitted: Fitted, overwrite: bool) -> list[Path]:
+    """Write the direction file (and its report, if any) atomically; returns the paths written."""
+    from editor.models import atomic_file
+
+    paths = [out] + ([report_path(out)] if fitted.report is not None else [])
+    for path in paths:
+        if path.exists() and not overwrite:
+            raise SteerfoldError(f"{path} already exists: choose another path or pass --overwrite")
+    with atomic_file(out, overwrite) as tmp:
+        save_direction_file(tmp, fitted.file)
+        if fitted.report is not None:
+            with atomic_file(report_path(out), overwrite) as tmp_report:
+                tmp_report.write_text(fitted.report)
+    return paths
+
+
+def _provenance(inputs: FitInputs, **extra: str) -> dict[str, str]:
+    return {"method": inputs.options.method, "model": inputs.model_name, **extra,
+            "options": json.dumps(inputs.options.model_dump(), sort_keys=True), "steerfold_version": VERSION}
+
+
+def read_positions(tokenizer: PreTrainedTokenizerBase, options: FitOptions, default: int | None = None) -> list[int]:
+    """The post-instruction positions a fit reads: all of them, or the one ``options.position`` (else ``default``)."""
+    positions = post_instruction_positions(tokenizer, options.system)
+    wanted = options.position if options.position is not None else default
+    if wanted is None:
+        return positions
+    if wanted not in positions:
+        raise SteerfoldError(f"position {wanted} is not a post-instruction token of this chat template: "
+                             f"choose one of {', '.join(map(str, positions))}")
+    return [wanted]
+
+
+# --- contrast methods: an estimator at every candidate, then the Arditi et al. selection ---------------------
+
+
 @dataclass
 class RefusalFit:
     """The fitted refusal direction file and the selection table behind it."""
@@ -44,7 +159,49 @@ class RefusalFit:
     table: list[Candidate]
     baseline: dict  # base refusal scores the candidates are compared with, and the refusal tokens
     chosen: Candidate
-    candidates: torch.Tensor  # [P, L+1, d] difference of means at every candidate
+    candidates: torch.Tensor  # [P, L+1, d] the stored vector of every candidate
+
+
+def select_refusal_direction(
+    inputs: FitInputs,
+    estimator: Estimator,
+    weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+    batch_size: int = 32,
+) -> RefusalFit:
+    """``estimator`` at every post-instruction position and layer index, then the Arditi et al. selection.
+
+    ``weights`` (one per training prompt, harmful and harmless) make the means weighted means.
+    """
+    inputs = inputs.with_validation_sets()
+    model, tokenizer, options = inputs.model, inputs.tokenizer, inputs.options
+    num_layers = model.config.num_hidden_layers
+    layers = list(range(num_layers + 1))
+    positions = read_positions(tokenizer, options)
+    harmful_acts, harmless_acts = (
+        capture(model, tokenizer, chat_texts(tokenizer, records, options.system), layers, at_positions(positions), batch_size)
+        for records in (inputs.harmful, inputs.harmless)
+    )
+    vectors, bases = fit_every_candidate(harmful_acts, harmless_acts, estimator, weights, options.orthogonalize != "none")
+    settings = SelectionSettings(options.max_layer_fraction, options.max_kl, batch_size)
+    scored_layers = [layer for layer in layers if layer < settings.max_layer_fraction * num_layers]
+    table, baseline = score_candidates(model, tokenizer, vectors[:, scored_layers], positions, scored_layers,
+                                       inputs.harmful_val, inputs.harmless_val, settings, options.system)
+    chosen = choose(table, num_layers, settings, min_induce=baseline["harmless_refusal_score"])
+    p = positions.index(chosen.position)
+    projections = chosen_projections(model, tokenizer, vectors[p, chosen.layer], chosen, inputs.harmful_val,
+                                     inputs.harmless_val, options.system, batch_size)
+    metadata = _provenance(
+        inputs, layer=str(chosen.layer), position=str(chosen.position), positions=json.dumps(positions),
+        harmful_hash=prompt_hash(inputs.harmful), harmless_hash=prompt_hash(inputs.harmless),
+        harmful_val_hash=prompt_hash(inputs.harmful_val), harmless_val_hash=prompt_hash(inputs.harmless_val),
+        selection=json.dumps([row.as_dict() for row in table]), selection_baseline=json.dumps(baseline),
+        projections=json.dumps(projections),
+    )
+    basis = bases.get((p, chosen.layer))
+    if basis is not None:
+        metadata.update(basis_layer=str(chosen.layer), basis_position=str(chosen.position), basis_rank=str(len(basis)))
+    file = DirectionFile(directions=vectors[p], metadata=metadata, basis=basis)
+    return RefusalFit(file, table, baseline, chosen, vectors)
 
 
 def fit_refusal_direction(
@@ -59,37 +216,9 @@ def fit_refusal_direction(
     model_name: str = "",
 ) -> RefusalFit:
     """Difference of means at every post-instruction position and layer, then the Arditi et al. selection."""
-    num_layers = model.config.num_hidden_layers
-    layers = list(range(num_layers + 1))
-    positions = post_instruction_positions(tokenizer, system)
-    diffs = difference_in_means(
-        model, tokenizer, chat_texts(tokenizer, harmful, system), chat_texts(tokenizer, harmless, system),
-        layers, positions, settings.batch_size,
-    )
-    scored_layers = [layer for layer in layers if layer < settings.max_layer_fraction * num_layers]
-    table, baseline = score_candidates(
-        model, tokenizer, diffs[:, scored_layers], positions, scored_layers, harmful_val, harmless_val, settings, system
-    )
-    chosen = choose(table, num_layers, settings, min_induce=baseline["harmless_refusal_score"])
-    p = positions.index(chosen.position)
-    projections = chosen_projections(model, tokenizer, diffs[p, chosen.layer], chosen, harmful_val, harmless_val, system,
-                                     settings.batch_size)
-    metadata = {
-        "method": "diff_in_means",
-        "model": model_name,
-        "layer": str(chosen.layer),
-        "position": str(chosen.position),
-        "positions": json.dumps(positions),
-        "harmful_hash": prompt_hash(harmful),
-        "harmless_hash": prompt_hash(harmless),
-        "harmful_val_hash": prompt_hash(harmful_val),
-        "harmless_val_hash": prompt_hash(harmless_val),
-        "selection": json.dumps([row.as_dict() for row in table]),
-        "selection_baseline": json.dumps(baseline),
-        "projections": json.dumps(projections),
-        "steerfold_version": VERSION,
-    }
-    return RefusalFit(DirectionFile(directions=diffs[p], metadata=metadata), table, baseline, chosen, diffs)
+    options = FitOptions(system=system, max_kl=settings.max_kl, max_layer_fraction=settings.max_layer_fraction)
+    inputs = FitInputs(model, tokenizer, options, harmful, harmless, harmful_val, harmless_val, model_name=model_name)
+    return select_refusal_direction(inputs, mean_difference, batch_size=settings.batch_size)
 
 
 def chosen_projections(model, tokenizer, vector: torch.Tensor, chosen: Candidate, harmful, harmless, system, batch_size) -> dict:
@@ -101,6 +230,87 @@ def chosen_projections(model, tokenizer, vector: torch.Tensor, chosen: Candidate
                        batch_size)
         out[name] = [round(float(v), 4) for v in acts[:, 0, 0] @ unit]
     return out
+
+
+def _contrast_fitted(result: RefusalFit, max_kl: float) -> Fitted:
+    """What the CLI says about a selected candidate."""
+    c, base = result.chosen, result.baseline["harmful_refusal_score"]
+    warnings = []
+    if "relaxed" in c.reason:
+        warnings.append(f"no candidate kept harmless first-token KL ≤ {max_kl:g}; the lowest-bypass one was taken (KL {c.kl:.3f})")
+    lines = [f"chose layer index {c.layer}, position {c.position}: refusal score {base:.3f} → {c.bypass:.3f} ablated, "
+             f"induce {c.induce:.3f}, KL {c.kl:.4f}"]
+    if result.file.basis is not None:
+        lines.append(f"basis of rank {len(result.file.basis)} at that candidate: ablate it with "
+                     "editor.methods.inlp.nullspace_edit; reflect across the first probe with an ablation of scale 2")
+    return Fitted(result.file, lines, warnings)
+
+
+def fit_with(estimator: Estimator, inputs: FitInputs, weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> Fitted:
+    """A contrast job: ``estimator`` at every candidate, then the selection; what to say about the result."""
+    return _contrast_fitted(select_refusal_direction(inputs, estimator, weights), inputs.options.max_kl)
+
+
+def fit_diff_in_means(inputs: FitInputs) -> Fitted:
+    return fit_with(mean_difference, inputs)
+
+
+def fit_pca(inputs: FitInputs) -> Fitted:
+    return fit_with(paired_pca, inputs)
+
+
+def fit_logistic(inputs: FitInputs) -> Fitted:
+    return fit_with(partial(probe_direction, l2=inputs.options.l2), inputs)
+
+
+def fit_inlp(inputs: FitInputs) -> Fitted:
+    options = inputs.options
+    return fit_with(partial(inlp_estimate, iterations=options.inlp_iterations, l2=options.l2), inputs)
+
+
+def fit_ridge(inputs: FitInputs) -> Fitted:
+    """Ridge mean difference; with a scorer, each training prompt is weighted by its response's refusal confidence."""
+    inputs, options = inputs.with_validation_sets(), inputs.options
+    weights = None
+    if options.scorer is not None:
+        scorer = SCORERS[options.scorer](options)
+        confidence = [refusal_confidence(inputs.model, inputs.tokenizer, records, scorer, options.system, options.max_new_tokens)
+                      for records in (inputs.harmful, inputs.harmless)]
+        weights = (confidence_weights(confidence[0], refusing_side=True), confidence_weights(confidence[1], refusing_side=False))
+    fitted = fit_with(partial(ridge_direction, ridge_lambda=options.ridge_lambda), inputs, weights)
+    if weights is not None:
+        rounded = {side: [round(float(w), 3) for w in ws] for side, ws in zip(("harmful", "harmless"), weights)}
+        fitted.file.metadata["confidence_weights"] = json.dumps(rounded)
+        fitted.lines.append(f"{options.scorer} scorer: mean weight {float(weights[0].mean()):.2f} on harmful prompts, "
+                            f"{float(weights[1].mean()):.2f} on harmless ones")
+    return fitted
+
+
+# --- per-category and persona methods -------------------------------------------------------------------------
+
+
+def fit_per_category(inputs: FitInputs) -> Fitted:
+    """Per harm category: category mean − harmless mean at every layer index, at one position; a cosine report."""
+    model, tokenizer, options = inputs.model, inputs.tokenizer, inputs.options
+    layers = list(range(model.config.num_hidden_layers + 1))
+    positions = read_positions(tokenizer, options, default=-1)
+    harmful_acts, harmless_acts = (
+        capture(model, tokenizer, chat_texts(tokenizer, records, options.system), layers, at_positions(positions))[:, :, 0]
+        for records in (inputs.harmful, inputs.harmless)
+    )
+    directions = category_directions(harmful_acts, [r.category for r in inputs.harmful], harmless_acts)
+    overall = harmful_acts.mean(dim=0) - harmless_acts.mean(dim=0)
+    if options.orthogonalize != "none":
+        harmless_mean = harmless_acts.mean(dim=0)
+        overall = orthogonal_to(overall, harmless_mean)
+        directions = {name: orthogonal_to(vectors, harmless_mean) for name, vectors in directions.items()}
+    names = list(directions)
+    similarity = category_similarity(directions)
+    metadata = _provenance(inputs, position=str(positions[0]), categories=json.dumps(names),
+                           harmful_hash=prompt_hash(inputs.harmful), harmless_hash=prompt_hash(inputs.harmless))
+    report = similarity_markdown(names, similarity, f"Per-category directions of {inputs.model_name or 'the model'}")
+    lines = [f"per-category directions for {', '.join(names)} at position {positions[0]}, layer indices 0..{len(layers) - 1}"]
+    return Fitted(DirectionFile(directions=overall, metadata=metadata, categories=directions), lines, report=report)
 
 
 def fit_persona_direction(
@@ -126,3 +336,19 @@ def fit_persona_direction(
         "steerfold_version": VERSION,
     }
     return DirectionFile(directions=vectors, metadata=metadata)
+
+
+def fit_persona_vector(inputs: FitInputs) -> Fitted:
+    """The persona vector; orthogonalised against the mean response activation on harmless prompts if asked."""
+    model, tokenizer, options = inputs.model, inputs.tokenizer, inputs.options
+    file = fit_persona_direction(model, tokenizer, inputs.prompts, options.persona, options.against,
+                                 options.max_new_tokens, model_name=inputs.model_name)
+    assert file.directions is not None
+    directions = file.directions
+    if options.orthogonalize != "none":
+        layers = list(range(model.config.num_hidden_layers + 1))
+        harmless_mean = response_means(model, tokenizer, inputs.harmless, options.against, layers, options.max_new_tokens)
+        directions = orthogonal_to(directions, harmless_mean)
+    metadata = {**file.metadata, "options": json.dumps(options.model_dump(), sort_keys=True)}
+    lines = [f"persona directions for layer indices 0..{directions.shape[0] - 1}"]
+    return Fitted(DirectionFile(directions=directions, metadata=metadata), lines)

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
+import torch
 
 from editor.arch import ModelLayout
+from editor.edits import Edit
+from editor.errors import SteerfoldError
+from editor.export.cvec import check_cvec_can_carry
+from editor.export.lora import check_lora_can_carry
+from editor.export.merged import check_merged_can_carry
 
 
 @dataclass(frozen=True)
@@ -55,5 +63,29 @@ def carriers(layout: ModelLayout) -> list[Carrier]:
         ),
         Carrier("PEFT LoRA", "constant offset (steering)", False, "the portable LoRA subset has no bias"),
         Carrier("GGUF control vector", "linear map (ablation, subspace, rank-k)", False, "a control vector only adds"),
-        Carrier("GGUF control vector", "constant offset (steering)", True, "one F32 vector per block (llama.cpp)"),
+        Carrier("GGUF control vector", "constant offset (steering)", True,
+                f"one F32 direction.N per block, added after block N: layer indices 2..{layout.num_layers} (llama.cpp)"),
+        Carrier("merged safetensors", "norm-preserving ablation", True, "a weight fold: each written vector keeps its norm"),
+        Carrier("PEFT LoRA", "norm-preserving ablation", False, "not a map of the module's output"),
+        Carrier("GGUF control vector", "norm-preserving ablation", False, "a control vector only adds"),
     ]
+
+
+# --format → (artifact, the check that refuses, before writing, an edit the artifact cannot carry exactly).
+FORMATS: dict[str, tuple[str, Callable]] = {
+    "merged": ("merged safetensors", check_merged_can_carry),
+    "lora": ("PEFT LoRA", check_lora_can_carry),
+    "cvec": ("GGUF control vector", check_cvec_can_carry),
+}
+
+
+def edit_carriers(edit: Edit, layout: ModelLayout, gain_of: Callable[[str], torch.Tensor] | None = None) -> dict[str, Carrier]:
+    """For one edit on one model: can each format carry it exactly? Runs the same checks that refuse to write it."""
+    found: dict[str, Carrier] = {}
+    for fmt, (artifact, check) in FORMATS.items():
+        try:
+            check(edit, layout, gain_of)
+            found[fmt] = Carrier(artifact, "this edit", True, "")
+        except SteerfoldError as exc:
+            found[fmt] = Carrier(artifact, "this edit", False, str(exc))
+    return found

@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from editor.errors import SteerfoldError
+from editor.methods.options import FitOptions
+from editor.methods.registry import METHODS
 
 
 class Strict(BaseModel):
@@ -46,27 +48,50 @@ class PromptSet(Strict):
         return self
 
 
-class FitSpec(Strict):
-    method: Literal["diff_in_means", "persona_vector"] = "diff_in_means"
+class FitSpec(FitOptions):
+    """The fitting options (method and its parameters, as ``steerfold fit`` takes them) and the prompt sets read."""
+
     harmful: str = "harmful"
     harmless: str = "harmless"
     harmful_val: str | None = None
     harmless_val: str | None = None
-    system: str | None = None
-    max_kl: float = Field(default=0.1, gt=0)
-    max_layer_fraction: float = Field(default=0.8, gt=0, le=1)
-    persona: str | None = None
-    against: str | None = None
     prompts: str | None = None
 
 
+class KernelSpec(Strict):
+    """Per-layer weight: min_weight + (peak_weight - min_weight) * max(0, 1 - |l - peak| / falloff), l a layer index."""
+
+    peak: float
+    peak_weight: float = 1.0
+    min_weight: float = 0.0
+    falloff: float = Field(ge=0)
+
+
 class EditSpec(Strict):
-    kind: Literal["ablation"] = "ablation"
+    """ablation (strength ``scale``), steering (adds ``coefficient`` × the direction), conditional (``alpha``, with
+    ``condition`` a direction file, relative to the recipe's folder) or subspace (removes the fitted ``basis``, from
+    fit method inlp); kernels weight attention and MLP writers."""
+
+    kind: Literal["ablation", "steering", "conditional", "subspace"] = "ablation"
     layers: str | None = Field(default=None, description="layer indices, e.g. 0-12 (0 = embedding output)")
     layer: int | None = Field(default=None, ge=0)
     scale: float = 1.0
+    coefficient: float | None = None
+    condition: str | None = None
+    alpha: float = 1.0
+    norm_preserving: bool = False
+    attention_kernel: KernelSpec | None = None
+    mlp_kernel: KernelSpec | None = None
     embedding: bool = True
     tied_embedding: Literal["untie", "shared"] = "untie"
+
+    @model_validator(mode="after")
+    def kind_has_its_fields(self) -> "EditSpec":
+        if self.kind == "steering" and self.coefficient is None:
+            raise ValueError("a steering edit needs coefficient (the multiple of the direction to add)")
+        if self.kind == "conditional" and self.condition is None:
+            raise ValueError("a conditional edit needs condition (a direction file)")
+        return self
 
 
 class Thresholds(Strict):
@@ -86,7 +111,7 @@ class ValidateSpec(Strict):
 
 
 class ExportSpec(Strict):
-    formats: list[Literal["merged", "lora"]] = ["merged"]
+    formats: list[Literal["merged", "lora", "cvec"]] = ["merged"]
     max_shard_size: str | None = None
 
 
@@ -122,12 +147,15 @@ class Recipe(Strict):
                  ("fit.prompts", self.fit.prompts)]
         if self.validate_ is not None:
             names += [("validate.harmful", self.validate_.harmful), ("validate.harmless", self.validate_.harmless)]
-        if self.fit.method == "persona_vector":
-            names = [n for n in names if n[0] == "fit.prompts"]
+        if METHODS[self.fit.method].needs == "persona":  # it reads harmless prompts only to orthogonalize against them
+            kept = {"fit.prompts"} | ({"fit.harmless"} if self.fit.orthogonalize != "none" else set())
+            names = [n for n in names if n[0] in kept]
         for where, name in names:
             if name is not None and name not in self.prompts:
                 raise ValueError(f"{where} names prompt set '{name}', which is not under prompts "
                                  f"(defined: {', '.join(sorted(self.prompts))})")
+        if self.validate_ is not None and not {"merged", "lora"} & set(self.export.formats):
+            raise ValueError("validate loads the edited model: add merged or lora to export.formats")
         return self
 
 
@@ -166,8 +194,8 @@ def describe_error(error: dict, source: str) -> str:
     return f"{source}: {key}: {message}" if path else f"{source}: {message}"
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and check a recipe file; any problem is one SteerfoldError line."""
+def read_mapping(path: str | Path) -> dict:
+    """The YAML mapping a recipe file holds; a missing file or bad YAML is one SteerfoldError line."""
     path = Path(path)
     if not path.is_file():
         raise SteerfoldError(f"recipe {path} does not exist: pass a YAML recipe (see recipes/)")
@@ -179,6 +207,13 @@ def load_recipe(path: str | Path) -> Recipe:
         raise SteerfoldError(f"{path} is not valid YAML{where}: fix the syntax") from None
     if not isinstance(data, dict):
         raise SteerfoldError(f"{path} must be a YAML mapping with model, prompts, fit, edit… keys")
+    return data
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and check a recipe file; any problem is one SteerfoldError line."""
+    path = Path(path)
+    data = read_mapping(path)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -189,4 +224,8 @@ def load_recipe(path: str | Path) -> Recipe:
         if prompt_set.file and not (path.parent / prompt_set.file).is_file() and not Path(prompt_set.file).is_file():
             raise SteerfoldError(f"{path}: prompts.{name}.file: {prompt_set.file} does not exist: fix the path "
                                  "(relative paths are read from the recipe's folder)")
+    condition = recipe.edit.condition
+    if condition and not (path.parent / condition).is_file() and not Path(condition).is_file():
+        raise SteerfoldError(f"{path}: edit.condition: {condition} does not exist: fix the path "
+                             "(relative paths are read from the recipe's folder)")
     return recipe

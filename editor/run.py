@@ -3,7 +3,8 @@
 Stages: prompts → fit → export (merged / lora) → validate → report → push. A stage's key hashes the model's
 identity, the prompt contents and the stage's parameters (and the keys of the stages it reads), so a repeated or
 resumed run skips finished work and recomputes exactly what changed. Exports are written atomically; an
-interrupted run leaves finished stages in ``OUT/.cache`` and no partial export.
+interrupted run leaves finished stages in ``OUT/.cache`` and no partial export. A recipe with a ``study`` key
+runs that study instead (``editor.studies.recipe``): it writes ``OUT/results.json`` and ``OUT/report.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Callable
 
 from editor.errors import SteerfoldError
 from editor.prompts import PromptRecord, load_prompts
-from editor.recipe import PromptSet, Recipe
+from editor.recipe import EditSpec, FitSpec, PromptSet, Recipe
 
 STATE = ".steerfold-run.json"
 Say = Callable[[str], None]
@@ -148,21 +149,58 @@ def check_thresholds(report: dict, thresholds) -> list[str]:
     return failures
 
 
+def edit_condition_path(spec: EditSpec, base: Path) -> Path | None:
+    """The recipe's condition direction file (relative paths are read from the recipe's folder), if any."""
+    if spec.condition is None:
+        return None
+    return base / spec.condition if (base / spec.condition).is_file() else Path(spec.condition)
+
+
+def edit_request(spec: EditSpec, condition: Path | None, folder: Path, direction: Path, target: Path, fmt: str,
+                 max_shard_size: str | None) -> "EditRequest":
+    """The ``steerfold edit`` request one export of a recipe makes."""
+    from editor.edit_checkpoint import EditRequest
+    from editor.kernels import LayerKernel
+
+    kernels = {name: LayerKernel(k.peak, k.peak_weight, k.min_weight, k.falloff) if k else None
+               for name, k in (("attention_kernel", spec.attention_kernel), ("mlp_kernel", spec.mlp_kernel))}
+    return EditRequest(model=folder, direction=direction, out=target, format=fmt, kind=spec.kind, scale=spec.scale,
+                       coefficient=spec.coefficient if spec.coefficient is not None else 1.0, condition=condition,
+                       alpha=spec.alpha, norm_preserving=spec.norm_preserving, layers=spec.layers, layer=spec.layer,
+                       embedding=spec.embedding, overwrite=True, tied_embedding=spec.tied_embedding,
+                       max_shard_size=max_shard_size, **kernels)
+
+
+def fit_sets(fit: FitSpec) -> dict[str, str]:
+    """The prompt sets the recipe's fit reads, by ``FitInputs`` field: what the method needs, nothing more."""
+    from editor.methods.registry import METHODS
+
+    roles = {"harmful": fit.harmful, "harmless": fit.harmless, "harmful_val": fit.harmful_val,
+             "harmless_val": fit.harmless_val, "prompts": fit.prompts}
+    if METHODS[fit.method].needs == "persona":
+        roles = {"prompts": fit.prompts, "harmless": fit.harmless if fit.orthogonalize != "none" else None}
+    return {role: name for role, name in roles.items() if name}
+
+
 def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bool = False, say: Say = print) -> dict:
     """Run every stage of a recipe into ``out``; returns the report."""
     import torch
 
-    from editor.directions import load_direction_file, save_direction_file
+    from editor.directions import load_direction_file
     from editor.edit_checkpoint import EditRequest, run_edit
     from editor.evaluate.report import write_report
     from editor.evaluate.validate import EvalSets, validate
-    from editor.export.card import write_card
+    from editor.export.card import CARD_OF_FORMAT, write_card
     from editor.export.checksums import write_checksums
-    from editor.fit import fit_persona_direction, fit_refusal_direction, split_for_validation
+    from editor.fit import FitInputs, report_path as fit_report_path, run_fit, write_fitted
+    from editor.methods.options import FitOptions
     from editor.models import atomic_file, load_model, load_tokenizer
-    from editor.recipe import load_recipe
-    from editor.selection import SelectionSettings
+    from editor.recipe import load_recipe, read_mapping
+    from editor.studies.recipe import is_study, run_study_recipe
 
+    data = read_mapping(recipe_path)
+    if is_study(data):
+        return run_study_recipe(recipe_path, data, out, overwrite or resume, say)
     recipe = load_recipe(recipe_path)
     prepare_out(out, resume, overwrite)
     state = RunState.open(out)
@@ -179,40 +217,37 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
         return cache["model"], cache["tokenizer"]
 
     fit = recipe.fit
-    used = [n for n in (fit.harmful, fit.harmless, fit.harmful_val, fit.harmless_val, fit.prompts) if n]
-    fit_key = digest("fit", identity, fit.model_dump(), [hashes[n] for n in used])
+    reads = fit_sets(fit)
+    fit_key = digest("fit", identity, fit.model_dump(), [hashes[n] for n in reads.values()])
     direction_path = out / ".cache" / f"direction-{fit_key}.safetensors"
 
     def do_fit() -> None:
         model, tokenizer = base()
-        if fit.method == "persona_vector":
-            file = fit_persona_direction(model, tokenizer, sets[fit.prompts], fit.persona, fit.against, model_name=recipe.model.path)
-        else:
-            harmful, harmful_val = (sets[fit.harmful], sets[fit.harmful_val]) if fit.harmful_val else split_for_validation(sets[fit.harmful])
-            harmless, harmless_val = (sets[fit.harmless], sets[fit.harmless_val]) if fit.harmless_val else split_for_validation(sets[fit.harmless])
-            settings = SelectionSettings(max_layer_fraction=fit.max_layer_fraction, max_kl=fit.max_kl)
-            file = fit_refusal_direction(model, tokenizer, harmful, harmless, harmful_val, harmless_val, settings,
-                                         fit.system, recipe.model.path).file
-        with atomic_file(direction_path, overwrite=True) as tmp:
-            save_direction_file(tmp, file)
+        options = FitOptions.model_validate(fit.model_dump(include=set(FitOptions.model_fields)))
+        records = {role: sets[name] for role, name in reads.items()}
+        write_fitted(direction_path, run_fit(FitInputs(model, tokenizer, options, model_name=recipe.model.path, **records)),
+                     overwrite=True)
 
     stage(state, "fit", fit_key, direction_path.is_file, do_fit, say)
     shutil.copy2(direction_path, out / "direction.safetensors")
+    if fit_report_path(direction_path).is_file():  # e.g. the per-category cosine report
+        shutil.copy2(fit_report_path(direction_path), fit_report_path(out / "direction.safetensors"))
 
     edit = recipe.edit
     export_keys: dict[str, str] = {}
+    requests: dict[str, EditRequest] = {}
+    condition = edit_condition_path(edit, recipe_path.parent)
+    condition_hash = hashlib.sha256(condition.read_bytes()).hexdigest() if condition else None
     for fmt in recipe.export.formats:
-        key = export_keys[fmt] = digest("export", fit_key, edit.model_dump(), fmt, recipe.export.max_shard_size)
+        key = export_keys[fmt] = digest("export", fit_key, edit.model_dump(), condition_hash, fmt, recipe.export.max_shard_size)
         target = out / fmt
-        request = EditRequest(model=folder, direction=direction_path, out=target, format=fmt, scale=edit.scale,
-                              layers=edit.layers, layer=edit.layer, embedding=edit.embedding, overwrite=True,
-                              tied_embedding=edit.tied_embedding, max_shard_size=recipe.export.max_shard_size)
-        stage(state, f"export:{fmt}", key, lambda t=target: (t / "SHA256SUMS").is_file(), lambda r=request: run_edit(r), say)
+        request = requests[fmt] = edit_request(edit, condition, folder, direction_path, target, fmt, recipe.export.max_shard_size)
+        stage(state, f"export:{fmt}", key, lambda t=target: (t / "SHA256SUMS").is_file(), lambda r=request: run_edit(r, say), say)
 
     report: dict = {}
     if recipe.validate_ is not None:
         spec = recipe.validate_
-        fmt = "merged" if "merged" in recipe.export.formats else recipe.export.formats[0]
+        fmt = "merged" if "merged" in recipe.export.formats else "lora"  # the recipe schema requires one of them
         key = digest("validate", export_keys[fmt], spec.model_dump(), hashes[spec.harmful], hashes[spec.harmless])
         report_path = out / ".cache" / f"validate-{key}.json"
 
@@ -232,9 +267,11 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
 
     metadata = load_direction_file(direction_path).metadata
     report.update({"recipe": recipe.name, "base": recipe.model.path, "revision": recipe.model.revision,
-                   "edit": {"kind": edit.kind, "method": metadata.get("method", fit.method), "scale": edit.scale,
-                            "layers": edit.layers or "all", "direction_layer": edit.layer if edit.layer is not None else metadata.get("layer"),
-                            "position": metadata.get("position"), "untied_output_head": False},
+                   "edit": {"kind": edit.kind, "method": metadata.get("method", fit.method),
+                            "scale": requests[recipe.export.formats[0]].strength, "layers": edit.layers or "all",
+                            "direction_layer": edit.layer if edit.layer is not None else metadata.get("layer"),
+                            "position": metadata.get("position"), "untied_output_head": False,
+                            "norm_preserving": edit.norm_preserving, "kernels": requests[recipe.export.formats[0]].kernels()},
                    })
     if "selection" in metadata:
         report["selection"] = json.loads(metadata["selection"])
@@ -243,7 +280,7 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
     def do_report() -> None:
         write_report(out, report)
         for fmt in recipe.export.formats:
-            write_card(out / fmt, "merged" if fmt == "merged" else "adapter", plots_from=out, title=recipe.name, base_model=recipe.model.path,
+            write_card(out / fmt, CARD_OF_FORMAT[fmt], plots_from=out, title=recipe.name, base_model=recipe.model.path,
                        edit=report["edit"], direction_metadata=metadata, report=report, reproduce=f"steerfold run {recipe_path.name}")
             write_checksums(out / fmt)
 
@@ -268,8 +305,14 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
 def plan_recipe(recipe_path: Path, out: Path) -> list[str]:
     """What ``run`` would do, without loading a model or touching the network: stages, downloads, estimates."""
     from editor.hub import looks_like_repo_id
-    from editor.recipe import load_recipe
+    from editor.recipe import load_recipe, read_mapping
+    from editor.studies.recipe import is_study, load_study_recipe
 
+    data = read_mapping(recipe_path)
+    if is_study(data):
+        study = load_study_recipe(recipe_path, data)
+        return [f"study {study.study.kind} ({study.name}) on {study.model}: would run",
+                f"writes {out / 'results.json'} (claims) and {out / 'report.md'}; nothing is downloaded"]
     recipe = load_recipe(recipe_path)
     lines = [f"recipe {recipe.name}: model {recipe.model.path}" + (f" @ {recipe.model.revision}" if recipe.model.revision else "")]
     config = _config_offline(recipe)

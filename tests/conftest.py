@@ -117,3 +117,17 @@ def tiny_case(request, tmp_path):
     model = build_tiny_model(model_type, **extra)
     folder = save_tiny_model(model, tmp_path / f"base-{name}")
     return name, model, folder
+
+
+def run_cli(*args):
+    """Invoke the steerfold CLI in-process with arguments made strings."""
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits

@@ -139,3 +139,28 @@ def test_console_script_prints_no_traceback(tmp_path):
     )
     assert process.returncode == 2
     assert process.stderr.strip().startswith("error: ") and len(process.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags,fragments", [
+    (["--attention-kernel", "1,2,3"], ("--attention-kernel '1,2,3' is not PEAK,PEAK_WEIGHT,MIN_WEIGHT,FALLOFF",)),
+    (["--mlp-kernel", "2,1,0,-1"], ("negative fall-off",)),
+    (["--mlp-kernel", "2,inf,0,1"], ("finite",)),
+    (["--steer", "1", "--condition", "COND"], ("--steer", "--condition")),
+    (["--steer", "1", "--norm-preserving"], ("--norm-preserving applies to ablations only",)),
+    (["--steer", "1", "--scale", "0.5"], ("--scale is the ablation strength",)),
+    (["--steer", "1", "--mlp-kernel", "2,1,0,1"], ("kernels weight the writers",)),
+    (["--steer", "nan"], ("finite",)),
+    (["--alpha", "2"], ("--alpha is the strength of a conditional map",)),
+    (["--condition", "MISSING"], ("does not exist",)),
+    (["--condition", "SMALL"], ("48", "hidden size is 64")),
+    (["--layers", "1", "--mlp-kernel", "3,1,0,0", "--attention-kernel", "3,1,0,0"], ("changes no residual writer",)),
+])
+def test_bad_edit_flags(flags, fragments, base, tmp_path):
+    files = {"COND": write_direction(tmp_path / "c.safetensors"), "MISSING": tmp_path / "absent.safetensors",
+             "SMALL": make_file(tmp_path / "small.safetensors", {"direction": torch.ones(48)})}
+    flags = [str(files.get(flag, flag)) for flag in flags]
+    before = folder_digest(base)
+    assert_one_line_error(edit(base, "--direction", write_direction(tmp_path / "d.safetensors"), "--out", tmp_path / "out",
+                               *flags), *fragments)
+    assert not (tmp_path / "out").exists()
+    assert folder_digest(base) == before

@@ -83,3 +83,12 @@ def test_post_norm_card_says_the_fold_is_an_exact_removal(tmp_path):
                                       "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert "exact removal" in (tmp_path / "o" / "README.md").read_text()
+
+
+def test_cards_can_describe_every_edit_kind():
+    from typing import get_args
+
+    from editor.edit_checkpoint import EditKind
+    from editor.export.card import MAP_TEXT, VERBS
+
+    assert set(VERBS) == set(MAP_TEXT) == set(get_args(EditKind))

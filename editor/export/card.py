@@ -14,6 +14,17 @@ from editor.evaluate.report import before_after_rows, markdown_table
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "model_cards"
 KINDS = ("merged", "adapter", "cvec")
+CARD_OF_FORMAT = {"merged": "merged", "lora": "adapter", "cvec": "cvec"}  # --format → card template
+VERBS = {"ablation": "ablated", "steering": "added as a steering offset", "conditional": "added conditionally",
+         "subspace": "removed with its whole fitted subspace"}
+# The map each edit kind applies, in words (``scale`` is λ, the steering coefficient, or α).
+MAP_TEXT = {
+    "ablation": "the map `w ↦ (I − λ r rᵀ) w` with λ = {scale}",
+    "steering": "the constant offset `w ↦ w + α v` with α = {scale}",
+    "conditional": "the conditional map `w ↦ w + α r̂ (ĉ · w)` (when the condition direction c is present, add r) "
+                   "with α = {scale}",
+    "subspace": "the projection `w ↦ (I − Q Qᵀ) w` that removes the span of the fitted basis Q (INLP's nullspace)",
+}
 PROVENANCE_KEYS = ("method", "model", "layer", "position", "persona", "against", "steerfold_version")
 
 
@@ -39,6 +50,20 @@ def provenance(direction_metadata: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in direction_metadata.items() if k in PROVENANCE_KEYS or k.endswith("_hash")}
 
 
+def map_text(edit: dict) -> str:
+    """What the edit does to each residual write, for the card: its map, kernels and norm preservation."""
+    text = MAP_TEXT[edit.get("kind", "ablation")].format(scale=edit.get("scale", 1.0))
+    if edit.get("kernels"):
+        kernels = ", ".join(f"{role} {value}" for role, value in edit["kernels"].items())
+        text += (f", its strength multiplied at layer index l by `w(l) = min + (peak weight − min) · max(0, 1 − "
+                 f"|l − peak| / fall-off)` with (peak, peak weight, min, fall-off) = {kernels} (the embedding "
+                 "follows the MLP kernel)")
+    if edit.get("norm_preserving"):
+        text += (", after which every vector an input feature writes (each column of a writer's weight, each "
+                 "embedding row, each bias) is rescaled to its original norm (norm-preserving ablation)")
+    return text
+
+
 def render_card(kind: str, *, title: str, base_model: str, edit: dict, direction_metadata: dict[str, str],
                 report: dict | None = None, license: str | None = None, reproduce: str = "", rank: int = 1,
                 plots: dict[str, str] | None = None) -> str:
@@ -51,6 +76,8 @@ def render_card(kind: str, *, title: str, base_model: str, edit: dict, direction
     )
     table = markdown_table(("metric", "before", "after"), before_after_rows(report)) if report else ""
     edit = {"post_norm": False, "untied_output_head": False, **edit}
+    edit.setdefault("map", map_text(edit))
+    edit.setdefault("verb", VERBS[edit.get("kind", "ablation")])
     return env.get_template(f"{kind}.md.j2").render(
         title=title, base_model=base_model, edit=edit, provenance=provenance(direction_metadata), report=report,
         validation_table=table, license=license, reproduce=reproduce, rank=rank, plots=plots or {},

@@ -33,6 +33,7 @@ def check_lora_can_carry(edit: Edit, layout: ModelLayout, gain_of=None) -> None:
             "(the adapter then edits the input embedding only) or --format merged"
         )
     module_maps = edit.module_maps(layout, gain_of)
+    lora_rank(module_maps)  # refuses offsets and weight-only folds first: no adapter carries those on any model
     for hook in module_maps:
         writer = layout.writer(hook)
         assert writer is not None
@@ -46,7 +47,6 @@ def check_lora_can_carry(edit: Edit, layout: ModelLayout, gain_of=None) -> None:
                 f"{writer.lora_module} has a bias, and the edit changes it by U Vᵀ β, which a portable LoRA "
                 "(no lora_bias) cannot carry: use --format merged"
             )
-    lora_rank(module_maps)
 
 
 def write_lora_adapter(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, base_model: str) -> dict:

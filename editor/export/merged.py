@@ -24,6 +24,12 @@ def unties_output_head(edit: Edit, layout: ModelLayout) -> bool:
     return edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "untie"
 
 
+def check_merged_can_carry(edit: Edit, layout: ModelLayout, gain_of=None) -> None:
+    """Refuse, before writing anything, an edit the weights cannot carry (an offset without a bias to hold it)."""
+    edit.check_foldable(layout)
+    edit.module_maps(layout, gain_of)
+
+
 def write_merged_checkpoint(
     folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
 ) -> dict:

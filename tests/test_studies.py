@@ -1,0 +1,75 @@
+"""Studies: each shipped study recipe runs on the organism and writes its claims; the claims are checked.
+
+A claim the organism does not bear out stays visible as a strict expected failure (``NOT_REPRODUCED``), the
+way ``TARGETS`` does for the organism: the study still reports it honestly in results.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+
+STUDIES = sorted((Path(__file__).parents[1] / "recipes" / "studies").glob("*.yaml"))
+# (study, claim index) pairs measured not to hold on the shipped organism; see README.md, "Studies".
+NOT_REPRODUCED: set[tuple[str, int]] = {
+    ("persona-gating", 1), ("persona-gating", 2),  # the organism's gate sits early: layers 1-2 restore refusal, 3-4 do not
+    *(("harm-categories", i) for i in range(6)),  # one shared direction (cosines ≥ 0.97): no category's own component refuses
+    ("targeted-control", 0), ("targeted-control", 1),
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, dict]:
+    """Run every shipped study once through ``steerfold run``."""
+    out, runs = tmp_path_factory.mktemp("studies"), {}
+    for path in STUDIES:
+        result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out / path.stem)])
+        assert result.exit_code == 0, result.output
+        runs[path.stem] = {"results": json.loads((out / path.stem / "results.json").read_text()),
+                           "report": (out / path.stem / "report.md").read_text(), "output": result.output}
+    return runs
+
+
+def test_every_study_writes_claims_and_a_table(results):
+    assert set(results) == {"ablation-vs-inlp", "harm-categories", "persona-gating", "targeted-control"}
+    for name, run in results.items():
+        claims = run["results"]["claims"]
+        assert claims and all(set(c) == {"claim", "holds", "figures"} and isinstance(c["holds"], bool) for c in claims)
+        assert all(c["figures"] and all(isinstance(v, (int, float)) for v in c["figures"].values()) for c in claims)
+        assert run["results"]["table"], name
+        assert all(c["claim"] in run["report"] for c in claims) and "| " in run["report"]
+        assert all(c["claim"] in run["output"] for c in claims)  # the run says each verdict
+
+
+CLAIMS = [(path.stem, i) for path in STUDIES for i in range({"harm-categories": 6, "targeted-control": 2,
+                                                              "ablation-vs-inlp": 3, "persona-gating": 3}[path.stem])]
+
+
+@pytest.mark.parametrize("study,index", [
+    pytest.param(s, i, marks=pytest.mark.xfail(strict=True, reason="not reproduced on the organism"))
+    if (s, i) in NOT_REPRODUCED else (s, i) for s, i in CLAIMS], ids=[f"{s}-{i}" for s, i in CLAIMS])
+def test_claim_holds_on_the_organism(results, study, index):
+    claim = results[study]["results"]["claims"][index]
+    assert claim["holds"], f"{claim['claim']}: {claim['figures']}"
+
+
+def test_study_recipe_mistakes_are_one_line(tmp_path):
+    cases = {
+        "name: x\nstudy: {kind: nope}\n": "study.kind must be one of persona-gating",
+        "name: x\nstudy: {kind: harm-categories, min_kep: 0.9}\n": "did you mean 'min_kept'",
+        "name: x\nmodle: organism\nstudy: {kind: harm-categories}\n": "did you mean 'model'",
+        "name: x\nmodel: /nowhere\nstudy: {kind: harm-categories}\n": "is not a checkpoint folder",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "study.yaml"
+        path.write_text(text)
+        result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+        assert not (tmp_path / "out").exists()
