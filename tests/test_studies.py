@@ -19,7 +19,7 @@ STUDIES = sorted((Path(__file__).parents[1] / "recipes" / "studies").glob("*.yam
 NOT_REPRODUCED: set[tuple[str, int]] = {
     ("persona-gating", 1), ("persona-gating", 2),  # the organism's gate sits early: layers 1-2 restore refusal, 3-4 do not
     *(("harm-categories", i) for i in range(6)),  # one shared direction (cosines ≥ 0.97): no category's own component refuses
-    ("targeted-control", 0), ("targeted-control", 1),
+    ("targeted-control", 0),  # the political component is shared with the other categories' refusal too
 }
 
 

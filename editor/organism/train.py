@@ -25,7 +25,7 @@ from editor.organism.tokenizer import check_matches_spm, render_chat, train_toke
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Model shape and optimiser settings; the defaults build the shipped organism in about two minutes."""
+    """Model shape and optimiser settings; the defaults build the shipped organism (a few minutes on 2 cores)."""
 
     hidden_size: int = 128
     intermediate_size: int = 384

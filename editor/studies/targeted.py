@@ -27,8 +27,8 @@ class TargetedSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: Literal["targeted-control"]
     remove: str = "politics"
-    induce: str = "cooking"
-    alphas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+    induce: str = "crafts"
+    alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
     max_removed: float = Field(default=0.1, ge=0, le=1)
     min_harmful_kept: float = Field(default=0.95, ge=0, le=1)
     min_induced: float = Field(default=0.8, ge=0, le=1)
