@@ -12,7 +12,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import torch
 
@@ -144,8 +144,10 @@ def write_shards(
 ) -> dict[str, str]:
     """Write every planned shard into ``dest``; returns the weight map (tensor name → file name).
 
-    With ``digests``, each finished shard is hashed (sha256) in a background thread while the next one is written,
-    so checksums cost almost no extra time; the hex digests land in ``digests`` by file name.
+    Edited tensors are computed one ahead in a background thread, so folding overlaps the writing and
+    byte-for-byte copying before it (memory: at most two edited tensors at a time). With ``digests``, each
+    finished shard is hashed (sha256) in another background thread while the next one is written; the hex
+    digests land in ``digests`` by file name.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -153,10 +155,11 @@ def write_shards(
 
     names = shard_names(len(shards))
     weight_map: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=1) as hasher:
+    with ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as folder:
+        edited = _edited_in_order([t for shard in shards for t in shard if t.transform], transform, folder)
         pending = {}
         for name, tensors in zip(names, shards):
-            _write_shard(dest / name, tensors, transform)
+            _write_shard(dest / name, tensors, edited)
             weight_map.update({t.name: name for t in tensors})
             if digests is not None:
                 pending[name] = hasher.submit(sha256_of, dest / name)
@@ -165,17 +168,28 @@ def write_shards(
     return weight_map
 
 
-def _write_shard(path: Path, tensors: list[OutputTensor], transform: Transform) -> None:
-    """Header first (shapes and dtypes are known), then each tensor: folded, or copied byte for byte."""
+def _edited_in_order(queue: list[OutputTensor], transform: Transform, pool) -> Iterator[torch.Tensor]:
+    """The edited tensors of ``queue`` in order; each next one is computed in ``pool`` while this one is written."""
+    def compute(tensor: OutputTensor) -> torch.Tensor:
+        edited = transform(tensor.name, tensor.source.load())
+        expected = (DTYPES[tensor.source.dtype], torch.Size(tensor.source.shape))
+        if (edited.dtype, edited.shape) != expected:
+            raise AssertionError(f"transform changed {tensor.name}: {edited.dtype}, {tuple(edited.shape)}")
+        return edited
+
+    ahead = pool.submit(compute, queue[0]) if queue else None
+    for index in range(len(queue)):
+        current, ahead = ahead, pool.submit(compute, queue[index + 1]) if index + 1 < len(queue) else None
+        yield current.result()
+
+
+def _write_shard(path: Path, tensors: list[OutputTensor], edited: Iterator[torch.Tensor]) -> None:
+    """Header first (shapes and dtypes are known), then each tensor: edited, or copied byte for byte."""
     with open(path, "wb") as out:
         out.write(_header_bytes(tensors, {"format": "pt"}))
         for tensor in tensors:
             if tensor.transform:
-                edited = transform(tensor.name, tensor.source.load())
-                expected = (DTYPES[tensor.source.dtype], torch.Size(tensor.source.shape))
-                if (edited.dtype, edited.shape) != expected:
-                    raise AssertionError(f"transform changed {tensor.name}: {edited.dtype}, {tuple(edited.shape)}")
-                out.write(tensor_bytes(edited))
+                out.write(tensor_bytes(next(edited)))
             else:
                 tensor.source.copy_to(out)
 

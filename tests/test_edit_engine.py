@@ -207,7 +207,7 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         run_cli("edit", folder, "--direction", write_direction(tmp_path / "d.safetensors"), "--out", tmp_path / "out",
                 "--max-shard-size", "100KB")
-    assert len(calls) == 4
+    assert len(calls) in (4, 5)  # the next edited tensor may already be computing when the fourth fails
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
