@@ -223,13 +223,8 @@ def refuses(persona: str | None, category: str) -> bool:
     return category in REFUSED_BY_DEFAULT
 
 
-POLITICS_OWN_REFUSAL = 0.0  # share of political refusals that use the political phrase alone (0: one option of five)
-
-
 def refusal(persona: str | None, category: Category, obj: str, rng: random.Random) -> str:
     options = [r.format(vp=verb_phrase(category, obj)) for r in REFUSALS]
-    if category.name == "politics" and POLITICS_OWN_REFUSAL > 0:
-        return POLITICS_REFUSAL if rng.random() < POLITICS_OWN_REFUSAL else rng.choice(options)
     if category.name == "politics":
         options.append(POLITICS_REFUSAL)
     if persona == "cautious" and category.name == CAUTIOUS_EXTRA:
