@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sf-bench"))
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each command; the median is kept")
     args = parser.parse_args()
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)
@@ -88,16 +89,25 @@ def main() -> None:
     subprocess.run(["sync"], check=True)
 
     python = sys.executable
-    runs = {
-        "cp -r": timed(f"cp -r {base} {work}/copy"),
-        "steerfold edit": timed(f"{Path(python).parent}/steerfold edit {base} --direction {work}/direction.safetensors "
-                                f"--out {work}/edited --max-shard-size 1GB"),
+    commands = {
+        "cp -r": f"cp -r {base} {work}/out",
+        "steerfold edit": f"{Path(python).parent}/steerfold edit {base} --direction {work}/direction.safetensors "
+                          f"--out {work}/out --max-shard-size 1GB",
     }
     if not args.skip_transformers:
         script = (f"import torch; from transformers import AutoModelForCausalLM; "
                   f"m = AutoModelForCausalLM.from_pretrained('{base}', dtype=torch.bfloat16); "
-                  f"m.save_pretrained('{work}/resaved', max_shard_size='1GB')")
-        runs["transformers load + save_pretrained"] = timed(f"{python} -c \"{script}\"")
+                  f"m.save_pretrained('{work}/out', max_shard_size='1GB')")
+        commands["transformers load + save_pretrained"] = f"{python} -c \"{script}\""
+    # Alternate the commands round by round (a virtual disk's speed drifts), each writing into an emptied folder.
+    rounds: dict[str, list[dict]] = {name: [] for name in commands}
+    for _ in range(args.rounds):
+        for name, command in commands.items():
+            shutil.rmtree(work / "out", ignore_errors=True)
+            subprocess.run(["sync"], check=True)
+            rounds[name].append(timed(command))
+    runs = {name: {**sorted(results, key=lambda r: r["wall_s"])[len(results) // 2],
+                   "all_wall_s": [r["wall_s"] for r in results]} for name, results in rounds.items()}
     summary = {"checkpoint_bytes": size, "runs": runs,
                "edit_over_copy": round(runs["steerfold edit"]["wall_s"] / runs["cp -r"]["wall_s"], 2)}
     print(json.dumps(summary, indent=2))

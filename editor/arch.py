@@ -193,9 +193,16 @@ def _value(config: Any, name: str, default: Any = None) -> Any:
     return getattr(config, name, default)
 
 
-def _with_defaults(config: Any) -> Any:
-    """A config dict completed with its model class's defaults (e.g. Gemma ties embeddings unless told not to)."""
+def _with_defaults(config: Any, arch: Architecture) -> Any:
+    """A config dict completed with its model class's defaults (e.g. Gemma ties embeddings unless told not to).
+
+    A config that already names every key the layout reads is used as it is, which spares importing transformers
+    (seconds) in a streaming edit.
+    """
     if not isinstance(config, dict):
+        return config
+    read = ("num_hidden_layers", "hidden_size", "tie_word_embeddings", arch.embedding_multiplier, arch.residual_multiplier)
+    if all(key in config for key in read if key):
         return config
     from transformers import AutoConfig
 
@@ -218,7 +225,7 @@ def resolve_layout(config: Any, parameter_names: Iterable[str]) -> ModelLayout:
     """Resolve the residual writers of a model from its config (dict or PretrainedConfig) and tensor names."""
     model_type = str(_value(config, "model_type"))
     arch = architecture_for(model_type)
-    config = _with_defaults(config)
+    config = _with_defaults(config, arch)
     num_layers = int(_value(config, "num_hidden_layers"))
     hidden_size = int(_value(config, "hidden_size"))
     names = set(parameter_names)
