@@ -14,7 +14,7 @@ import torch
 from editor.arch import ModelLayout, Role, resolve_layout
 from editor.checkpoint import ModelFolder, atomic_folder, check_output_path, open_model_folder, read_tensors
 from editor.directions import DirectionFile, check_hidden_size, load_direction_file
-from editor.edits import Edit, TiedEmbeddingMode, ablation_edit, conditional_edit, steering_edit, subspace_ablation_map
+from editor.edits import Edit, TiedEmbeddingMode, ablation_edit, conditional_edit, steering_edit
 from editor.errors import SteerfoldError
 from editor.hub import resolve_model
 from editor.export.card import CARD_OF_FORMAT, base_license, write_card
@@ -23,6 +23,7 @@ from editor.export.cvec import write_control_vector
 from editor.export.lora import write_lora_adapter
 from editor.export.merged import DEFAULT_MAX_SHARD_BYTES, write_merged_checkpoint
 from editor.kernels import LayerKernel, kernel_weights
+from editor.methods.inlp import nullspace_edit
 from editor.norm_preserving import norm_preserving_edit
 from editor.portability import Carrier, edit_carriers
 from editor.stream import parse_size
@@ -98,7 +99,7 @@ class EditRequest:
     def describe(self) -> str:
         """A few words for the CLI: the strength, kernels and norm preservation."""
         text = {"ablation": "scale", "steering": "steer", "conditional": "alpha", "subspace": "subspace, scale"}[self.kind]
-        text += f" {self.strength:g}"
+        text += f" {self.strength:g}"  # a subspace is removed whole (scale 1)
         text += "".join(f", {role} kernel {value}" for role, value in self.kernels().items())
         return text + (", norm-preserving" if self.norm_preserving else "")
 
@@ -128,6 +129,8 @@ CONFLICTS: list[tuple[Callable[[EditRequest], bool], str]] = [
      "--scale is the ablation strength: set the strength of a steering edit with --steer and of a conditional one with --alpha"),
     (lambda r: r.norm_preserving and r.kind != "ablation", "--norm-preserving applies to ablations only: drop it, or drop --steer/--condition/--subspace"),
     (lambda r: r.kind == "subspace" and r.scale != 1.0, "--subspace removes the whole span of the basis: drop --scale"),
+    (lambda r: r.kind == "subspace" and r.layer is not None,
+     "--subspace removes the file's basis (fitted at its basis_layer), not a row of its directions: drop --layer"),
     (lambda r: r.kind == "steering" and bool(r.kernels()),
      "kernels weight the writers of an ablation or conditional map; a steering offset is set per layer: use --layers and --steer"),
 ]
@@ -182,8 +185,7 @@ Weights = dict[tuple[int, Role], float]
 BUILDERS: dict[str, Callable[[EditRequest, ModelLayout, torch.Tensor, list[int], Weights], Edit]] = {
     "ablation": lambda r, layout, v, layers, w: ablation_edit(v, layers, r.scale, r.tied_embedding, w),
     "steering": lambda r, layout, v, layers, w: replace(steering_edit(v, layers, r.coefficient), tied_embedding=r.tied_embedding),
-    "subspace": lambda r, layout, v, layers, w: Edit({layer: subspace_ablation_map(_basis(r).T) for layer in layers},
-                                                     r.tied_embedding, w),
+    "subspace": lambda r, layout, v, layers, w: nullspace_edit(_basis(r), layers, r.tied_embedding, w),
     "conditional": lambda r, layout, v, layers, w: conditional_edit(_condition_vector(r, layout), v, layers, r.alpha,
                                                                     r.tied_embedding, w),
 }
@@ -226,6 +228,7 @@ def reproduce_command(request: EditRequest) -> str:
         value = getattr(request, name)
         if value != default:
             parts += [flag, _flag_value(value)]
+    parts += ["--subspace"] if request.kind == "subspace" else []
     parts += ["--no-embedding"] if not request.embedding else []
     parts += ["--norm-preserving"] if request.norm_preserving else []
     return " ".join(parts)

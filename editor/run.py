@@ -200,7 +200,9 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
 
     data = read_mapping(recipe_path)
     if is_study(data):
-        return run_study_recipe(recipe_path, data, out, overwrite or resume, say)
+        if resume:
+            raise SteerfoldError(f"{recipe_path} is a study: it has no stages to resume; pass --overwrite to run it again into {out}")
+        return run_study_recipe(recipe_path, data, out, overwrite, say)
     recipe = load_recipe(recipe_path)
     prepare_out(out, resume, overwrite)
     state = RunState.open(out)

@@ -144,8 +144,9 @@ def write_shards(
 ) -> dict[str, str]:
     """Write every planned shard into ``dest``; returns the weight map (tensor name → file name).
 
-    Edited tensors are computed one ahead in a background thread, so folding overlaps the writing and
-    byte-for-byte copying before it (memory: at most two edited tensors at a time). With ``digests``, each
+    Edited tensors are computed one ahead in a background thread, so folding the next one overlaps writing this one
+    and the byte-for-byte copies between them (memory: at most two edited tensors at a time; on an error the fold
+    under way is finished before the error surfaces, and the caller's atomic folder removes the partial output). With ``digests``, each
     finished shard is hashed (sha256) in another background thread while the next one is written; the hex
     digests land in ``digests`` by file name.
     """

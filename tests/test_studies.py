@@ -39,19 +39,20 @@ def test_every_study_writes_claims_and_a_table(results):
     assert set(results) == {"ablation-vs-inlp", "harm-categories", "persona-gating", "targeted-control"}
     for name, run in results.items():
         claims = run["results"]["claims"]
-        assert claims and all(set(c) == {"claim", "holds", "figures"} and isinstance(c["holds"], bool) for c in claims)
+        assert len(claims) == CLAIM_COUNTS[name]
+        assert all(set(c) == {"claim", "holds", "figures"} and isinstance(c["holds"], bool) for c in claims)
         assert all(c["figures"] and all(isinstance(v, (int, float)) for v in c["figures"].values()) for c in claims)
         assert run["results"]["table"], name
         assert all(c["claim"] in run["report"] for c in claims) and "| " in run["report"]
         assert all(c["claim"] in run["output"] for c in claims)  # the run says each verdict
 
 
-CLAIMS = [(path.stem, i) for path in STUDIES for i in range({"harm-categories": 6, "targeted-control": 2,
-                                                              "ablation-vs-inlp": 3, "persona-gating": 3}[path.stem])]
+CLAIM_COUNTS = {"harm-categories": 6, "targeted-control": 2, "ablation-vs-inlp": 3, "persona-gating": 3}
+CLAIMS = [(path.stem, i) for path in STUDIES for i in range(CLAIM_COUNTS[path.stem])]
 
 
 @pytest.mark.parametrize("study,index", [
-    pytest.param(s, i, marks=pytest.mark.xfail(strict=True, reason="not reproduced on the organism"))
+    pytest.param(s, i, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason="not reproduced on the organism"))
     if (s, i) in NOT_REPRODUCED else (s, i) for s, i in CLAIMS], ids=[f"{s}-{i}" for s, i in CLAIMS])
 def test_claim_holds_on_the_organism(results, study, index):
     claim = results[study]["results"]["claims"][index]
@@ -64,6 +65,9 @@ def test_study_recipe_mistakes_are_one_line(tmp_path):
         "name: x\nstudy: {kind: harm-categories, min_kep: 0.9}\n": "did you mean 'min_kept'",
         "name: x\nmodle: organism\nstudy: {kind: harm-categories}\n": "did you mean 'model'",
         "name: x\nmodel: /nowhere\nstudy: {kind: harm-categories}\n": "is not a checkpoint folder",
+        "name: x\nstudy: {kind: targeted-control, remove: cooking}\n": "study.remove: remove names a category the organism refuses",
+        "name: x\nstudy: {kind: targeted-control, alphas: []}\n": "study.alphas",
+        "name: x\nstudy: {kind: persona-gating, early: [2, 1]}\n": "1 ≤ first ≤ last",
     }
     for text, message in cases.items():
         path = tmp_path / "study.yaml"
@@ -73,3 +77,11 @@ def test_study_recipe_mistakes_are_one_line(tmp_path):
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
         assert not (tmp_path / "out").exists()
+
+
+def test_a_study_has_nothing_to_resume(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["run", str(STUDIES[0]), "--out", str(tmp_path / "out"), "--resume"])
+    assert result.exit_code == 2 and "no stages to resume" in result.output
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"

@@ -90,6 +90,7 @@ def test_edit_subspace_from_the_cli_equals_the_nullspace_hooks(tmp_path):
     assert (logits(merged, ids) - reference).abs().max() <= TOLERANCE
     assert (logits(adapted, ids) - logits(merged, ids)).abs().max() <= TOLERANCE
     assert (reference - logits(model, ids)).abs().max() > 1e-2
+    assert "--subspace" in (tmp_path / "m" / "README.md").read_text()  # the card's reproduce command
 
 
 def test_edit_subspace_needs_a_basis(tmp_path):

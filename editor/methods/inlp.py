@@ -11,10 +11,11 @@ data and repeats: k iterations give an orthonormal basis Q [k, d] of directions 
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 
+from editor.arch import Role
 from editor.edits import Edit, TiedEmbeddingMode, ablation_edit, subspace_ablation_map
 from editor.methods.contrast import Contrast, Estimate
 from editor.methods.estimators import contrast_labels, logistic_probe
@@ -51,10 +52,12 @@ def inlp_estimate(contrast: Contrast, iterations: int = 4, l2: float = 1e-3) -> 
     return Estimate(basis[0], basis)
 
 
-def nullspace_edit(basis: torch.Tensor, layers: Iterable[int], tied_embedding: TiedEmbeddingMode = "untie") -> Edit:
-    """Remove span(``basis`` [k, d]) from the writers of every listed layer index (``subspace_ablation_map``)."""
+def nullspace_edit(basis: torch.Tensor, layers: Iterable[int], tied_embedding: TiedEmbeddingMode = "untie",
+                   weights: Mapping[tuple[int, Role], float] | None = None) -> Edit:
+    """Remove span(``basis`` [k, d]) from the writers of every listed layer index (``subspace_ablation_map``);
+    ``weights`` scale the removal per module (layer kernels)."""
     residual_map = subspace_ablation_map(basis.T)
-    return Edit({layer: residual_map for layer in sorted(set(layers))}, tied_embedding)
+    return Edit({layer: residual_map for layer in sorted(set(layers))}, tied_embedding, dict(weights or {}))
 
 
 def counterfactual_edit(direction: torch.Tensor, layers: Iterable[int], tied_embedding: TiedEmbeddingMode = "untie") -> Edit:

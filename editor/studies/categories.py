@@ -52,7 +52,7 @@ def run(model, tokenizer, spec: CategoriesSpec) -> StudyResult:
     layers = live_layers(next(iter(directions.values())))
     pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
     lowest = min(float(similarity[layer, i, j]) for layer in layers for i, j in pairs)
-    claims = [Claim(f"Refusal varies by harm category: some pair of per-category directions has cosine below "
+    claims = [Claim(f"Per-category refusal directions differ: some pair has cosine below "
                     f"{spec.max_cosine:g} at some layer index", lowest < spec.max_cosine, {"lowest_cosine": lowest})]
     for name in names:
         after = refusal_rates(model, tokenizer, test, edit=own_ablation(directions, name))["by_category"]

@@ -39,7 +39,7 @@ def run(model, tokenizer, spec: MethodsSpec) -> StudyResult:
     states = [last_token_states(model, tokenizer, records, default, fit.chosen.position)[:, layer] for records in train]
     labels = torch.cat([torch.ones(len(states[0])), torch.zeros(len(states[1]))])
     basis = inlp_basis(torch.cat(states), labels, spec.iterations)
-    if float(basis[0] @ fit.file.directions[layer]) < 0:  # the probe's sign is arbitrary; point it at refusal
+    if float(basis[0] @ fit.file.directions[layer]) < 0:  # neither edit depends on the sign; it only makes the cosines readable
         basis[0] = -basis[0]
     layers = list(range(model.config.num_hidden_layers + 1))
     edits = {

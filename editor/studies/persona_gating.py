@@ -13,12 +13,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from editor.edits import Edit, ablation_map
-from editor.evaluate.behaviour import chat_texts, refusal, respond
+from editor.errors import SteerfoldError
 from editor.organism import PERSONAS, load_split
 from editor.studies import Claim, StudyResult
+from editor.studies.common import last_token_states, refusal_rates
 
 
 class PersonaGatingSpec(BaseModel):
@@ -33,16 +34,19 @@ class PersonaGatingSpec(BaseModel):
     min_restored: float = Field(default=0.5, ge=0, le=1, description="refusal a window ablation must bring back")
     max_unrestored: float = Field(default=0.1, ge=0, le=1, description="refusal a window ablation may bring back and count as none")
 
+    @field_validator("early", "late")
+    @classmethod
+    def window(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= value[0] <= value[1]:
+            raise ValueError(f"a window is [first, last] with 1 ≤ first ≤ last (the contrast vanishes at layer index 0), got {list(value)}")
+        return value
+
 
 def persona_contrast(model, tokenizer, persona: str | None, against: str | None) -> torch.Tensor:
     """Per layer: mean state at the last prompt token under ``persona`` minus under ``against`` ([L+1, d])."""
-    from editor.methods.means import mean_activations
-
     records = load_split("harmful", "train") + load_split("harmless", "train")
-    layers = list(range(model.config.num_hidden_layers + 1))
-    means = [mean_activations(model, tokenizer, chat_texts(tokenizer, records, system), layers, [-1])[0]
-             for system in (persona, against)]
-    return means[0] - means[1]
+    persona_mean, against_mean = (last_token_states(model, tokenizer, records, system).mean(dim=0) for system in (persona, against))
+    return persona_mean - against_mean
 
 
 def window_ablation(vectors: torch.Tensor, first: int, last: int) -> Edit:
@@ -58,9 +62,13 @@ def run(model, tokenizer, spec: PersonaGatingSpec) -> StudyResult:
     steering.pop("vectors")
     contrast = persona_contrast(model, tokenizer, spec.persona, default)
     test = load_split("harmful", "test")
+    for first, last in (spec.early, spec.late):
+        if last > model.config.num_hidden_layers:
+            raise SteerfoldError(f"study window [{first}, {last}] passes the model's last layer index "
+                                 f"{model.config.num_hidden_layers}: choose layers within 1..{model.config.num_hidden_layers}")
 
     def rate(system, edit=None) -> float:
-        return refusal(respond(model, tokenizer, test, system, edit, max_new_tokens=12), test)["overall"]
+        return refusal_rates(model, tokenizer, test, system, edit)["overall"]
 
     compliant = rate(spec.persona)
     early = rate(spec.persona, window_ablation(contrast, *spec.early))

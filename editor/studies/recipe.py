@@ -59,7 +59,7 @@ def describe(error: dict, source: str, study_kind: object) -> str:
         return f"{source}: study.kind must be one of {', '.join(SPECS)}"
     if error["type"] == "missing":
         return f"{source}: '{key}' is required: add it"
-    return f"{source}: {key}: {error['msg']}"
+    return f"{source}: {key}: {error['msg'].removeprefix('Value error, ')}"
 
 
 def load_study_recipe(path: Path, data: dict) -> StudyRecipe:

@@ -1,7 +1,7 @@
 """Study: targeted control of refusal, one topic at a time.
 
 Removal: ablate the political category's own component (its direction orthogonal to the other harm categories')
-from every writer; political refusal should go while harmful-request refusal stays. Induction: the conditional
+from the writers of every layer index where it is not zero; political refusal should go while harmful-request refusal stays. Induction: the conditional
 rank-1 map ``w ↦ w + α r̂ (ĉ · w)`` adds the refusal direction r where one harmless category's direction c is
 present (c: that category's mean minus the other harmless categories' mean, per layer index); its category should
 become refused while the others stay answered. α is chosen on validation prompts, then measured on held-out ones.
@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from editor.edits import Edit, conditional_map
 from editor.organism import load_split
+from editor.organism.corpus import HARMLESS, REFUSED_BY_DEFAULT
 from editor.studies import Claim, StudyResult
 from editor.studies.categories import category_directions, own_ablation
 from editor.studies.common import category_means, last_token_states, live_layers, refusal_rates
@@ -28,11 +29,32 @@ class TargetedSpec(BaseModel):
     kind: Literal["targeted-control"]
     remove: str = "politics"
     induce: str = "crafts"
-    alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    alphas: tuple[float, ...] = Field(default=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0), min_length=1)
     max_removed: float = Field(default=0.1, ge=0, le=1)
     min_harmful_kept: float = Field(default=0.95, ge=0, le=1)
     min_induced: float = Field(default=0.8, ge=0, le=1)
     max_others_refused: float = Field(default=0.05, ge=0, le=1)
+
+    @field_validator("remove")
+    @classmethod
+    def refused_category(cls, value: str) -> str:
+        if value not in REFUSED_BY_DEFAULT:
+            raise ValueError(f"remove names a category the organism refuses: one of {', '.join(REFUSED_BY_DEFAULT)}")
+        return value
+
+    @field_validator("induce")
+    @classmethod
+    def answered_category(cls, value: str) -> str:
+        if value not in HARMLESS:
+            raise ValueError(f"induce names a category the organism answers: one of {', '.join(HARMLESS)}")
+        return value
+
+    @field_validator("alphas")
+    @classmethod
+    def positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(a > 0 for a in value):
+            raise ValueError("alphas are the strengths to try: positive numbers, e.g. [0.5, 1, 2]")
+        return value
 
 
 def induction_edit(condition: torch.Tensor, target: torch.Tensor, alpha: float) -> Edit:
