@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from editor.edits import Edit, conditional_map
 from editor.organism import load_split
@@ -35,18 +35,12 @@ class TargetedSpec(BaseModel):
     min_induced: float = Field(default=0.8, ge=0, le=1)
     max_others_refused: float = Field(default=0.05, ge=0, le=1)
 
-    @field_validator("remove")
+    @field_validator("remove", "induce")
     @classmethod
-    def refused_category(cls, value: str) -> str:
-        if value not in REFUSED_BY_DEFAULT:
-            raise ValueError(f"remove names a category the organism refuses: one of {', '.join(REFUSED_BY_DEFAULT)}")
-        return value
-
-    @field_validator("induce")
-    @classmethod
-    def answered_category(cls, value: str) -> str:
-        if value not in HARMLESS:
-            raise ValueError(f"induce names a category the organism answers: one of {', '.join(HARMLESS)}")
+    def known_category(cls, value: str, info: ValidationInfo) -> str:
+        allowed, behaviour = {"remove": (REFUSED_BY_DEFAULT, "refuses"), "induce": (HARMLESS, "answers")}[info.field_name]
+        if value not in allowed:
+            raise ValueError(f"{info.field_name} names a category the organism {behaviour}: one of {', '.join(allowed)}")
         return value
 
     @field_validator("alphas")
