@@ -92,3 +92,25 @@ def test_cards_can_describe_every_edit_kind():
     from editor.export.card import MAP_TEXT, VERBS
 
     assert set(VERBS) == set(MAP_TEXT) == set(get_args(EditKind))
+
+
+def test_a_wheel_carries_the_card_templates_and_the_organism(tmp_path):
+    """A non-editable install finds the templates under share/steerfold/model_cards (editor/export/card.py)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root, source = Path(__file__).parents[1], tmp_path / "source"  # built from a copy: the checkout stays untouched
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "cli.py"):
+        shutil.copy2(root / name, source / name)
+    for name in ("editor", "model_cards"):
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                    str(source)], check=True, capture_output=True)
+    names = zipfile.ZipFile(next(tmp_path.glob("steerfold-*.whl"))).namelist()
+    for kind in ("merged", "adapter", "cvec"):
+        assert any(n.endswith(f"data/share/steerfold/model_cards/{kind}.md.j2") for n in names), kind
+    assert "editor/organism/checkpoint/model.safetensors" in names and "editor/organism/data/harmful_test.jsonl" in names

@@ -5,6 +5,7 @@ Templates: ``merged`` (a checkpoint), ``adapter`` (a PEFT LoRA), ``cvec`` (a GGU
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import jinja2
@@ -12,7 +13,11 @@ import yaml
 
 from editor.evaluate.report import before_after_rows, markdown_table
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "model_cards"
+# The templates: model_cards/ beside the package in a checkout (editable install), else where pyproject's
+# data-files put them when the package was installed from a wheel.
+CHECKOUT_TEMPLATES = Path(__file__).resolve().parents[2] / "model_cards"
+INSTALLED_TEMPLATES = Path(sys.prefix) / "share" / "steerfold" / "model_cards"
+TEMPLATES = CHECKOUT_TEMPLATES if CHECKOUT_TEMPLATES.is_dir() else INSTALLED_TEMPLATES
 KINDS = ("merged", "adapter", "cvec")
 CARD_OF_FORMAT = {"merged": "merged", "lora": "adapter", "cvec": "cvec"}  # --format → card template
 VERBS = {"ablation": "ablated", "steering": "added as a steering offset", "conditional": "added conditionally",
