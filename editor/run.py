@@ -220,7 +220,9 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
 
     fit = recipe.fit
     reads = fit_sets(fit)
-    fit_key = digest("fit", identity, fit.model_dump(), [hashes[n] for n in reads.values()])
+    judge = Path(fit.judge) if fit.judge else None  # a judge's weights decide the fit too: key on its identity
+    judge_identity = model_identity(judge) if judge and (judge / "config.json").is_file() else fit.judge
+    fit_key = digest("fit", identity, fit.model_dump(), [hashes[n] for n in reads.values()], judge_identity)
     direction_path = out / ".cache" / f"direction-{fit_key}.safetensors"
 
     def do_fit() -> None:
