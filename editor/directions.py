@@ -8,9 +8,10 @@ uses; ablation normalises).
 Two optional tensors extend the format; readers that do not know them ignore them, and every file still holds
 ``direction`` or ``directions``, so any file loads in any version:
 
-- ``basis`` [k, hidden]: orthonormal rows spanning a subspace (INLP), fitted at metadata ``basis_layer`` and
-  ``basis_position``; ablating it is ``editor.methods.inlp.nullspace_edit``. ``direction``/``directions`` then
-  hold the first basis row (scaled as above), the classifier normal a counterfactual reflection uses.
+- ``basis`` [k, hidden]: orthonormal rows spanning a subspace (INLP, or PCA with several components), fitted at
+  metadata ``basis_layer`` and ``basis_position``; removing it is ``editor.methods.inlp.nullspace_edit``
+  (``steerfold edit --subspace``). ``direction``/``directions`` then hold the first basis row (scaled as above):
+  for INLP the classifier normal a counterfactual reflection uses.
 - ``directions.<category>`` [L+1, hidden], one per harm category (method ``per_category``; metadata
   ``categories`` lists them as JSON), beside ``directions``, the all-categories difference of means.
 """

@@ -241,8 +241,8 @@ def _contrast_fitted(result: RefusalFit, max_kl: float) -> Fitted:
     lines = [f"chose layer index {c.layer}, position {c.position}: refusal score {base:.3f} → {c.bypass:.3f} ablated, "
              f"induce {c.induce:.3f}, KL {c.kl:.4f}"]
     if result.file.basis is not None:
-        lines.append(f"basis of rank {len(result.file.basis)} at that candidate: ablate it with "
-                     "editor.methods.inlp.nullspace_edit; reflect across the first probe with an ablation of scale 2")
+        lines.append(f"basis of rank {len(result.file.basis)} at that candidate: remove it with steerfold edit --subspace; "
+                     "for inlp, --scale 2 reflects across the first probe's hyperplane")
     return Fitted(result.file, lines, warnings)
 
 
@@ -256,7 +256,7 @@ def fit_diff_in_means(inputs: FitInputs) -> Fitted:
 
 
 def fit_pca(inputs: FitInputs) -> Fitted:
-    return fit_with(paired_pca, inputs)
+    return fit_with(partial(paired_pca, components=inputs.options.pca_components), inputs)
 
 
 def fit_logistic(inputs: FitInputs) -> Fitted:

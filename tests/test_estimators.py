@@ -87,6 +87,18 @@ def test_pca_recovers_a_planted_direction_with_the_mean_differences_sign():
     assert cosine(paired_pca(Contrast(negative, positive)).direction, planted) < -0.99  # the sign follows the contrast
 
 
+def test_pca_components_span_a_planted_subspace():
+    generator = torch.Generator().manual_seed(5)
+    planted, _ = torch.linalg.qr(torch.randn(32, 2, generator=generator))  # two orthonormal columns
+    negative = torch.randn(300, 32, generator=generator)
+    positive = negative + (1 + torch.rand(300, 2, generator=generator)) @ planted.T + 0.02 * torch.randn(300, 32, generator=generator)
+    estimate = paired_pca(Contrast(positive, negative), components=2)
+    assert estimate.basis.shape == (2, 32)
+    assert torch.allclose(estimate.basis @ estimate.basis.T, torch.eye(2), atol=1e-5)
+    assert torch.linalg.svdvals(estimate.basis @ planted).min() > 0.99  # the same plane
+    assert paired_pca(Contrast(positive, negative)).basis is None  # one component: a direction only
+
+
 def test_inlp_basis_is_orthonormal_and_leaves_a_linear_probe_at_chance():
     shift = torch.tensor([2.0, 1.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     train, test = gaussian_contrast(shift, n=2000, seed=4), gaussian_contrast(shift, n=2000, seed=5)

@@ -48,6 +48,7 @@ CONTRAST_RUNS = {
     "ridge": ["--method", "ridge", "--ridge-lambda", "0.5"],
     "ridge_weighted": ["--method", "ridge", "--scorer", "markers", "--max-new-tokens", "8"],
     "inlp": ["--method", "inlp", "--inlp-iterations", "3", "--position", "-1"],
+    "pca_subspace": ["--method", "pca", "--pca-components", "3", "--position", "-1"],
 }
 
 
@@ -59,7 +60,7 @@ def test_contrast_methods_fit_from_the_cli(case, prompts, tmp_path):
     file = load_direction_file(out)
     assert "chose layer index" in result.output and f"wrote {out}" in result.output
     assert json.loads(file.metadata["positions"]) == ([-1] if "--position" in CONTRAST_RUNS[case] else [-2, -1])
-    assert file.metadata["method"] == case.removesuffix("_weighted")
+    assert file.metadata["method"] == case.removesuffix("_weighted").removesuffix("_subspace")
     assert file.directions.shape == (5, 128) and file.metadata["layer"] in {"1", "2", "3"}
     layer = int(file.metadata["layer"])
     assert file.directions[layer].norm() > 0
@@ -67,11 +68,11 @@ def test_contrast_methods_fit_from_the_cli(case, prompts, tmp_path):
     if case == "ridge_weighted":
         weights = json.loads(file.metadata["confidence_weights"])
         assert len(weights["harmful"]) == 16 and len(weights["harmless"]) == 16
-    if case == "inlp":
+    if case in ("inlp", "pca_subspace"):
         assert file.basis.shape == (3, 128) and file.metadata["basis_layer"] == str(layer)
         assert torch.allclose(file.basis @ file.basis.T, torch.eye(3), atol=1e-5)
         unit = file.directions[layer] / file.directions[layer].norm()
-        assert abs(float(unit @ file.basis[0])) > 1 - 1e-5  # the stored direction is the first probe's normal
+        assert abs(float(unit @ file.basis[0])) > 1 - 1e-5  # the stored direction is the basis's first row
     else:
         assert file.basis is None
 

@@ -21,8 +21,9 @@ def mean_difference(contrast: Contrast) -> Estimate:
     return Estimate(contrast.mean_difference())
 
 
-def paired_pca(contrast: Contrast) -> Estimate:
-    """First right singular vector of the paired differences ``positive[i] − negative[i]``, sign toward refusal.
+def paired_pca(contrast: Contrast, components: int = 1) -> Estimate:
+    """First right singular vector of the paired differences ``positive[i] − negative[i]``, sign toward refusal;
+    with ``components`` > 1 also the top right singular vectors as an orthonormal basis (a multi-direction subspace).
 
     Rows are paired by index (the longer side is cut to the shorter). The differences are not centred: their mean
     is part of what the component should capture (RepE centres after random sign flips, which amounts to this).
@@ -30,10 +31,11 @@ def paired_pca(contrast: Contrast) -> Estimate:
     count = min(len(contrast.positive), len(contrast.negative))
     differences = (contrast.positive[:count] - contrast.negative[:count]).to(torch.float64)
     _, _, vh = torch.linalg.svd(differences, full_matrices=False)
-    component = vh[0]
-    if component @ differences.mean(dim=0) < 0:
-        component = -component
-    return Estimate(component.to(contrast.positive.dtype))
+    if vh[0] @ differences.mean(dim=0) < 0:
+        vh = -vh
+    dtype = contrast.positive.dtype
+    basis = vh[:components].to(dtype) if components > 1 else None
+    return Estimate(vh[0].to(dtype), basis)
 
 
 @torch.enable_grad()

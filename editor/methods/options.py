@@ -37,6 +37,7 @@ class FitOptions(BaseModel):
     ridge_lambda: float = Field(default=1.0, gt=0, description="Method ridge: λ, in units of the mean activation variance tr(Σ)/d")
     l2: float = Field(default=1e-3, ge=0, description="Methods logistic, inlp: L2 penalty on the probe weights (features at unit RMS)")
     inlp_iterations: int = Field(default=4, ge=1, description="Method inlp: probes fitted and projected out (rank of the basis)")
+    pca_components: int = Field(default=1, ge=1, description="Method pca: principal components kept; above 1 they are stored as a basis (remove it with edit --subspace)")
     scorer: ScorerName | None = Field(
         default=None, description="Method ridge: weight each prompt by a refusal confidence of the model's own response")
     judge: str | None = Field(default=None, description="With scorer judge: a local causal LM folder that classifies responses")
