@@ -17,7 +17,8 @@ from cli import cli
 STUDIES = sorted((Path(__file__).parents[1] / "recipes" / "studies").glob("*.yaml"))
 # (study, claim index) pairs measured not to hold on the shipped organism; see README.md, "Studies".
 NOT_REPRODUCED: set[tuple[str, int]] = {
-    ("persona-gating", 1), ("persona-gating", 2),  # the organism's gate sits early: layers 1-2 restore refusal, 3-4 do not
+    # the organism's gate sits early: layers 1-2 restore refusal, 3-4 do not; the persona mutes the harm signal itself
+    ("persona-gating", 1), ("persona-gating", 2), ("persona-gating", 3),
     *(("harm-categories", i) for i in range(6)),  # one shared direction (cosines ≥ 0.97): no category's own component refuses
     ("targeted-control", 0),  # the political component is shared with the other categories' refusal too
 }
@@ -47,7 +48,7 @@ def test_every_study_writes_claims_and_a_table(results):
         assert all(c["claim"] in run["output"] for c in claims)  # the run says each verdict
 
 
-CLAIM_COUNTS = {"harm-categories": 6, "targeted-control": 2, "ablation-vs-inlp": 3, "persona-gating": 3}
+CLAIM_COUNTS = {"harm-categories": 6, "targeted-control": 2, "ablation-vs-inlp": 3, "persona-gating": 4}
 CLAIMS = [(path.stem, i) for path in STUDIES for i in range(CLAIM_COUNTS[path.stem])]
 
 
