@@ -15,11 +15,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from editor.errors import SteerfoldError
 from editor.prompts import PromptRecord, load_prompts
 from editor.recipe import EditSpec, FitSpec, PromptSet, Recipe
+
+if TYPE_CHECKING:  # imported lazily at run time: torch-heavy
+    from editor.edit_checkpoint import EditRequest
 
 STATE = ".steerfold-run.json"
 Say = Callable[[str], None]

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from cli import cli
-from conftest import build_tiny_model, folder_digest, random_direction, save_tiny_model, write_direction
+from conftest import build_tiny_model, folder_digest, save_tiny_model, write_direction
 
 
 @pytest.fixture(scope="module")

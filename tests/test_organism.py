@@ -12,7 +12,6 @@ from editor.organism import (
     PERSONAS,
     SHIPPED_CHECKPOINT,
     behaviour,
-    build_organism,
     coherent_compliance,
     load_rows,
     load_split,
