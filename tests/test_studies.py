@@ -86,3 +86,11 @@ def test_a_study_has_nothing_to_resume(tmp_path):
     result = CliRunner().invoke(cli, ["run", str(STUDIES[0]), "--out", str(tmp_path / "out"), "--resume"])
     assert result.exit_code == 2 and "no stages to resume" in result.output
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_study_dry_run_plans_without_running(path, tmp_path):
+    result = CliRunner().invoke(cli, ["run", str(path), "--dry-run", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert f"study {path.stem}" in result.output and "would run" in result.output and "results.json" in result.output
+    assert not (tmp_path / "out").exists()
