@@ -46,7 +46,7 @@ def cli() -> None:
 @click.option("--steer", type=float, default=None, metavar="COEF", help="Steer instead of ablating: add COEF × the direction (as stored) at each of --layers; folded into the bias of the layer's last writer, or written as a control vector. Default layers: the layer the file records.")
 @click.option("--condition", type=click.Path(path_type=Path), default=None, metavar="FILE", help="Conditional map instead of ablation: w ↦ w + α r̂ (ĉ · w), r = --direction, c = FILE's direction (when c is present, add r).")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="α of --condition.")
-@click.option("--subspace", is_flag=True, help="Remove the span of the direction file's basis (fit --method inlp: its nullspace projection) instead of one direction.")
+@click.option("--subspace", is_flag=True, help="Remove the span of the direction file's basis (fit --method inlp: its nullspace projection; or pca with --pca-components > 1) instead of one direction.")
 @click.option("--norm-preserving", is_flag=True, help="Ablation only, merged only: after the projection, rescale each weight column (what one input feature writes), embedding row and bias to its original norm.")
 @click.option("--attention-kernel", default=None, metavar="PEAK,PEAK_WEIGHT,MIN_WEIGHT,FALLOFF", help=f"Per-layer weight of attention writers, multiplying --scale or --alpha: w(l) = MIN_WEIGHT + (PEAK_WEIGHT − MIN_WEIGHT)·max(0, 1 − |l − PEAK| / FALLOFF) ({LAYER_INDEX_HELP}). Default: 1.")
 @click.option("--mlp-kernel", default=None, metavar="PEAK,PEAK_WEIGHT,MIN_WEIGHT,FALLOFF", help="Per-layer weight of MLP writers, same formula; the embedding (layer index 0) follows it. Default: 1.")

@@ -176,7 +176,7 @@ def _basis(request: EditRequest) -> torch.Tensor:
     """The orthonormal ``basis`` [k, hidden] of the direction file (written by ``steerfold fit --method inlp``)."""
     file = load_direction_file(request.direction)
     if file.basis is None:
-        raise SteerfoldError(f"{request.direction} holds no basis to remove: fit one with --method inlp, or drop --subspace")
+        raise SteerfoldError(f"{request.direction} holds no basis to remove: fit one with --method inlp (or pca --pca-components 2+), or drop --subspace")
     return file.basis
 
 
