@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from editor.edits import Edit, ablation_map
-from editor.methods.categories import category_similarity
+from editor.methods.categories import category_directions, category_similarity
 from editor.organism import load_split
 from editor.studies import Claim, StudyResult
-from editor.studies.common import category_means, last_token_states, live_layers, own_component, refusal_rates
+from editor.studies.common import last_token_states, live_layers, own_component, refusal_rates
 
 
 class CategoriesSpec(BaseModel):
@@ -28,12 +29,15 @@ class CategoriesSpec(BaseModel):
     min_kept: float = Field(default=0.9, ge=0, le=1, description="refusal every other category keeps")
 
 
-def category_directions(model, tokenizer) -> dict:
-    """Each refused category's difference of means against the harmless prompts, [L+1, d] per category."""
-    harmful, harmless = load_split("harmful", "train"), load_split("harmless", "train")
-    means = category_means(last_token_states(model, tokenizer, harmful), harmful)
-    baseline = last_token_states(model, tokenizer, harmless).mean(dim=0)
-    return {name: mean - baseline for name, mean in means.items()}
+def training_states(model, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last-prompt-token states of the harmful and the harmless training prompts, each [n, L+1, d]."""
+    return tuple(last_token_states(model, tokenizer, load_split(kind, "train")) for kind in ("harmful", "harmless"))
+
+
+def training_directions(harmful_states: torch.Tensor, harmless_states: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each refused category's difference of means against the harmless training prompts, [L+1, d] per category."""
+    categories = [r.category for r in load_split("harmful", "train")]
+    return category_directions(harmful_states, categories, harmless_states)
 
 
 def own_ablation(directions: dict, name: str) -> Edit:
@@ -43,7 +47,7 @@ def own_ablation(directions: dict, name: str) -> Edit:
 
 
 def run(model, tokenizer, spec: CategoriesSpec) -> StudyResult:
-    directions = category_directions(model, tokenizer)
+    directions = training_directions(*training_states(model, tokenizer))
     names = list(directions)
     similarity = category_similarity(directions)
     test = load_split("harmful", "test")

@@ -13,6 +13,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from editor.edits import ablation_edit
+from editor.methods.contrast import Contrast
+from editor.methods.estimators import contrast_labels
 from editor.methods.inlp import counterfactual_edit, inlp_basis, nullspace_edit
 from editor.organism import PERSONAS, load_split
 from editor.studies import Claim, StudyResult
@@ -37,8 +39,7 @@ def run(model, tokenizer, spec: MethodsSpec) -> StudyResult:
                                 system=default)
     layer = fit.chosen.layer
     states = [last_token_states(model, tokenizer, records, default, fit.chosen.position)[:, layer] for records in train]
-    labels = torch.cat([torch.ones(len(states[0])), torch.zeros(len(states[1]))])
-    basis = inlp_basis(torch.cat(states), labels, spec.iterations)
+    basis = inlp_basis(*contrast_labels(Contrast(*states)), spec.iterations)
     if float(basis[0] @ fit.file.directions[layer]) < 0:  # neither edit depends on the sign; it only makes the cosines readable
         basis[0] = -basis[0]
     layers = list(range(model.config.num_hidden_layers + 1))

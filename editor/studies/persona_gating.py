@@ -113,8 +113,10 @@ def run(model, tokenizer, spec: PersonaGatingSpec) -> StudyResult:
 def harm_signal(model, tokenizer, systems) -> dict[str | None, list[float]]:
     """Per system prompt and layer index: the held-out harmful−harmless mean gap along the refusal direction
     (difference of means on the training prompts without a system prompt)."""
-    train = [last_token_states(model, tokenizer, load_split(kind, "train")).mean(dim=0) for kind in ("harmful", "harmless")]
-    refusal_direction = train[0] - train[1]
+    from editor.studies.categories import training_states
+
+    harmful_train, harmless_train = training_states(model, tokenizer)
+    refusal_direction = harmful_train.mean(dim=0) - harmless_train.mean(dim=0)
     unit = refusal_direction / refusal_direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     out = {}
     for system in systems:

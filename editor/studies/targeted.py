@@ -18,8 +18,8 @@ from editor.edits import Edit, conditional_map
 from editor.organism import load_split
 from editor.organism.corpus import HARMLESS, REFUSED_BY_DEFAULT
 from editor.studies import Claim, StudyResult
-from editor.studies.categories import category_directions, own_ablation
-from editor.studies.common import category_means, last_token_states, live_layers, refusal_rates
+from editor.studies.categories import own_ablation, training_directions, training_states
+from editor.studies.common import category_means, live_layers, refusal_rates
 
 
 class TargetedSpec(BaseModel):
@@ -57,18 +57,17 @@ def induction_edit(condition: torch.Tensor, target: torch.Tensor, alpha: float) 
 
 
 def run(model, tokenizer, spec: TargetedSpec) -> StudyResult:
-    directions = category_directions(model, tokenizer)
+    harmful_states, harmless_states = training_states(model, tokenizer)
+    directions = training_directions(harmful_states, harmless_states)
     harmful_test, harmless_test = load_split("harmful", "test"), load_split("harmless", "test")
     removed = refusal_rates(model, tokenizer, harmful_test, edit=own_ablation(directions, spec.remove))["by_category"]
     removed_before = refusal_rates(model, tokenizer, harmful_test)["by_category"]
     kept = {n: v for n, v in removed.items() if n != spec.remove}
 
-    harmless_train = load_split("harmless", "train")
-    means = category_means(last_token_states(model, tokenizer, harmless_train), harmless_train)
+    means = category_means(harmless_states, load_split("harmless", "train"))
     others = torch.stack([m for n, m in means.items() if n != spec.induce]).mean(dim=0)
     condition = means[spec.induce] - others
-    harmful_train = load_split("harmful", "train")
-    target = last_token_states(model, tokenizer, harmful_train).mean(dim=0) - torch.stack(list(means.values())).mean(dim=0)
+    target = harmful_states.mean(dim=0) - torch.stack(list(means.values())).mean(dim=0)
 
     val = load_split("harmless", "val")
     def score(alpha: float) -> tuple[float, float]:
@@ -94,9 +93,9 @@ def run(model, tokenizer, spec: TargetedSpec) -> StudyResult:
               {f"{spec.induce}_before": induced_before[spec.induce], f"{spec.induce}_after": induced[spec.induce],
                "others_max_after": max(others_after.values()), "alpha": alpha}),
     ]
-    table = [{"edit": "none", **removed_before, **induced_before},
-             {"edit": f"ablate {spec.remove} own component", **removed},
-             {"edit": f"conditional map on {spec.induce}, α = {alpha:g}", **induced}]
-    table = [{"edit": row["edit"], **{n: row.get(n, "") for n in [*removed_before, *induced_before]}} for row in table]
+    columns = [*removed_before, *induced_before]
+    rows = [("none", {**removed_before, **induced_before}), (f"ablate {spec.remove} own component", removed),
+            (f"conditional map on {spec.induce}, α = {alpha:g}", induced)]
+    table = [{"edit": edit, **{n: rates.get(n, "") for n in columns}} for edit, rates in rows]
     return StudyResult("Targeted control: remove one topic's refusal, induce refusal on another", claims, table,
                        {"validation": {f"alpha {a:g}": {"induced": s[0], "others_max": s[1]} for a, s in scores.items()}})
