@@ -99,7 +99,12 @@ class ResidualMap:
         """Rows of the embedding are residual vectors: ``E ← E (I + V Uᵀ) + b``, in row chunks."""
         out = torch.empty_like(embedding)
         for rows in _row_chunks(embedding):
-            out[rows] = self.apply(embedding[rows])
+            chunk = embedding[rows].to(torch.float32, copy=True)
+            if self.U.any():
+                chunk.addmm_(chunk @ self.V, self.U.T)  # in place: no separate outer product
+            if self.b is not None:
+                chunk += self.b
+            out[rows] = chunk
         return out
 
     def scaled_offset(self, factor: float) -> "ResidualMap":

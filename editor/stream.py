@@ -2,14 +2,20 @@
 copy untouched tensors byte for byte, and transform the others one tensor at a time.
 
 Peak memory is a few copies of the largest edited tensor, whatever the model or shard size: shapes and dtypes
-never change, so every output header is known before any data is read.
+never change, so every output header is known before any data is read. Inputs are mapped, not read; checksums
+are computed from the bytes as they are written, so no output is read back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap
 import os
 import struct
+from collections import deque
+from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -37,14 +43,24 @@ class TensorEntry:
     start: int  # absolute byte offset in the file
     nbytes: int
 
+    def mapped(self) -> memoryview:
+        """This tensor's bytes, mapped from the file rather than read (private copy-on-write pages: writing to
+        them never changes the file); the mapping lives as long as the view or a tensor over it."""
+        if self.nbytes == 0:
+            return memoryview(bytearray())
+        aligned = self.start - self.start % mmap.ALLOCATIONGRANULARITY
+        try:
+            with open(self.file, "rb") as handle:
+                mapping = mmap.mmap(handle.fileno(), self.start + self.nbytes - aligned, offset=aligned, access=mmap.ACCESS_COPY)
+        except ValueError:  # the file is shorter than its header says
+            raise SteerfoldError(f"{self.file} ended early while reading '{self.name}': the shard is truncated; re-download it") from None
+        return memoryview(mapping)[self.start - aligned :]
+
     def load(self) -> torch.Tensor:
-        """Read just this tensor."""
-        with open(self.file, "rb") as handle:
-            handle.seek(self.start)
-            data = bytearray(handle.read(self.nbytes))
+        """Just this tensor, without copying it: its pages are read from the file as they are used."""
         if self.nbytes == 0:
             return torch.empty(self.shape, dtype=DTYPES[self.dtype])
-        return torch.frombuffer(data, dtype=DTYPES[self.dtype]).reshape(self.shape)
+        return torch.frombuffer(self.mapped(), dtype=DTYPES[self.dtype]).reshape(self.shape)
 
     def copy_to(self, out: BinaryIO) -> None:
         """Copy the raw bytes into ``out`` (in-kernel where the OS allows)."""
@@ -73,6 +89,7 @@ def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
             if size > 100 << 20:
                 raise ValueError("header too large")
             header = json.loads(handle.read(size))
+            file_size = os.fstat(handle.fileno()).st_size
     except (struct.error, ValueError, UnicodeDecodeError, OSError) as exc:
         raise SteerfoldError(f"{path} is not a readable safetensors file ({exc}): re-download the checkpoint") from None
     metadata = header.pop("__metadata__", None) or {}
@@ -84,6 +101,9 @@ def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
             raise SteerfoldError(f"tensor '{name}' in {path.name} has dtype {info['dtype']}, which steerfold cannot read yet")
         entries.append(TensorEntry(name, info["dtype"], tuple(info["shape"]), path, base + begin, end - begin))
     entries.sort(key=lambda e: e.start)
+    needed = max((e.start + e.nbytes for e in entries), default=0)
+    if needed > file_size:
+        raise SteerfoldError(f"{path} is shorter than its header says ({file_size} of {needed} bytes): the shard is truncated; re-download it")
     return entries, metadata
 
 
@@ -139,34 +159,72 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
+class ShardDigest:
+    """SHA-256 of a file fed the very bytes written to it, in a background thread, so nothing is read back.
+
+    Every chunk stays referenced until it is hashed; at most ``MAX_PENDING_BYTES`` wait, so memory stays bounded
+    when hashing falls behind writing.
+    """
+
+    MAX_PENDING_BYTES = 512 << 20
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self._pool = pool
+        self._sha = hashlib.sha256()
+        self._pending: deque[tuple[Future, int]] = deque()
+        self._pending_bytes = 0
+
+    def feed(self, data: memoryview | bytes) -> None:
+        while self._pending and self._pending_bytes + len(data) > self.MAX_PENDING_BYTES:
+            future, size = self._pending.popleft()
+            future.result()
+            self._pending_bytes -= size
+        self._pending.append((self._pool.submit(self._sha.update, data), len(data)))
+        self._pending_bytes += len(data)
+
+    def hexdigest(self) -> Future:
+        """The digest once every chunk fed so far is hashed (the pool runs tasks in order: one worker)."""
+        self._pending.clear()
+        return self._pool.submit(self._sha.hexdigest)
+
+
 def write_shards(
     shards: list[list[OutputTensor]], dest: Path, transform: Transform, digests: dict[str, str] | None = None
 ) -> dict[str, str]:
     """Write every planned shard into ``dest``; returns the weight map (tensor name → file name).
 
-    Edited tensors are computed one ahead in a background thread, so folding the next one overlaps writing this one
-    and the byte-for-byte copies between them (memory: at most two edited tensors at a time; on an error the fold
-    under way is finished before the error surfaces, and the caller's atomic folder removes the partial output). With ``digests``, each
-    finished shard is hashed (sha256) in another background thread while the next one is written; the hex
-    digests land in ``digests`` by file name.
+    Three threads share the work: edited tensors are computed one ahead in a background thread (memory: at most
+    two edited tensors at a time), this thread writes, and with ``digests`` a third hashes (sha256) each byte as
+    it is written, from memory (the edited tensor, or the mapped source bytes of a copied one), never reading
+    the output back; the hex digests land in ``digests`` by file name. On an error the fold under way is finished
+    before the error surfaces, and the caller's atomic folder removes the partial output.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from editor.export.checksums import sha256_of
-
     names = shard_names(len(shards))
     weight_map: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as folder:
+    pending: dict[str, Future] = {}
+    with _fold_threads(), ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as folder:
         edited = _edited_in_order([t for shard in shards for t in shard if t.transform], transform, folder)
-        pending = {}
         for name, tensors in zip(names, shards):
-            _write_shard(dest / name, tensors, edited)
+            digest = ShardDigest(hasher) if digests is not None else None
+            _write_shard(dest / name, tensors, edited, digest)
             weight_map.update({t.name: name for t in tensors})
-            if digests is not None:
-                pending[name] = hasher.submit(sha256_of, dest / name)
+            if digest is not None:
+                pending[name] = digest.hexdigest()
         for name, future in pending.items():
             digests[name] = future.result()
     return weight_map
+
+
+@contextmanager
+def _fold_threads() -> Iterator[None]:
+    """Leave one core to the writer and one to the hasher: the fold gets the rest (at least one), not all of them
+    (on two cores, torch's threads spinning beside the writer and hasher cost more than they bring)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - 2)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _edited_in_order(queue: list[OutputTensor], transform: Transform, pool) -> Iterator[torch.Tensor]:
@@ -184,15 +242,22 @@ def _edited_in_order(queue: list[OutputTensor], transform: Transform, pool) -> I
         yield current.result()
 
 
-def _write_shard(path: Path, tensors: list[OutputTensor], edited: Iterator[torch.Tensor]) -> None:
+def _write_shard(path: Path, tensors: list[OutputTensor], edited: Iterator[torch.Tensor], digest: ShardDigest | None) -> None:
     """Header first (shapes and dtypes are known), then each tensor: edited, or copied byte for byte."""
+    feed = digest.feed if digest is not None else lambda _data: None
     with open(path, "wb") as out:
-        out.write(_header_bytes(tensors, {"format": "pt"}))
+        header = _header_bytes(tensors, {"format": "pt"})
+        out.write(header)
+        feed(header)
         for tensor in tensors:
             if tensor.transform:
-                out.write(tensor_bytes(next(edited)))
+                data = tensor_bytes(next(edited))
+                out.write(data)
+                feed(data)
             else:
                 tensor.source.copy_to(out)
+                if digest is not None and tensor.source.nbytes:
+                    feed(tensor.source.mapped())
 
 
 def write_index(dest: Path, weight_map: dict[str, str], total_size: int) -> None:

@@ -58,3 +58,40 @@ def test_parse_size():
     for bad in ("", "GB", "-1MB", "5XB"):
         with pytest.raises(SteerfoldError, match="max-shard-size"):
             parse_size(bad)
+
+
+def test_sums_are_the_written_bytes_hashed_in_memory(tmp_path):
+    """The digests computed while writing (never read back) equal a fresh sha256 of every file on disk."""
+    import hashlib
+
+    model = build_tiny_model("llama").to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "base", max_shard_size="60KB")
+    direction = write_direction(tmp_path / "d.safetensors", random_direction())
+    result = CliRunner().invoke(cli, ["edit", str(tmp_path / "base"), "--direction", str(direction),
+                                      "--out", str(tmp_path / "out"), "--max-shard-size", "50KB"])
+    assert result.exit_code == 0, result.output
+    listed = dict(line.split("  ")[::-1] for line in (tmp_path / "out" / "SHA256SUMS").read_text().splitlines())
+    shards = sorted(p.name for p in (tmp_path / "out").glob("*.safetensors"))
+    assert len(shards) > 2 and set(shards) <= set(listed)
+    for name, digest in listed.items():
+        assert hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest() == digest, name
+
+
+@pytest.mark.parametrize("cut", ["edited", "copied"])
+def test_a_truncated_shard_is_one_line_and_no_output(tmp_path, cut):
+    model = build_tiny_model("llama").to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "base")
+    shard = tmp_path / "base" / "model.safetensors"
+    entries, _ = read_header(shard)
+    # the file ends inside the last tensor of the chosen kind (edited: a residual writer; copied: anything else)
+    edited = [e for e in entries if e.name.endswith(("o_proj.weight", "down_proj.weight", "embed_tokens.weight"))]
+    victim = (edited if cut == "edited" else [e for e in entries if e not in edited])[-1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: victim.start + victim.nbytes // 2])
+    before = shard.read_bytes()
+    direction = write_direction(tmp_path / "d.safetensors", random_direction())
+    result = CliRunner().invoke(cli, ["edit", str(tmp_path / "base"), "--direction", str(direction), "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "truncated" in lines[0] and "re-download" in lines[0], result.output
+    assert not (tmp_path / "out").exists() and shard.read_bytes() == before
