@@ -74,20 +74,18 @@ class ResidualMap:
     def fold_linear_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """``W ← (I + U Vᵀ) W`` for a writer whose weight is [hidden, in], in float32.
 
-        A tensor within ``WHOLE_FLOAT32_BYTES`` is converted once; a larger one is folded in row chunks, so
-        memory stays near the tensor's own size whatever the model. With U = 0 (an offset only) it is returned as is.
+        Two passes over row chunks of a few MB (``Vᵀ W``, then ``W + U (Vᵀ W)``): each chunk is converted to
+        float32 while it sits in cache, so the fold costs about two reads of the tensor and no float32 copy of it,
+        whatever its size. With U = 0 (an offset only) it is returned as is.
         """
         if not self.U.any():
             return weight
-        if weight.numel() * 4 <= WHOLE_FLOAT32_BYTES:
-            w = weight.to(torch.float32)
-            return w.addmm_(self.U, self.V.T @ w).to(weight.dtype)
         vt_w = torch.zeros(self.V.shape[1], weight.shape[1], dtype=torch.float32)
         for rows in _row_chunks(weight):
             vt_w += self.V[rows].T @ weight[rows].to(torch.float32)
         out = torch.empty_like(weight)
         for rows in _row_chunks(weight):
-            chunk = weight[rows].to(torch.float32)
+            chunk = weight[rows].to(torch.float32, copy=True)
             out[rows] = chunk.addmm_(self.U[rows], vt_w)  # in place: no separate outer product
         return out
 
@@ -127,8 +125,7 @@ class ResidualMap:
         return replace(self, U=-self.ablation_scale * q, V=q.clone())
 
 
-CHUNK_ELEMENTS = 1 << 24  # 64 MB of float32 per chunk: peak memory is the tensor, its output and one chunk
-WHOLE_FLOAT32_BYTES = 512 << 20  # tensors up to this size in float32 are folded in one piece
+CHUNK_ELEMENTS = 1 << 20  # 4 MB of float32 per chunk: cache-sized, so conversion and fold happen in cache
 
 
 def _row_chunks(matrix: torch.Tensor) -> list[slice]:

@@ -265,7 +265,6 @@ def test_chunked_fold_equals_the_plain_formula(monkeypatch):
     import editor.edits as edits
 
     monkeypatch.setattr(edits, "CHUNK_ELEMENTS", 7 * 64)  # force many small chunks
-    monkeypatch.setattr(edits, "WHOLE_FLOAT32_BYTES", 0)
     residual_map = edits.ablation_map(random_direction())
     weight = torch.randn(64, 96)
     embedding = torch.randn(50, 64)
