@@ -21,7 +21,8 @@ from typing import ClassVar
 
 import torch
 
-from editor.edits import CHUNK_ELEMENTS, Edit, ResidualMap, _row_chunks
+from editor.edits import Edit
+from editor.residual_map import CHUNK_ELEMENTS, ResidualMap, row_chunks
 from editor.errors import SteerfoldError
 
 
@@ -48,7 +49,7 @@ class NormPreservingAblation(ResidualMap):
     def fold_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
         """Rows of the embedding are the written vectors (one per token)."""
         out = torch.empty_like(embedding)
-        for rows in _row_chunks(embedding):
+        for rows in row_chunks(embedding):
             out[rows] = self._project_keeping_norms(embedding[rows])
         return out
 

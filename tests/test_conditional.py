@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from conftest import (LAYERS, LORA_REFUSED, build_tiny_model, logits, random_direction, random_tokens, run_cli,
                       save_tiny_model, write_direction)
-from editor.edits import ablation_edit, conditional_edit, conditional_map, fold_model, runtime_hooks
+from editor.edits import ablation_edit, conditional_edit, fold_model, runtime_hooks
+from editor.residual_map import conditional_map
 from editor.errors import SteerfoldError
 
 TOLERANCE = 1e-4

@@ -244,7 +244,8 @@ def test_steering_hook_adds_exactly_the_vector_at_its_layer(model_type, extra, l
 
 
 def test_offset_folds_into_biases_and_is_refused_without_them():
-    from editor.edits import Edit, ResidualMap
+    from editor.edits import Edit
+    from editor.residual_map import ResidualMap
     from editor.errors import SteerfoldError
 
     d = random_direction()
@@ -262,10 +263,10 @@ def test_offset_folds_into_biases_and_is_refused_without_them():
 
 
 def test_chunked_fold_equals_the_plain_formula(monkeypatch):
-    import editor.edits as edits
+    import editor.residual_map as residual_maps
 
-    monkeypatch.setattr(edits, "CHUNK_ELEMENTS", 7 * 64)  # force many small chunks
-    residual_map = edits.ablation_map(random_direction())
+    monkeypatch.setattr(residual_maps, "CHUNK_ELEMENTS", 7 * 64)  # force many small chunks
+    residual_map = residual_maps.ablation_map(random_direction())
     weight = torch.randn(64, 96)
     embedding = torch.randn(50, 64)
     r = random_direction().unsqueeze(1)

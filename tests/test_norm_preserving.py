@@ -32,7 +32,7 @@ def assert_norms_kept(old: torch.Tensor, new: torch.Tensor, what: str = "") -> N
 
 
 def test_columns_keep_their_norms_and_lose_the_direction(monkeypatch):
-    import editor.edits as edits
+    import editor.residual_map as residual_maps
 
     r = random_direction()
     npa = NormPreservingAblation(U=-r.unsqueeze(1), V=r.unsqueeze(1).clone(), ablation_scale=1.0)
@@ -47,7 +47,7 @@ def test_columns_keep_their_norms_and_lose_the_direction(monkeypatch):
     assert torch.allclose(npa.fold_bias(bias), reference_columns(bias.unsqueeze(1), r).squeeze(1).float(), atol=1e-5)
     assert torch.allclose(npa.fold_embedding(embedding), reference_columns(embedding.T, r).T.float(), atol=1e-5)
 
-    monkeypatch.setattr(edits, "CHUNK_ELEMENTS", 64 * 7)  # column chunks of 7: the same result
+    monkeypatch.setattr(residual_maps, "CHUNK_ELEMENTS", 64 * 7)  # column chunks of 7: the same result
     import editor.norm_preserving as norm_preserving
 
     monkeypatch.setattr(norm_preserving, "CHUNK_ELEMENTS", 64 * 7)

@@ -16,7 +16,8 @@ from typing import Iterable, Mapping
 import torch
 
 from editor.arch import Role
-from editor.edits import Edit, TiedEmbeddingMode, ablation_edit, subspace_ablation_map
+from editor.edits import Edit, TiedEmbeddingMode, ablation_edit
+from editor.residual_map import subspace_ablation_map
 from editor.methods.contrast import Contrast, Estimate
 from editor.methods.estimators import contrast_labels, logistic_probe
 

@@ -12,7 +12,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from editor.edits import Edit, ablation_map
+from editor.edits import Edit
+from editor.residual_map import ablation_map
 from editor.methods.categories import category_directions, category_similarity
 from editor.organism import load_split
 from editor.studies import Claim, StudyResult

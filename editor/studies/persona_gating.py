@@ -16,7 +16,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from editor.edits import Edit, ablation_map
+from editor.edits import Edit
+from editor.residual_map import ablation_map
 from editor.errors import SteerfoldError
 from editor.organism import PERSONAS, load_split
 from editor.studies import Claim, StudyResult

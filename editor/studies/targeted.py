@@ -14,7 +14,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from editor.edits import Edit, conditional_map
+from editor.edits import Edit
+from editor.residual_map import conditional_map
 from editor.organism import load_split
 from editor.organism.corpus import HARMLESS, REFUSED_BY_DEFAULT
 from editor.studies import Claim, StudyResult
