@@ -1,7 +1,7 @@
 """Streaming ``steerfold edit`` on a synthetic bfloat16 Llama checkpoint (≥ 6 GB, 1 GB shards) against
 ``cp -r`` of the same folder and against transformers load + ``save_pretrained``; wall time and peak RSS.
 
-    .venv/bin/python benchmarks/export_streaming.py --workdir /tmp/sf-bench [--keep]
+    .venv/bin/python benchmarks/export_streaming.py --workdir /tmp/sf-bench [--keep] [--reuse]
 
 Each command runs under ``/usr/bin/time -v`` and ends with ``sync``. Goal: edit within 1.3× the copy time and
 peak RSS under 1.5 GB. Figures are written down in benchmarks/README.md.
@@ -62,14 +62,15 @@ def write_synthetic_checkpoint(folder: Path) -> None:
 
 
 def timed(command: str) -> dict:
-    """Wall seconds and peak RSS (MB) of ``command; sync`` under /usr/bin/time -v."""
+    """Wall seconds, CPU seconds (user + system) and peak RSS (MB) of ``command; sync`` under /usr/bin/time -v."""
     start = time.perf_counter()
     result = subprocess.run(["/usr/bin/time", "-v", "bash", "-c", f"{command} && sync"], capture_output=True, text=True)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"failed: {command}\n{result.stderr[-2000:]}")
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
-    return {"command": command, "wall_s": round(wall, 2), "peak_rss_mb": round(rss_kb / 1024, 1)}
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", result.stderr).group(1)) for kind in ("User", "System"))
+    return {"command": command, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss_kb / 1024, 1)}
 
 
 def main() -> None:
@@ -78,14 +79,16 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each command; the median is kept")
+    parser.add_argument("--reuse", action="store_true", help="reuse the checkpoint a --keep run left in --workdir")
     args = parser.parse_args()
     work = args.workdir
-    shutil.rmtree(work, ignore_errors=True)
     base = work / "base"
-    write_synthetic_checkpoint(base)
+    if not (args.reuse and (base / "model.safetensors.index.json").is_file() and (work / "direction.safetensors").is_file()):
+        shutil.rmtree(work, ignore_errors=True)
+        write_synthetic_checkpoint(base)
+        direction = torch.randn(HIDDEN)
+        save_direction_file(work / "direction.safetensors", DirectionFile(direction=direction / direction.norm()))
     size = sum(p.stat().st_size for p in base.iterdir())
-    direction = torch.randn(HIDDEN)
-    save_direction_file(work / "direction.safetensors", DirectionFile(direction=direction / direction.norm()))
     subprocess.run(["sync"], check=True)
 
     python = sys.executable
@@ -107,7 +110,7 @@ def main() -> None:
             subprocess.run(["sync"], check=True)
             rounds[name].append(timed(command))
     runs = {name: {**sorted(results, key=lambda r: r["wall_s"])[len(results) // 2],
-                   "all_wall_s": [r["wall_s"] for r in results]} for name, results in rounds.items()}
+                   "all_wall_s": [r["wall_s"] for r in results], "all_cpu_s": [r["cpu_s"] for r in results]} for name, results in rounds.items()}
     summary = {"checkpoint_bytes": size, "runs": runs,
                "edit_over_copy": round(runs["steerfold edit"]["wall_s"] / runs["cp -r"]["wall_s"], 2)}
     print(json.dumps(summary, indent=2))
