@@ -158,35 +158,34 @@ def edit_layers(request: EditRequest, layout: ModelLayout, source_layer: int | N
     return layers
 
 
-def _load_direction(path: Path, layout: ModelLayout, layer: int | None) -> tuple[DirectionFile, torch.Tensor, int | None]:
+def _checked_file(path: Path, layout: ModelLayout) -> DirectionFile:
+    """A direction file whose vectors fit the model's hidden size and layer count."""
     file = load_direction_file(path)
     check_hidden_size(file, layout.hidden_size, layout.num_layers, path)
-    return (file, *file.select(layer))
+    return file
 
 
 def _condition_vector(request: EditRequest, layout: ModelLayout) -> torch.Tensor:
     """The condition direction c: a row of a per-layer file is picked like the direction's (--layer or recorded)."""
     assert request.condition is not None
-    file = load_direction_file(request.condition)
-    check_hidden_size(file, layout.hidden_size, layout.num_layers, request.condition)
+    file = _checked_file(request.condition, layout)
     return file.select(request.layer if file.directions is not None else None)[0]
 
 
-def _basis(request: EditRequest) -> torch.Tensor:
+def _basis(request: EditRequest, file: DirectionFile) -> torch.Tensor:
     """The orthonormal ``basis`` [k, hidden] of the direction file (written by ``steerfold fit --method inlp``)."""
-    file = load_direction_file(request.direction)
     if file.basis is None:
         raise SteerfoldError(f"{request.direction} holds no basis to remove: fit one with --method inlp (or pca --pca-components 2+), or drop --subspace")
     return file.basis
 
 
 Weights = dict[tuple[int, Role], float]
-# One builder per edit kind: (request, layout, direction vector, layers, per-module weights) → Edit.
-BUILDERS: dict[str, Callable[[EditRequest, ModelLayout, torch.Tensor, list[int], Weights], Edit]] = {
-    "ablation": lambda r, layout, v, layers, w: ablation_edit(v, layers, r.scale, r.tied_embedding, w),
-    "steering": lambda r, layout, v, layers, w: replace(steering_edit(v, layers, r.coefficient), tied_embedding=r.tied_embedding),
-    "subspace": lambda r, layout, v, layers, w: nullspace_edit(_basis(r), layers, r.tied_embedding, w),
-    "conditional": lambda r, layout, v, layers, w: conditional_edit(_condition_vector(r, layout), v, layers, r.alpha,
+# One builder per edit kind: (request, layout, direction file, its direction vector, layers, per-module weights) → Edit.
+BUILDERS: dict[str, Callable[[EditRequest, ModelLayout, DirectionFile, torch.Tensor, list[int], Weights], Edit]] = {
+    "ablation": lambda r, layout, f, v, layers, w: ablation_edit(v, layers, r.scale, r.tied_embedding, w),
+    "steering": lambda r, layout, f, v, layers, w: replace(steering_edit(v, layers, r.coefficient), tied_embedding=r.tied_embedding),
+    "subspace": lambda r, layout, f, v, layers, w: nullspace_edit(_basis(r, f), layers, r.tied_embedding, w),
+    "conditional": lambda r, layout, f, v, layers, w: conditional_edit(_condition_vector(r, layout), v, layers, r.alpha,
                                                                     r.tied_embedding, w),
 }
 
@@ -194,10 +193,11 @@ BUILDERS: dict[str, Callable[[EditRequest, ModelLayout, torch.Tensor, list[int],
 def build_edit(request: EditRequest, layout: ModelLayout) -> tuple[Edit, int | None, dict[str, str]]:
     """Load and check the direction (and condition), then build the edit the request describes."""
     check_request(request)
-    direction_file, vector, source_layer = _load_direction(request.direction, layout, request.layer)
+    direction_file = _checked_file(request.direction, layout)
+    vector, source_layer = direction_file.select(request.layer)
     layers = edit_layers(request, layout, source_layer)
     weights = kernel_weights(layers, request.attention_kernel, request.mlp_kernel)
-    edit = BUILDERS[request.kind](request, layout, vector, layers, weights)
+    edit = BUILDERS[request.kind](request, layout, direction_file, vector, layers, weights)
     edit.check_changes_something(layout)
     if request.norm_preserving:
         edit = norm_preserving_edit(edit)

@@ -132,8 +132,13 @@ def steering_edit(vector: torch.Tensor, layers: Iterable[int], coefficient: floa
     """Add ``coefficient * vector`` to the residual stream at each listed layer index (activation addition)."""
     v = vector.detach().to(torch.float32).reshape(-1)
     zeros = v.new_zeros(v.shape[0], 1)
-    residual_map = ResidualMap(U=zeros, V=zeros.clone(), b=coefficient * v)
-    return Edit({layer: residual_map for layer in sorted(set(layers))})
+    return _at_layers(ResidualMap(U=zeros, V=zeros.clone(), b=coefficient * v), layers)
+
+
+def _at_layers(residual_map: ResidualMap, layers: Iterable[int], tied_embedding: TiedEmbeddingMode = "untie",
+               weights: Mapping[tuple[int, Role], float] | None = None) -> Edit:
+    """One map for the writers of every listed layer index."""
+    return Edit({layer: residual_map for layer in sorted(set(layers))}, tied_embedding, dict(weights or {}))
 
 
 def ablation_edit(
@@ -144,8 +149,7 @@ def ablation_edit(
     weights: Mapping[tuple[int, Role], float] | None = None,
 ) -> Edit:
     """Ablate one direction from the writers of every listed layer index (``weights`` scale λ per module)."""
-    residual_map = ablation_map(direction, scale)
-    return Edit({layer: residual_map for layer in sorted(set(layers))}, tied_embedding, dict(weights or {}))
+    return _at_layers(ablation_map(direction, scale), layers, tied_embedding, weights)
 
 
 def conditional_edit(
@@ -157,8 +161,7 @@ def conditional_edit(
     weights: Mapping[tuple[int, Role], float] | None = None,
 ) -> Edit:
     """Apply ``w ↦ w + α r̂ (ĉ · w)`` to the writers of every listed layer index (see ``conditional_map``)."""
-    residual_map = conditional_map(condition, target, alpha)
-    return Edit({layer: residual_map for layer in sorted(set(layers))}, tied_embedding, dict(weights or {}))
+    return _at_layers(conditional_map(condition, target, alpha), layers, tied_embedding, weights)
 
 
 def fold_tensor(key: str, tensor: torch.Tensor, layout: ModelLayout, module_maps: dict[str, ResidualMap]) -> torch.Tensor:
