@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cli import cli
@@ -21,6 +22,7 @@ NOT_REPRODUCED: set[tuple[str, int]] = {
     ("persona-gating", 1), ("persona-gating", 2), ("persona-gating", 3),
     *(("harm-categories", i) for i in range(6)),  # one shared direction (cosines ≥ 0.97): no category's own component refuses
     ("targeted-control", 0),  # the political component is shared with the other categories' refusal too
+    ("targeted-control", 1),  # the conditional map lowers political refusal to 75% (α from validation, where it gave 25%)
 }
 
 
@@ -48,7 +50,7 @@ def test_every_study_writes_claims_and_a_table(results):
         assert all(c["claim"] in run["output"] for c in claims)  # the run says each verdict
 
 
-CLAIM_COUNTS = {"harm-categories": 6, "targeted-control": 2, "ablation-vs-inlp": 3, "persona-gating": 4}
+CLAIM_COUNTS = {"harm-categories": 6, "targeted-control": 3, "ablation-vs-inlp": 3, "persona-gating": 4}
 CLAIMS = [(path.stem, i) for path in STUDIES for i in range(CLAIM_COUNTS[path.stem])]
 
 
@@ -94,3 +96,25 @@ def test_study_dry_run_plans_without_running(path, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"study {path.stem}" in result.output and "would run" in result.output and "results.json" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_alpha_choice_moves_its_category_furthest_within_the_others_limit():
+    from editor.studies.targeted import chosen_alpha
+
+    within = lambda largest_drop: largest_drop <= 0.05  # noqa: E731
+    assert chosen_alpha({1: (0.9, 0.0), 2: (0.2, 0.0), 3: (0.0, 0.3)}, False, within) == 2  # 3 costs the others
+    assert chosen_alpha({1: (0.5, 0.0), 2: (0.5, 0.0), 4: (0.75, 0.0)}, True, within) == 4
+    assert chosen_alpha({2: (0.5, 0.0), 1: (0.5, 0.0)}, True, within) == 1  # a tie goes to the weaker edit
+    assert chosen_alpha({2: (0.1, 0.5), 1: (0.1, 0.6)}, True, within) == 1  # none fits: the weakest
+
+
+def test_category_condition_reads_zero_on_the_other_categories_mean():
+    from editor.prompts import PromptRecord
+    from editor.studies.targeted import category_condition
+
+    states = torch.randn(12, 3, 8)
+    records = [PromptRecord(text=f"p{i}", category=("a", "b", "c")[i % 3]) for i in range(12)]
+    condition = category_condition(states, records, "a")
+    others = (states[1::3].mean(dim=0) + states[2::3].mean(dim=0)) / 2
+    assert torch.allclose((condition * others).sum(dim=-1), torch.zeros(3), atol=1e-5)
+    assert condition.norm(dim=-1).min() > 1e-3  # and keeps what sets "a" apart
