@@ -164,8 +164,10 @@ def conditional_edit(
     return _at_layers(conditional_map(condition, target, alpha), layers, tied_embedding, weights)
 
 
-def fold_tensor(key: str, tensor: torch.Tensor, layout: ModelLayout, module_maps: dict[str, ResidualMap]) -> torch.Tensor:
-    """The edited version of one tensor (unchanged when the edit does not touch it)."""
+def fold_tensor(key: str, tensor: torch.Tensor, layout: ModelLayout, module_maps: dict[str, ResidualMap],
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """The edited version of one tensor (unchanged when the edit does not touch it), written into ``out`` (same
+    shape and dtype) when given: a streamed export reuses a few buffers instead of touching fresh memory."""
     found = layout.writer_of_key(key)
     if found is None:
         return tensor
@@ -174,12 +176,15 @@ def fold_tensor(key: str, tensor: torch.Tensor, layout: ModelLayout, module_maps
     if residual_map is None:
         return tensor
     if kind == "embedding":
-        return residual_map.scaled_offset(writer.weight_scale).fold_embedding(tensor)
+        return residual_map.scaled_offset(writer.weight_scale).fold_embedding(tensor, out)
     if kind == "bias":
         return residual_map.fold_bias(tensor)
     if kind == "experts":  # fused [E, hidden, inter]: each expert's down projection is a writer
-        return torch.stack([residual_map.fold_linear_weight(expert) for expert in tensor])
-    return residual_map.fold_linear_weight(tensor)
+        out = torch.empty_like(tensor) if out is None else out
+        for expert, expert_out in zip(tensor, out):
+            residual_map.fold_linear_weight(expert, expert_out)
+        return out
+    return residual_map.fold_linear_weight(tensor, out)
 
 
 def _untie_output_head(model: torch.nn.Module, layout: ModelLayout) -> None:

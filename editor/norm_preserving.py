@@ -35,9 +35,9 @@ class NormPreservingAblation(ResidualMap):
         "module's output"
     )
 
-    def fold_linear_weight(self, weight: torch.Tensor) -> torch.Tensor:
+    def fold_linear_weight(self, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Columns of ``W`` [hidden, in] are the written vectors: project and restore each, in column chunks."""
-        out = torch.empty_like(weight)
+        out = torch.empty_like(weight) if out is None else out
         for cols in _column_chunks(weight):
             out[:, cols] = self._project_keeping_norms(weight[:, cols].T).T
         return out
@@ -46,9 +46,9 @@ class NormPreservingAblation(ResidualMap):
         """The bias is the write of a constant input: projected and restored like a column."""
         return self._project_keeping_norms(bias.unsqueeze(0)).squeeze(0)
 
-    def fold_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+    def fold_embedding(self, embedding: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows of the embedding are the written vectors (one per token)."""
-        out = torch.empty_like(embedding)
+        out = torch.empty_like(embedding) if out is None else out
         for rows in row_chunks(embedding):
             out[rows] = self._project_keeping_norms(embedding[rows])
         return out

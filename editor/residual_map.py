@@ -59,19 +59,20 @@ class ResidualMap:
             out = out + self.b
         return out.to(w.dtype)
 
-    def fold_linear_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """``W ← (I + U Vᵀ) W`` for a writer whose weight is [hidden, in], in float32.
+    def fold_linear_weight(self, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``W ← (I + U Vᵀ) W`` for a writer whose weight is [hidden, in], in float32, into ``out`` when given.
 
         Two passes over row chunks of a few MB (``Vᵀ W``, then ``W + U (Vᵀ W)``): each chunk is converted to
         float32 while it sits in cache, so the fold costs about two reads of the tensor and no float32 copy of it,
-        whatever its size. With U = 0 (an offset only) it is returned as is.
+        whatever its size. With U = 0 (an offset only) it is returned as is (copied into ``out``). ``out``
+        (``weight``'s shape and dtype) lets a caller reuse memory: writing fresh pages costs more than the arithmetic.
         """
         if not self.U.any():
-            return weight
+            return weight if out is None else out.copy_(weight)
         vt_w = torch.zeros(self.V.shape[1], weight.shape[1], dtype=torch.float32)
         for rows in row_chunks(weight):
             vt_w += self.V[rows].T @ weight[rows].to(torch.float32)
-        out = torch.empty_like(weight)
+        out = torch.empty_like(weight) if out is None else out
         for rows in row_chunks(weight):
             chunk = weight[rows].to(torch.float32, copy=True)
             out[rows] = chunk.addmm_(self.U[rows], vt_w)  # in place: no separate outer product
@@ -81,9 +82,9 @@ class ResidualMap:
         """``β ← (I + U Vᵀ) β + b``."""
         return self.apply(bias)
 
-    def fold_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Rows of the embedding are residual vectors: ``E ← E (I + V Uᵀ) + b``, in row chunks."""
-        out = torch.empty_like(embedding)
+    def fold_embedding(self, embedding: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows of the embedding are residual vectors: ``E ← E (I + V Uᵀ) + b``, in row chunks (into ``out``)."""
+        out = torch.empty_like(embedding) if out is None else out
         for rows in row_chunks(embedding):
             chunk = embedding[rows].to(torch.float32, copy=True)
             if self.U.any():

@@ -12,6 +12,7 @@ import hashlib
 import json
 import mmap
 import os
+import queue
 import struct
 from collections import deque
 from contextlib import contextmanager
@@ -116,7 +117,7 @@ class OutputTensor:
     transform: bool  # False: copy the bytes as they are
 
 
-Transform = Callable[[str, torch.Tensor], torch.Tensor]
+Transform = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]  # (name, tensor, out): the edit, written into out
 
 
 def plan_shards(tensors: list[OutputTensor], max_shard_bytes: int | None) -> list[list[OutputTensor]]:
@@ -182,10 +183,36 @@ class ShardDigest:
         self._pending.append((self._pool.submit(self._sha.update, data), len(data)))
         self._pending_bytes += len(data)
 
+    def then(self, callback: Callable[[Future], None]) -> None:
+        """Call ``callback`` once every chunk fed so far is hashed (at once if none is pending)."""
+        if self._pending:
+            self._pending[-1][0].add_done_callback(callback)
+        else:
+            callback(Future())
+
     def hexdigest(self) -> Future:
         """The digest once every chunk fed so far is hashed (the pool runs tasks in order: one worker)."""
         self._pending.clear()
         return self._pool.submit(self._sha.hexdigest)
+
+
+class BufferRing:
+    """A few reusable buffers that edited tensors are folded into. Writing fresh memory costs more CPU than the
+    fold's arithmetic (every page is faulted in and zeroed first), so each buffer goes back to the ring once its
+    tensor is written and hashed, and the next fold reuses its pages."""
+
+    def __init__(self, nbytes: int, count: int) -> None:
+        self._free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
+        for _ in range(count):
+            self._free.put(torch.empty(nbytes, dtype=torch.uint8))
+
+    def take(self, entry: TensorEntry) -> tuple[torch.Tensor, torch.Tensor]:
+        """A free buffer (waiting for one) and a view of it with ``entry``'s dtype and shape."""
+        buffer = self._free.get()
+        return buffer, buffer[: entry.nbytes].view(DTYPES[entry.dtype]).view(entry.shape)
+
+    def give_back(self, buffer: torch.Tensor) -> None:
+        self._free.put(buffer)
 
 
 def write_shards(
@@ -193,20 +220,23 @@ def write_shards(
 ) -> dict[str, str]:
     """Write every planned shard into ``dest``; returns the weight map (tensor name → file name).
 
-    Three threads share the work: edited tensors are computed one ahead in a background thread (memory: at most
-    two edited tensors at a time), this thread writes, and with ``digests`` a third hashes (sha256) each byte as
-    it is written, from memory (the edited tensor, or the mapped source bytes of a copied one), never reading
-    the output back; the hex digests land in ``digests`` by file name. On an error the fold under way is finished
-    before the error surfaces, and the caller's atomic folder removes the partial output.
+    Three threads share the work: edited tensors are computed one ahead in a background thread, into the two
+    buffers of a ``BufferRing`` (memory: two of the largest edited tensor), this thread writes, and with
+    ``digests`` a third hashes (sha256) each byte as it is written, from memory (the edited tensor, or the mapped
+    source bytes of a copied one), never reading the output back; the hex digests land in ``digests`` by file
+    name. On an error the fold under way is finished before the error surfaces, and the caller's atomic folder
+    removes the partial output.
     """
     names = shard_names(len(shards))
     weight_map: dict[str, str] = {}
     pending: dict[str, Future] = {}
+    to_edit = [t for shard in shards for t in shard if t.transform]
+    ring = BufferRing(max((t.source.nbytes for t in to_edit), default=0), count=2)
     with _fold_threads(), ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as folder:
-        edited = _edited_in_order([t for shard in shards for t in shard if t.transform], transform, folder)
+        edited = _edited_in_order(to_edit, transform, ring, folder)
         for name, tensors in zip(names, shards):
             digest = ShardDigest(hasher) if digests is not None else None
-            _write_shard(dest / name, tensors, edited, digest)
+            _write_shard(dest / name, tensors, edited, ring, digest)
             weight_map.update({t.name: name for t in tensors})
             if digest is not None:
                 pending[name] = digest.hexdigest()
@@ -227,14 +257,17 @@ def _fold_threads() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _edited_in_order(queue: list[OutputTensor], transform: Transform, pool) -> Iterator[torch.Tensor]:
-    """The edited tensors of ``queue`` in order; each next one is computed in ``pool`` while this one is written."""
-    def compute(tensor: OutputTensor) -> torch.Tensor:
-        edited = transform(tensor.name, tensor.source.load())
+def _edited_in_order(queue: list[OutputTensor], transform: Transform, ring: BufferRing, pool
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The edited tensors of ``queue`` in order, each with the ring buffer it was folded into (to give back once
+    written and hashed); each next one is computed in ``pool`` while this one is written."""
+    def compute(tensor: OutputTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        buffer, out = ring.take(tensor.source)
+        edited = transform(tensor.name, tensor.source.load(), out)
         expected = (DTYPES[tensor.source.dtype], torch.Size(tensor.source.shape))
         if (edited.dtype, edited.shape) != expected:
             raise AssertionError(f"transform changed {tensor.name}: {edited.dtype}, {tuple(edited.shape)}")
-        return edited
+        return edited, buffer
 
     ahead = pool.submit(compute, queue[0]) if queue else None
     for index in range(len(queue)):
@@ -242,7 +275,8 @@ def _edited_in_order(queue: list[OutputTensor], transform: Transform, pool) -> I
         yield current.result()
 
 
-def _write_shard(path: Path, tensors: list[OutputTensor], edited: Iterator[torch.Tensor], digest: ShardDigest | None) -> None:
+def _write_shard(path: Path, tensors: list[OutputTensor], edited: Iterator[tuple[torch.Tensor, torch.Tensor]],
+                 ring: BufferRing, digest: ShardDigest | None) -> None:
     """Header first (shapes and dtypes are known), then each tensor: edited, or copied byte for byte."""
     feed = digest.feed if digest is not None else lambda _data: None
     with open(path, "wb") as out:
@@ -251,9 +285,14 @@ def _write_shard(path: Path, tensors: list[OutputTensor], edited: Iterator[torch
         feed(header)
         for tensor in tensors:
             if tensor.transform:
-                data = tensor_bytes(next(edited))
+                tensor_out, buffer = next(edited)
+                data = tensor_bytes(tensor_out)
                 out.write(data)
                 feed(data)
+                if digest is not None:
+                    digest.then(lambda _future, buffer=buffer: ring.give_back(buffer))
+                else:
+                    ring.give_back(buffer)
             else:
                 tensor.source.copy_to(out)
                 if digest is not None and tensor.source.nbytes:

@@ -60,10 +60,28 @@ def test_parse_size():
             parse_size(bad)
 
 
-def test_sums_are_the_written_bytes_hashed_in_memory(tmp_path):
-    """The digests computed while writing (never read back) equal a fresh sha256 of every file on disk."""
+@pytest.mark.parametrize("slow_hasher", [False, True])
+def test_sums_are_the_written_bytes_hashed_in_memory(tmp_path, monkeypatch, slow_hasher):
+    """The digests computed while writing (never read back) equal a fresh sha256 of every file on disk, also when
+    hashing lags far behind writing (an edited tensor's buffer must not be reused before it is hashed)."""
     import hashlib
+    import time
 
+    sha256 = hashlib.sha256
+
+    class SlowSha:
+        def __init__(self) -> None:
+            self._sha = sha256()
+
+        def update(self, data) -> None:
+            time.sleep(0.01)
+            self._sha.update(data)
+
+        def hexdigest(self) -> str:
+            return self._sha.hexdigest()
+
+    if slow_hasher:
+        monkeypatch.setattr("editor.stream.hashlib.sha256", SlowSha)
     model = build_tiny_model("llama").to(torch.bfloat16)
     model.save_pretrained(tmp_path / "base", max_shard_size="60KB")
     direction = write_direction(tmp_path / "d.safetensors", random_direction())
@@ -74,7 +92,7 @@ def test_sums_are_the_written_bytes_hashed_in_memory(tmp_path):
     shards = sorted(p.name for p in (tmp_path / "out").glob("*.safetensors"))
     assert len(shards) > 2 and set(shards) <= set(listed)
     for name, digest in listed.items():
-        assert hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest() == digest, name
+        assert sha256((tmp_path / "out" / name).read_bytes()).hexdigest() == digest, name
 
 
 @pytest.mark.parametrize("cut", ["edited", "copied"])
@@ -95,3 +113,24 @@ def test_a_truncated_shard_is_one_line_and_no_output(tmp_path, cut):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "truncated" in lines[0] and "re-download" in lines[0], result.output
     assert not (tmp_path / "out").exists() and shard.read_bytes() == before
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mixtral", "phi"])
+def test_folding_into_a_used_buffer_is_the_fresh_fold(model_type):
+    """The streamed export folds into reused buffers: for every edited tensor (fused experts and biases
+    included) the result equals the fold into fresh memory, whatever the buffer held before."""
+    from editor.arch import layout_of_model
+    from editor.edits import fold_tensor
+
+    model = build_tiny_model(model_type).to(torch.bfloat16)
+    layout = layout_of_model(model)
+    edit = ablation_edit(random_direction(), range(LAYERS + 1))
+    maps = edit.module_maps(layout, lambda key: model.get_parameter(key).data)
+    edited = [key for key, tensor in model.state_dict().items() if fold_tensor(key, tensor, layout, maps) is not tensor]
+    assert any("expert" in key for key in edited) == (model_type == "mixtral")
+    for key in edited:
+        tensor = model.get_parameter(key).data
+        used = torch.full_like(tensor, 7.0)
+        result = fold_tensor(key, tensor, layout, maps, used)
+        assert torch.equal(result, fold_tensor(key, tensor, layout, maps)), key
+        assert result.data_ptr() == used.data_ptr() or "bias" in key, key

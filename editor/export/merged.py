@@ -48,8 +48,8 @@ def write_merged_checkpoint(
         if untie and entry.name == embedding_key and not layout.has_lm_head_tensor:
             outputs.append(OutputTensor(head_key, entry, transform=False))
 
-    def transform(name: str, tensor: torch.Tensor) -> torch.Tensor:
-        return fold_tensor(name, tensor, layout, module_maps)
+    def transform(name: str, tensor: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return fold_tensor(name, tensor, layout, module_maps, out)
 
     copy_side_files(folder.path, dest)
     shards = plan_shards(outputs, max_shard_bytes)
