@@ -21,8 +21,8 @@ NOT_REPRODUCED: set[tuple[str, int]] = {
     # the organism's gate sits early: layers 1-2 restore refusal, 3-4 do not; the persona mutes the harm signal itself
     ("persona-gating", 1), ("persona-gating", 2), ("persona-gating", 3),
     *(("harm-categories", i) for i in range(6)),  # one shared direction (cosines ≥ 0.97): no category's own component refuses
-    ("targeted-control", 0),  # the political component is shared with the other categories' refusal too
-    ("targeted-control", 1),  # the conditional map lowers political refusal to 75% (α from validation, where it gave 25%)
+    ("targeted-control", 0),  # the political own component is shared with the other categories' refusal too
+    ("targeted-control", 1),  # the conditional map on the political condition lowers its refusal to 75%, not ≤ 10%
 }
 
 
@@ -98,6 +98,14 @@ def test_study_dry_run_plans_without_running(path, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_conditional_removal_lowers_only_its_category(results):
+    """What README "Studies" reports of the removal the organism does not complete: it lowers the category's
+    refusal and leaves every other harmful category where it was."""
+    figures = results["targeted-control"]["results"]["claims"][1]["figures"]
+    assert figures["alpha"] < 0
+    assert figures["politics_after"] < figures["politics_before"] and figures["harmful_min_after"] >= 0.95
+
+
 def test_alpha_choice_moves_its_category_furthest_within_the_others_limit():
     from editor.studies.targeted import chosen_alpha
 
@@ -116,5 +124,8 @@ def test_category_condition_reads_zero_on_the_other_categories_mean():
     records = [PromptRecord(text=f"p{i}", category=("a", "b", "c")[i % 3]) for i in range(12)]
     condition = category_condition(states, records, "a")
     others = (states[1::3].mean(dim=0) + states[2::3].mean(dim=0)) / 2
+    difference = states[0::3].mean(dim=0) - others
+    unit = others / others.norm(dim=-1, keepdim=True)
+    expected = difference - (difference * unit).sum(dim=-1, keepdim=True) * unit
+    assert torch.allclose(condition, expected, atol=1e-5)
     assert torch.allclose((condition * others).sum(dim=-1), torch.zeros(3), atol=1e-5)
-    assert condition.norm(dim=-1).min() > 1e-3  # and keeps what sets "a" apart

@@ -1,17 +1,24 @@
 """Study: targeted control of refusal, one topic at a time.
 
-Removal, two ways: ablate the political category's own component (its direction orthogonal to the other harm
-categories') from the writers of every layer index where it is not zero; or apply the conditional rank-1 map
-``w ↦ w + α r̂ (ĉ · w)`` with α < 0, which takes the refusal direction r away where the political component c is
-present. Political refusal should go while harmful-request refusal stays. Induction: the same map with α > 0 adds
-r where one harmless category's component is present; its category should become refused while the others stay
-answered. A category's component c is, per layer index, its mean state minus the other categories' mean, made
-orthogonal to that mean. Each α is chosen on validation prompts, then measured on held-out ones.
+Removal of one refused category's refusal (``remove``, default politics), two ways: ablate the category's own
+component (its refusal direction orthogonal to the other harm categories') from the writers of every layer index
+where it is not zero; or apply the conditional rank-1 map ``w ↦ w + α (ĉ · w) r̂`` with α < 0, which takes the
+refusal direction r away from each write in proportion to its reading of the category's condition c. That
+category's refusal should go while every other harmful category keeps its own. Induction: the same map with α > 0
+adds r where one harmless category's (``induce``) condition is present; it should become refused while the other
+harmless categories stay answered.
+
+r is, per layer index, the harmful training prompts' mean state minus the harmless ones'. A category's condition
+c is its mean state minus the mean of the other categories' means (of the same kind of prompt), made orthogonal
+to that mean so it reads about zero on their typical state. Each α comes from validation prompts: of those that
+keep the other categories acceptable (no harmful category falls by more than ``max_drop``; no other harmless one
+refused above ``max_others_refused``), the one that moves the category furthest. It is then measured on held-out
+prompts.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -21,6 +28,7 @@ from editor.methods.contrast import orthogonal_to
 from editor.residual_map import conditional_map
 from editor.organism import load_split
 from editor.organism.corpus import HARMLESS, REFUSED_BY_DEFAULT
+from editor.prompts import PromptRecord
 from editor.studies import Claim, StudyResult
 from editor.studies.categories import own_ablation, training_directions, training_states
 from editor.studies.common import category_means, live_layers, refusal_rates
@@ -33,7 +41,8 @@ class TargetedSpec(BaseModel):
     kind: Literal["targeted-control"]
     remove: str = "politics"
     induce: str = "crafts"
-    alphas: tuple[float, ...] = Field(default=(0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 16.0), min_length=1)
+    alphas: tuple[float, ...] = Field(default=(0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 16.0), min_length=1,
+                                      description="strengths to try on validation: removal uses −α, induction α")
     max_removed: float = Field(default=0.1, ge=0, le=1)
     max_drop: float = Field(default=0.05, ge=0, le=1, description="validation: how far another harmful category may fall")
     min_harmful_kept: float = Field(default=0.95, ge=0, le=1)
@@ -57,11 +66,12 @@ class TargetedSpec(BaseModel):
 
 
 def conditional_edit(condition: torch.Tensor, target: torch.Tensor, alpha: float) -> Edit:
-    """Per live layer index: add α·r̂ where ĉ is present (both [L+1, d]); α < 0 removes r̂ there instead."""
+    """Per live layer index, ``w ↦ w + α (ĉ · w) r̂`` (condition and target both [L+1, d]): α > 0 adds r̂ where ĉ
+    is present, α < 0 takes it away there."""
     return Edit({layer: conditional_map(condition[layer], target[layer], alpha) for layer in live_layers(condition)})
 
 
-def category_condition(states: torch.Tensor, records: list, name: str) -> torch.Tensor:
+def category_condition(states: torch.Tensor, records: Sequence[PromptRecord], name: str) -> torch.Tensor:
     """Per layer index: category ``name``'s mean state minus the mean of the other categories' means, with its
     component along that mean removed, so it reads about zero on the other categories' typical state: [L+1, d]."""
     means = category_means(states, records)
@@ -83,11 +93,14 @@ def run(model, tokenizer, spec: TargetedSpec) -> StudyResult:
     refusal = harmful_states.mean(dim=0) - harmless_states.mean(dim=0)
     harmful_test, harmless_test = load_split("harmful", "test"), load_split("harmless", "test")
     harmful_val, harmless_val = load_split("harmful", "val"), load_split("harmless", "val")
-    rates = lambda records, edit=None: refusal_rates(model, tokenizer, records, edit=edit)["by_category"]  # noqa: E731
+
+    def rates(records: Sequence[PromptRecord], edit: Edit | None = None) -> dict[str, float]:
+        return refusal_rates(model, tokenizer, records, edit=edit)["by_category"]
+
     removed_before, induced_before = rates(harmful_test), rates(harmless_test)
     ablated = rates(harmful_test, own_ablation(directions, spec.remove))
 
-    # Removal: the conditional map with α < 0 takes refusal away where the political component is present.
+    # Removal: the conditional map with α < 0 takes refusal away where the category's condition is present.
     remove_condition = category_condition(harmful_states, load_split("harmful", "train"), spec.remove)
     val_before = rates(harmful_val)
     def removal_score(alpha: float) -> tuple[float, float]:
@@ -97,7 +110,7 @@ def run(model, tokenizer, spec: TargetedSpec) -> StudyResult:
     removal_alpha = chosen_alpha(removal_scores, False, lambda largest_drop: largest_drop <= spec.max_drop)
     removed = rates(harmful_test, conditional_edit(remove_condition, refusal, -removal_alpha))
 
-    # Induction: the same map with α > 0 adds refusal where one harmless category's component is present.
+    # Induction: the same map with α > 0 adds refusal where one harmless category's condition is present.
     induce_condition = category_condition(harmless_states, load_split("harmless", "train"), spec.induce)
     def induction_score(alpha: float) -> tuple[float, float]:
         after = rates(harmless_val, conditional_edit(induce_condition, refusal, alpha))
@@ -118,8 +131,9 @@ def run(model, tokenizer, spec: TargetedSpec) -> StudyResult:
     claims = [
         removal_claim(f"Ablating the {spec.remove} direction's own component", ablated, {}),
         removal_claim(f"The conditional map with α = −{removal_alpha:g} (chosen on validation prompts) on the "
-                      f"{spec.remove} component", removed, {"alpha": -removal_alpha}),
-        Claim(f"The conditional map (α = {induction_alpha:g}, chosen on validation prompts) makes {spec.induce} refused "
+                      f"{spec.remove} condition", removed, {"alpha": -removal_alpha}),
+        Claim(f"The conditional map with α = {induction_alpha:g} (chosen on validation prompts) on the {spec.induce} "
+              f"condition makes {spec.induce} refused "
               f"(≥ {100 * spec.min_induced:.0f}%) while every other harmless category stays answered "
               f"(≤ {100 * spec.max_others_refused:.0f}% refused)",
               induced[spec.induce] >= spec.min_induced and others_after <= spec.max_others_refused,
