@@ -166,8 +166,9 @@ def conditional_edit(
 
 def fold_tensor(key: str, tensor: torch.Tensor, layout: ModelLayout, module_maps: dict[str, ResidualMap],
                 out: torch.Tensor | None = None) -> torch.Tensor:
-    """The edited version of one tensor (unchanged when the edit does not touch it), written into ``out`` (same
-    shape and dtype) when given: a streamed export reuses a few buffers instead of touching fresh memory."""
+    """The edited version of one tensor (unchanged when the edit does not touch it). With ``out`` (same shape and
+    dtype) the fold may be written there, so a streamed export can reuse a few buffers instead of touching fresh
+    memory; use the return value either way (a bias fold returns a new tensor)."""
     found = layout.writer_of_key(key)
     if found is None:
         return tensor

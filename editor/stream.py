@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import mmap
 import os
 import queue
@@ -100,6 +101,10 @@ def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
         begin, end = info["data_offsets"]
         if info["dtype"] not in DTYPES:
             raise SteerfoldError(f"tensor '{name}' in {path.name} has dtype {info['dtype']}, which steerfold cannot read yet")
+        expected = math.prod(info["shape"]) * DTYPES[info["dtype"]].itemsize
+        if end - begin != expected:
+            raise SteerfoldError(f"tensor '{name}' in {path.name} takes {end - begin} bytes where its shape and dtype need "
+                                 f"{expected}: the shard is corrupt; re-download it")
         entries.append(TensorEntry(name, info["dtype"], tuple(info["shape"]), path, base + begin, end - begin))
     entries.sort(key=lambda e: e.start)
     needed = max((e.start + e.nbytes for e in entries), default=0)
@@ -117,7 +122,7 @@ class OutputTensor:
     transform: bool  # False: copy the bytes as they are
 
 
-Transform = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]  # (name, tensor, out): the edit, written into out
+Transform = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]  # (name, tensor, out): the edit, maybe in out
 
 
 def plan_shards(tensors: list[OutputTensor], max_shard_bytes: int | None) -> list[list[OutputTensor]]:
@@ -184,11 +189,9 @@ class ShardDigest:
         self._pending_bytes += len(data)
 
     def then(self, callback: Callable[[Future], None]) -> None:
-        """Call ``callback`` once every chunk fed so far is hashed (at once if none is pending)."""
-        if self._pending:
-            self._pending[-1][0].add_done_callback(callback)
-        else:
-            callback(Future())
+        """Call ``callback`` once every chunk fed so far is hashed: after a no-op queued behind them (the pool
+        runs tasks in order: one worker)."""
+        self._pool.submit(lambda: None).add_done_callback(callback)
 
     def hexdigest(self) -> Future:
         """The digest once every chunk fed so far is hashed (the pool runs tasks in order: one worker)."""
@@ -257,9 +260,9 @@ def _fold_threads() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _edited_in_order(queue: list[OutputTensor], transform: Transform, ring: BufferRing, pool
+def _edited_in_order(tensors: list[OutputTensor], transform: Transform, ring: BufferRing, pool
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The edited tensors of ``queue`` in order, each with the ring buffer it was folded into (to give back once
+    """The edited tensors of ``tensors`` in order, each with the ring buffer it was folded into (to give back once
     written and hashed); each next one is computed in ``pool`` while this one is written."""
     def compute(tensor: OutputTensor) -> tuple[torch.Tensor, torch.Tensor]:
         buffer, out = ring.take(tensor.source)
@@ -269,9 +272,9 @@ def _edited_in_order(queue: list[OutputTensor], transform: Transform, ring: Buff
             raise AssertionError(f"transform changed {tensor.name}: {edited.dtype}, {tuple(edited.shape)}")
         return edited, buffer
 
-    ahead = pool.submit(compute, queue[0]) if queue else None
-    for index in range(len(queue)):
-        current, ahead = ahead, pool.submit(compute, queue[index + 1]) if index + 1 < len(queue) else None
+    ahead = pool.submit(compute, tensors[0]) if tensors else None
+    for index in range(len(tensors)):
+        current, ahead = ahead, pool.submit(compute, tensors[index + 1]) if index + 1 < len(tensors) else None
         yield current.result()
 
 

@@ -115,6 +115,30 @@ def test_a_truncated_shard_is_one_line_and_no_output(tmp_path, cut):
     assert not (tmp_path / "out").exists() and shard.read_bytes() == before
 
 
+def test_a_header_whose_byte_span_disagrees_with_the_shape_is_one_line(tmp_path):
+    import struct
+
+    model = build_tiny_model("llama").to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "base")
+    shard = tmp_path / "base" / "model.safetensors"
+    data = shard.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    name = next(n for n in header if n.endswith("o_proj.weight"))
+    header[name]["shape"] = [header[name]["shape"][0] // 2, header[name]["shape"][1]]  # same bytes, half the rows
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    assert len(raw) <= size
+    raw += b" " * (size - len(raw))
+    shard.write_bytes(data[:8] + raw + data[8 + size :])
+    before = shard.read_bytes()
+    direction = write_direction(tmp_path / "d.safetensors", random_direction())
+    result = CliRunner().invoke(cli, ["edit", str(tmp_path / "base"), "--direction", str(direction), "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and "corrupt" in lines[0], result.output
+    assert not (tmp_path / "out").exists() and shard.read_bytes() == before
+
+
 @pytest.mark.parametrize("model_type", ["llama", "mixtral", "phi"])
 def test_folding_into_a_used_buffer_is_the_fresh_fold(model_type):
     """The streamed export folds into reused buffers: for every edited tensor (fused experts and biases
