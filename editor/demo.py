@@ -24,6 +24,7 @@ from editor.evaluate.validate import EvalSets, validate
 from editor.export.card import write_card
 from editor.export.checksums import write_checksums
 from editor.fit import fit_persona_direction, fit_refusal_direction
+from editor.models import load_model
 from editor.organism import PERSONAS, SHIPPED_CHECKPOINT, coherent_compliance, load_split
 
 
@@ -99,9 +100,7 @@ def run_demo(out: Path, overwrite: bool = False, checkpoint: Path = SHIPPED_CHEC
         sets = EvalSets(load_split("harmful", "test"), load_split("harmless", "test"))
         report = validate(model, edited, tokenizer, sets, default, coherent_compliance)
 
-        from peft import PeftModel
-
-        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(checkpoint), tmp / "adapter").eval()
+        adapted = load_model(tmp / "adapter", base=checkpoint)
         ids = tokenizer(chat_texts(tokenizer, sets.harmful[:8], default), return_tensors="pt", padding=True)["input_ids"]
         edit = ablation_edit(direction, merged.layers)
         report["equivalence"] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +27,10 @@ def load_model(path: str | Path, base: str | Path | None = None, allow_pickle: b
         base_path = base or json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base_path:
             raise SteerfoldError(f"{path} is an adapter with no recorded base model: pass --base")
-        return PeftModel.from_pretrained(load_model(base_path, allow_pickle=allow_pickle), path).eval()
+        base_model = load_model(base_path, allow_pickle=allow_pickle)
+        with warnings.catch_warnings():  # PEFT reads a property transformers deprecates; nothing a user can change
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return PeftModel.from_pretrained(base_model, path).eval()
     open_model_folder(path, allow_pickle=allow_pickle)
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
