@@ -165,38 +165,49 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
-class ShardDigest:
-    """SHA-256 of a file fed the very bytes written to it, in a background thread, so nothing is read back.
-
-    Every chunk stays referenced until it is hashed; at most ``MAX_PENDING_BYTES`` wait, so memory stays bounded
-    when hashing falls behind writing.
-    """
+class HashQueue:
+    """One hashing thread for every shard, and the chunks waiting for it: each stays referenced until it is hashed,
+    and at most ``MAX_PENDING_BYTES`` wait across all shards, so memory stays bounded when hashing falls behind
+    writing. Tasks run in the order they are queued (one worker)."""
 
     MAX_PENDING_BYTES = 512 << 20
 
     def __init__(self, pool: ThreadPoolExecutor) -> None:
         self._pool = pool
-        self._sha = hashlib.sha256()
         self._pending: deque[tuple[Future, int]] = deque()
         self._pending_bytes = 0
 
-    def feed(self, data: memoryview | bytes) -> None:
+    def hash(self, sha: "hashlib._Hash", data: memoryview | bytes) -> None:
+        """Queue ``sha.update(data)``, first waiting for older chunks while too many bytes wait."""
         while self._pending and self._pending_bytes + len(data) > self.MAX_PENDING_BYTES:
             future, size = self._pending.popleft()
             future.result()
             self._pending_bytes -= size
-        self._pending.append((self._pool.submit(self._sha.update, data), len(data)))
+        self._pending.append((self._pool.submit(sha.update, data), len(data)))
         self._pending_bytes += len(data)
 
+    def after_queued(self, task: Callable[[], object]) -> Future:
+        """Run ``task`` once everything queued so far is hashed."""
+        return self._pool.submit(task)
+
+
+class ShardDigest:
+    """SHA-256 of a file fed the very bytes written to it, in the background, so nothing is read back."""
+
+    def __init__(self, queue: HashQueue) -> None:
+        self._queue = queue
+        self._sha = hashlib.sha256()
+
+    def feed(self, data: memoryview | bytes) -> None:
+        self._queue.hash(self._sha, data)
+
     def then(self, callback: Callable[[Future], None]) -> None:
-        """Call ``callback`` once every chunk fed so far is hashed: after a no-op queued behind them (the pool
-        runs tasks in order: one worker)."""
-        self._pool.submit(lambda: None).add_done_callback(callback)
+        """Call ``callback`` once every chunk fed so far is hashed."""
+        self._queue.after_queued(lambda: None).add_done_callback(callback)
 
     def hexdigest(self) -> Future:
-        """The digest once every chunk fed so far is hashed (the pool runs tasks in order: one worker)."""
-        self._pending.clear()
-        return self._pool.submit(self._sha.hexdigest)
+        """The digest, once every chunk fed so far is hashed."""
+        return self._queue.after_queued(self._sha.hexdigest)
 
 
 class BufferRing:
@@ -237,8 +248,9 @@ def write_shards(
     ring = BufferRing(max((t.source.nbytes for t in to_edit), default=0), count=2)
     with _fold_threads(), ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as folder:
         edited = _edited_in_order(to_edit, transform, ring, folder)
+        hashing = HashQueue(hasher)
         for name, tensors in zip(names, shards):
-            digest = ShardDigest(hasher) if digests is not None else None
+            digest = ShardDigest(hashing) if digests is not None else None
             _write_shard(dest / name, tensors, edited, ring, digest)
             weight_map.update({t.name: name for t in tensors})
             if digest is not None:

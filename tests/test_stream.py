@@ -158,3 +158,29 @@ def test_folding_into_a_used_buffer_is_the_fresh_fold(model_type):
         result = fold_tensor(key, tensor, layout, maps, used)
         assert torch.equal(result, fold_tensor(key, tensor, layout, maps)), key
         assert result.data_ptr() == used.data_ptr() or "bias" in key, key
+
+
+def test_bytes_waiting_to_be_hashed_are_bounded_across_shards(monkeypatch):
+    """Feeding waits once too many bytes wait for the hasher, whichever shard they belong to."""
+    import hashlib
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from editor.stream import HashQueue, ShardDigest
+
+    monkeypatch.setattr(HashQueue, "MAX_PENDING_BYTES", 10)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        gate = threading.Event()
+        pool.submit(gate.wait)  # the hasher is busy until the gate opens
+        queue = HashQueue(pool)
+        first, second = ShardDigest(queue), ShardDigest(queue)
+        first.feed(b"x" * 8)
+        feeding = threading.Thread(target=second.feed, args=(b"y" * 8,))
+        feeding.start()
+        feeding.join(timeout=0.3)
+        assert feeding.is_alive()  # 16 bytes would wait: the second shard's feed waits for the first's chunk
+        gate.set()
+        feeding.join(timeout=5)
+        assert not feeding.is_alive()
+        assert first.hexdigest().result() == hashlib.sha256(b"x" * 8).hexdigest()
+        assert second.hexdigest().result() == hashlib.sha256(b"y" * 8).hexdigest()
