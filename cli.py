@@ -34,7 +34,7 @@ class SteerfoldGroup(click.Group):
 @click.group(cls=SteerfoldGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="steerfold")
 def cli() -> None:
-    """Fit residual-stream directions and fold edits along them into weights or LoRA adapters."""
+    """Fit residual-stream directions and fold edits along them into weights, LoRA adapters or control vectors."""
 
 
 @cli.command()
@@ -50,7 +50,7 @@ def cli() -> None:
 @click.option("--norm-preserving", is_flag=True, help="Ablation only, merged only: after the projection, rescale each weight column (what one input feature writes), embedding row and bias to its original norm.")
 @click.option("--attention-kernel", default=None, metavar="PEAK,PEAK_WEIGHT,MIN_WEIGHT,FALLOFF", help=f"Per-layer weight of attention writers, multiplying --scale or --alpha: w(l) = MIN_WEIGHT + (PEAK_WEIGHT − MIN_WEIGHT)·max(0, 1 − |l − PEAK| / FALLOFF) ({LAYER_INDEX_HELP}). Default: 1.")
 @click.option("--mlp-kernel", default=None, metavar="PEAK,PEAK_WEIGHT,MIN_WEIGHT,FALLOFF", help="Per-layer weight of MLP writers, same formula; the embedding (layer index 0) follows it. Default: 1.")
-@click.option("--layers", default=None, help=f"Layer indices to edit, e.g. 0-4,10 (inclusive; {LAYER_INDEX_HELP}). Default: all.")
+@click.option("--layers", default=None, help=f"Layer indices to edit, e.g. 0-4,10 (inclusive; {LAYER_INDEX_HELP}). Default: all (with --steer, the layer the file records).")
 @click.option("--layer", type=int, default=None, help=f"Row of a 'directions' file to use ({LAYER_INDEX_HELP}). Default: the layer the file records.")
 @click.option("--no-embedding", is_flag=True, help="Leave the embedding (layer index 0) unedited.")
 @click.option("--tied-embedding", type=click.Choice(["untie", "shared"]), default="untie", show_default=True, help="With tied embeddings: give the output head an unedited copy, or edit the shared matrix.")
@@ -188,7 +188,7 @@ def push(folder: Path, repo_id: str, private: bool, revision: str | None, create
 
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: runs/RECIPE_NAME).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: runs/ and the recipe file's name without .yaml).")
 @click.option("--resume", is_flag=True, help="Continue a run in --out, skipping finished stages.")
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (stages, downloads, estimates) without running a model.")
@@ -256,9 +256,10 @@ def _fit_option_flags(function):
 @click.option("--harmless-val", type=click.Path(path_type=Path), help="Validation harmless prompts (default: every 4th of --harmless).")
 @click.option("--prompts", type=click.Path(path_type=Path), help="persona_vector: prompts whose responses are averaged.")
 @_fit_option_flags
+@click.option("--revision", default=None, help="Revision (branch, tag or commit) when MODEL_DIR is a Hub id.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None, harmful_val: Path | None,
-        harmless_val: Path | None, prompts: Path | None, overwrite: bool, **options: str | None) -> None:
+        harmless_val: Path | None, prompts: Path | None, revision: str | None, overwrite: bool, **options: str | None) -> None:
     """Fit a direction with --method (default diff_in_means; --persona alone implies persona_vector).
 
     Contrast methods (diff_in_means, pca, logistic, ridge, inlp) fit at every post-instruction position and layer
@@ -277,12 +278,14 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
         raise SteerfoldError(f"{out} already exists: choose another path or pass --overwrite")
 
     from editor.fit import FitInputs, check_prompt_sets, run_fit, write_fitted
+    from editor.hub import resolve_model
     from editor.models import load_model, load_tokenizer
 
     check_prompt_sets(fit_options, harmful is not None, harmless is not None, prompts is not None)
     sets = {name: _records(path) for name, path in (("harmful", harmful), ("harmless", harmless), ("harmful_val", harmful_val),
                                                      ("harmless_val", harmless_val), ("prompts", prompts))}
-    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    folder = resolve_model(model_dir, revision)
+    model, tokenizer = load_model(folder), load_tokenizer(folder)
     fitted = run_fit(FitInputs(
         model, tokenizer, fit_options, sets["harmful"] or (), sets["harmless"] or (), sets["harmful_val"],
         sets["harmless_val"], sets["prompts"] or (), model_name=str(model_dir),
@@ -297,20 +300,22 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
 
 @cli.command()
 @click.argument("edited", type=click.Path(path_type=Path))
-@click.option("--base", required=True, type=click.Path(path_type=Path), help="The unedited checkpoint.")
+@click.option("--base", required=True, type=click.Path(path_type=Path), help="The unedited checkpoint: a folder or a Hub id.")
+@click.option("--revision", default=None, help="Revision (branch, tag or commit) when --base is a Hub id.")
 @click.option("--harmful", required=True, type=click.Path(path_type=Path), help="Held-out prompts that the base refuses.")
 @click.option("--harmless", required=True, type=click.Path(path_type=Path), help="Held-out prompts that the base answers.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for report.json and report.md.")
 @click.option("--system", default=None, help="System prompt used for every request (default: none).")
 @click.option("--coherence", type=click.Choice(["none", "organism"]), default="none", show_default=True, help="Check coherent compliance (the organism's answer template).")
-@click.option("--max-new-tokens", type=int, default=48, show_default=True)
+@click.option("--max-new-tokens", type=int, default=48, show_default=True, help="Tokens generated per prompt.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-def validate(edited: Path, base: Path, harmful: Path, harmless: Path, out: Path, system: str | None, coherence: str,
-             max_new_tokens: int, overwrite: bool) -> None:
+def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harmless: Path, out: Path, system: str | None,
+             coherence: str, max_new_tokens: int, overwrite: bool) -> None:
     """Measure EDITED (a checkpoint or an adapter folder) against --base; write report.json and report.md."""
     from editor.checkpoint import atomic_folder, check_output_path
     from editor.evaluate.report import before_after_rows, write_report
     from editor.evaluate.validate import EvalSets, validate as run_validation
+    from editor.hub import resolve_model
     from editor.models import load_model, load_tokenizer
 
     check_output_path(out, edited, overwrite)
@@ -318,8 +323,9 @@ def validate(edited: Path, base: Path, harmful: Path, harmless: Path, out: Path,
     check = None
     if coherence == "organism":
         from editor.organism import coherent_compliance as check
-    base_model, edited_model = load_model(base), load_model(edited, base=base)
-    report = run_validation(base_model, edited_model, load_tokenizer(base), sets, system, check, max_new_tokens)
+    base_folder = resolve_model(base, revision)
+    base_model, edited_model = load_model(base_folder), load_model(edited, base=base_folder)
+    report = run_validation(base_model, edited_model, load_tokenizer(base_folder), sets, system, check, max_new_tokens)
     report.update({"base": str(base), "edited": str(edited)})
     with atomic_folder(out) as tmp:
         write_report(tmp, report)
@@ -350,7 +356,7 @@ def organism() -> None:
 
 @organism.command("build")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the rebuilt checkpoint.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the corpus and the training (0 gives the shipped weights).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 def organism_build(out: Path, seed: int, overwrite: bool) -> None:
     """Rebuild the organism from its seeded grammar (corpus, tokenizer, training) on CPU."""

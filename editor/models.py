@@ -13,6 +13,7 @@ from typing import Iterator
 import torch
 
 from editor.checkpoint import open_model_folder
+from editor.hub import resolve_model
 from editor.errors import SteerfoldError
 
 
@@ -27,6 +28,7 @@ def load_model(path: str | Path, base: str | Path | None = None, allow_pickle: b
         base_path = base or json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base_path:
             raise SteerfoldError(f"{path} is an adapter with no recorded base model: pass --base")
+        base_path = resolve_model(base_path)  # the recorded base may be a Hub id
         base_model = load_model(base_path, allow_pickle=allow_pickle)
         with warnings.catch_warnings():  # PEFT reads a property transformers deprecates; nothing a user can change
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

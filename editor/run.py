@@ -379,6 +379,6 @@ def estimate_lines(config: dict | None, formats: list[str]) -> list[str]:
     gb = lambda n: f"{n / 1e9:.2f} GB"
     lines = [f"estimate: about {params / 1e9:.2f} B parameters, {gb(size)} of weights in {dtype}"]
     if "merged" in formats:
-        lines.append(f"estimate: merged export writes about {gb(size)}, streaming (memory: a few of its largest tensors)")
+        lines.append(f"estimate: merged export writes about {gb(size)}, streaming (memory: about two of its largest tensors)")
     lines.append(f"estimate: fit and validate hold the model in float32: about {gb(params * 4)} of memory")
     return lines

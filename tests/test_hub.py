@@ -66,6 +66,52 @@ def test_edit_accepts_a_hub_id_through_the_seam(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+@pytest.fixture
+def organism_on_the_hub(monkeypatch):
+    """Every snapshot download returns the shipped organism; the calls are recorded."""
+    import huggingface_hub
+
+    from editor.organism import SHIPPED_CHECKPOINT
+
+    calls = []
+
+    def download(repo_id, revision=None, allow_patterns=None):
+        calls.append((repo_id, revision))
+        return str(SHIPPED_CHECKPOINT)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    return calls
+
+
+def prompt_file(path, kind):
+    import json
+
+    from editor.organism import load_split
+
+    path.write_text("".join(json.dumps({"prompt": r.text}) + "\n" for r in load_split(kind, "test")[:4]))
+    return str(path)
+
+
+def test_fit_and_validate_accept_a_hub_id_through_the_seam(tmp_path, organism_on_the_hub):
+    from editor.directions import load_direction_file
+    from editor.organism import PERSONAS, SHIPPED_CHECKPOINT
+
+    out = tmp_path / "persona.safetensors"
+    result = CliRunner().invoke(cli, ["fit", "owner/organism", "--revision", "v2", "--out", str(out), "--persona",
+                                      PERSONAS["compliant"], "--prompts", prompt_file(tmp_path / "h.jsonl", "harmful"),
+                                      "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert load_direction_file(out).metadata["model"] == "owner/organism"
+
+    result = CliRunner().invoke(cli, ["validate", str(SHIPPED_CHECKPOINT), "--base", "owner/organism", "--revision", "v2",
+                                      "--harmful", prompt_file(tmp_path / "h.jsonl", "harmful"), "--harmless",
+                                      prompt_file(tmp_path / "ok.jsonl", "harmless"), "--max-new-tokens", "4",
+                                      "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert organism_on_the_hub == [("owner/organism", "v2")] * 2
+    assert (tmp_path / "report" / "report.json").is_file()
+
+
 def test_local_folder_with_revision_is_refused(tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(SteerfoldError, match="drop --revision"):

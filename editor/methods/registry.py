@@ -36,7 +36,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "editor.fit:fit_diff_in_means"),
     Method("pca", "first principal component of paired harmful − harmless differences", "contrast", "editor.fit:fit_pca"),
     Method("logistic", "unit weight vector of an L2-regularised logistic probe", "contrast", "editor.fit:fit_logistic"),
-    Method("ridge", "(Σ + λI)⁻¹(μ_refuse − μ_comply), optionally confidence-weighted (scorer)", "contrast",
+    Method("ridge", "(Σ + λ·tr(Σ)/d·I)⁻¹(μ_refuse − μ_comply), optionally confidence-weighted (scorer)", "contrast",
            "editor.fit:fit_ridge"),
     Method("inlp", "iterative nullspace projection: k probe directions as an orthonormal basis", "contrast",
            "editor.fit:fit_inlp"),
