@@ -174,3 +174,12 @@ def test_push_dry_run_prints_the_plan_offline(tmp_path, monkeypatch):
     assert "hf_secret_value" not in result.output
     bad = CliRunner().invoke(cli, ["push", str(tmp_path / "a"), "not a repo", "--dry-run"])
     assert bad.exit_code == 2 and bad.output.startswith("error:")
+
+
+def test_a_judge_may_be_a_hub_id(organism_on_the_hub):
+    from editor.methods.options import parse_fit_options
+    from editor.methods.scorers import SCORERS, Judge
+
+    options = parse_fit_options({"method": "ridge", "scorer": "judge", "judge": "owner/judge"})
+    assert isinstance(SCORERS["judge"](options), Judge)
+    assert organism_on_the_hub == [("owner/judge", None)]

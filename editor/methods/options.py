@@ -40,7 +40,7 @@ class FitOptions(BaseModel):
     pca_components: int = Field(default=1, ge=1, description="Method pca: principal components kept; above 1 they are stored as a basis (remove it with edit --subspace)")
     scorer: ScorerName | None = Field(
         default=None, description="Method ridge: weight each prompt by a refusal confidence of the model's own response")
-    judge: str | None = Field(default=None, description="With scorer judge: a local causal LM folder that classifies responses")
+    judge: str | None = Field(default=None, description="With scorer judge: a causal LM (folder or Hub id) that classifies responses")
     judge_samples: int = Field(default=5, ge=1, description="With scorer judge: sampled votes averaged per response")
     judge_seed: int = Field(default=0, description="With scorer judge: the seed of the sampled votes")
     judge_template: str | None = Field(

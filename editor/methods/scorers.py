@@ -91,10 +91,12 @@ class Judge:
 
 
 def _judge_from(options: FitOptions) -> Judge:
+    from editor.hub import resolve_model
     from editor.models import load_model, load_tokenizer
 
     assert options.judge is not None  # FitOptions requires it with scorer judge
-    return Judge(load_model(options.judge), load_tokenizer(options.judge), options.judge_template or DEFAULT_TEMPLATE,
+    folder = resolve_model(options.judge)
+    return Judge(load_model(folder), load_tokenizer(folder), options.judge_template or DEFAULT_TEMPLATE,
                  samples=options.judge_samples, seed=options.judge_seed)
 
 
