@@ -55,6 +55,13 @@ def test_recipe_mistakes_are_one_line(tmp_path, extra, message):
     assert len(lines) == 1 and message in lines[0], result.output
 
 
+def test_dry_run_lists_a_hub_judge_among_the_downloads(tmp_path):
+    fit = "fit:\n  method: ridge\n  scorer: judge\n  judge: owner/judge-model\n"
+    result = CliRunner().invoke(cli, ["run", str(write(tmp_path, BASE + fit)), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "download: judge model owner/judge-model" in result.output
+
+
 def test_missing_prompt_file_names_the_key(tmp_path):
     path = write(tmp_path, BASE.replace("{organism: harmful/train}", "{file: nowhere.jsonl}"))
     with pytest.raises(SteerfoldError, match="prompts.harmful.file: nowhere.jsonl does not exist"):
