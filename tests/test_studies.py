@@ -106,6 +106,16 @@ def test_conditional_removal_lowers_only_its_category(results):
     assert figures["politics_after"] < figures["politics_before"] and figures["harmful_min_after"] >= 0.95
 
 
+def test_category_cosines_are_reported_at_every_post_instruction_position(results):
+    """The last position's row is what the claim reads; the others show where category information sits."""
+    study = results["harm-categories"]["results"]
+    rows = {row["position"]: row for row in study["Lowest cosine at each post-instruction position"]}
+    assert set(rows) == {-2, -1}
+    last = min(v for k, v in rows[-1].items() if k != "position")
+    assert abs(last - study["claims"][0]["figures"]["lowest_cosine"]) < 1e-6
+    assert all(-1 <= v <= 1 for row in rows.values() for k, v in row.items() if k != "position")
+
+
 def test_alpha_choice_moves_its_category_furthest_within_the_others_limit():
     from editor.studies.targeted import chosen_alpha
 

@@ -3,6 +3,7 @@
 Per-category directions (category mean minus harmless mean at the last prompt token, every layer index) and
 their cosine matrix; then, for each category, the part of its direction orthogonal to the other categories'
 ("its own component") is ablated from every writer, and refusal is measured per category on held-out prompts.
+The report adds the lowest cosine at every post-instruction position, to show where category information sits.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from editor.activations import post_instruction_positions
 from editor.edits import Edit
 from editor.residual_map import ablation_map
 from editor.methods.categories import category_directions, category_similarity
@@ -72,4 +74,20 @@ def run(model, tokenizer, spec: CategoriesSpec) -> StudyResult:
     cosines = [{"categories": f"{names[i]} · {names[j]}", **{f"layer {layer}": float(similarity[layer, i, j]) for layer in layers}}
                for i, j in pairs]
     return StudyResult("Harm categories: per-category directions and their own components", claims, table,
-                       {"categories": names}, {"Cosine between per-category directions": cosines})
+                       {"categories": names}, {"Cosine between per-category directions": cosines,
+                                               "Lowest cosine at each post-instruction position": by_position(model, tokenizer)})
+
+
+def by_position(model, tokenizer) -> list[dict[str, object]]:
+    """The lowest cosine between any two per-category directions, per layer index, at every post-instruction
+    position (the claim above reads the last one, where the refusal direction is fitted and read)."""
+    categories = [r.category for r in load_split("harmful", "train")]
+    rows = []
+    for position in post_instruction_positions(tokenizer):
+        states = [last_token_states(model, tokenizer, load_split(kind, "train"), position=position) for kind in ("harmful", "harmless")]
+        directions = category_directions(states[0], categories, states[1])
+        similarity = category_similarity(directions)
+        off_diagonal = ~torch.eye(similarity.shape[-1], dtype=torch.bool)
+        layers = live_layers(next(iter(directions.values())))
+        rows.append({"position": position, **{f"layer {layer}": float(similarity[layer][off_diagonal].min()) for layer in layers}})
+    return rows
