@@ -116,6 +116,14 @@ def test_category_cosines_are_reported_at_every_post_instruction_position(result
     assert all(-1 <= v <= 1 for row in rows.values() for k, v in row.items() if k != "position")
 
 
+def test_the_persona_study_ablates_one_layer_at_a_time(results):
+    study = results["persona-gating"]["results"]
+    (profile,) = study["Where the gate is: the ablation at one layer index at a time"]
+    rates = {k: v for k, v in profile.items() if k.startswith("layer ")}
+    assert list(rates) == ["layer 1", "layer 2", "layer 3", "layer 4"]
+    assert all(0 <= v <= 1 for v in rates.values())
+
+
 def test_alpha_choice_moves_its_category_furthest_within_the_others_limit():
     from editor.studies.targeted import chosen_alpha
 

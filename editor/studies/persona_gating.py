@@ -106,9 +106,12 @@ def run(model, tokenizer, spec: PersonaGatingSpec) -> StudyResult:
     ]
     gaps = [{"system prompt": "default" if system is None else "compliant",
              **{f"layer {layer}": gap for layer, gap in enumerate(harm[system]) if layer > 0}} for system in harm]
+    profile = [{"compliant system prompt, ablate the persona contrast at": "harmful refusal",
+                **{f"layer {layer}": rate(spec.persona, window_ablation(contrast, layer, layer)) for layer in range(1, last + 1)}}]
     return StudyResult("A compliant persona gates refusal: where is the gate?", claims, table,
                        {"steering_validation": steering["validation_refusal"]},
-                       {"Harm signal: harmful − harmless mean along the refusal direction, last prompt token": gaps})
+                       {"Harm signal: harmful − harmless mean along the refusal direction, last prompt token": gaps,
+                        "Where the gate is: the ablation at one layer index at a time": profile})
 
 
 def harm_signal(model, tokenizer, systems) -> dict[str | None, list[float]]:
