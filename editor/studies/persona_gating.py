@@ -5,8 +5,8 @@ harm is still detected under the compliant persona is read off the harmful−har
 The gate itself is located with the persona contrast at the decision point: the difference of mean residual
 states at the last prompt token under the compliant and the default system prompt. Under the compliant system
 prompt, that contrast is ablated from the writers of an early and of a late window of layers; the research
-finding (on Qwen2.5 and Llama-3.1) is that the late ablation restores refusal and the early one does not.
-Layers use the residual-stream index (0 = embedding output, l = output of block l-1).
+finding (on Qwen2.5 and Llama-3.1) is that the late ablation restores refusal and the early one does not. The
+report also ablates it at one layer index at a time, to show where the gate sits. Layers use the residual-stream index (0 = embedding output, l = output of block l-1).
 """
 
 from __future__ import annotations
