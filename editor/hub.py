@@ -62,7 +62,10 @@ def resolve_model(model: str | Path, revision: str | None = None, download: Call
         if revision is not None and Path(text).exists():
             raise SteerfoldError(f"--revision applies to Hub ids, but {text} is a local folder: drop --revision")
         return Path(text)
-    return fetch_snapshot(text, revision, download)
+    try:
+        return fetch_snapshot(text, revision, download)
+    except SteerfoldError as exc:  # it may as well have been a mistyped local path
+        raise SteerfoldError(f"{exc} (no local folder {text} exists either)") from None
 
 
 @dataclass(frozen=True)

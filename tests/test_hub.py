@@ -183,3 +183,17 @@ def test_a_judge_may_be_a_hub_id(organism_on_the_hub):
     options = parse_fit_options({"method": "ridge", "scorer": "judge", "judge": "owner/judge"})
     assert isinstance(SCORERS["judge"](options), Judge)
     assert organism_on_the_hub == [("owner/judge", None)]
+
+
+def test_a_missing_local_path_that_looks_like_a_hub_id_says_both(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    harmful, harmless = prompt_file(tmp_path / "h.jsonl", "harmful"), prompt_file(tmp_path / "ok.jsonl", "harmless")
+    result = CliRunner().invoke(cli, ["fit", "runs/model", "--out", str(tmp_path / "d.safetensors"),
+                                      "--harmful", harmful, "--harmless", harmless])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "not in the local cache" in lines[0] and "no local folder runs/model" in lines[0], result.output
