@@ -260,7 +260,8 @@ def _fit_option_flags(function):
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None, harmful_val: Path | None,
         harmless_val: Path | None, prompts: Path | None, revision: str | None, overwrite: bool, **options: str | None) -> None:
-    """Fit a direction with --method (default diff_in_means; --persona alone implies persona_vector).
+    """Fit a direction in MODEL_DIR (a checkpoint folder or a Hub id) with --method (default diff_in_means;
+    --persona alone implies persona_vector).
 
     Contrast methods (diff_in_means, pca, logistic, ridge, inlp) fit at every post-instruction position and layer
     index, then choose one candidate as Arditi et al. do (bypass, induce, KL on validation prompts); the file
@@ -288,7 +289,7 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
     model, tokenizer = load_model(folder), load_tokenizer(folder)
     fitted = run_fit(FitInputs(
         model, tokenizer, fit_options, sets["harmful"] or (), sets["harmless"] or (), sets["harmful_val"],
-        sets["harmless_val"], sets["prompts"] or (), model_name=str(model_dir),
+        sets["harmless_val"], sets["prompts"] or (), model_name=str(model_dir) + (f"@{revision}" if revision else ""),
     ))
     written = write_fitted(out, fitted, overwrite)
     for warning in fitted.warnings:
@@ -326,7 +327,7 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
     base_folder = resolve_model(base, revision)
     base_model, edited_model = load_model(base_folder), load_model(edited, base=base_folder)
     report = run_validation(base_model, edited_model, load_tokenizer(base_folder), sets, system, check, max_new_tokens)
-    report.update({"base": str(base), "edited": str(edited)})
+    report.update({"base": str(base), "base_revision": revision, "edited": str(edited)})
     with atomic_folder(out) as tmp:
         write_report(tmp, report)
     for metric, before, after in before_after_rows(report):

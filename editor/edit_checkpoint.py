@@ -239,7 +239,8 @@ Writer = Callable[[ModelFolder, ModelLayout, Edit, Path, EditRequest, str], dict
 WRITERS: dict[str, Writer] = {
     "merged": lambda folder, layout, edit, dest, request, base: write_merged_checkpoint(
         folder, layout, edit, dest, parse_size(request.max_shard_size) if request.max_shard_size else DEFAULT_MAX_SHARD_BYTES),
-    "lora": lambda folder, layout, edit, dest, request, base: write_lora_adapter(folder, layout, edit, dest, base_model=base),
+    "lora": lambda folder, layout, edit, dest, request, base: write_lora_adapter(
+        folder, layout, edit, dest, base_model=base, revision=request.revision),
     "cvec": lambda folder, layout, edit, dest, request, base: write_control_vector(layout, edit, dest),
 }
 

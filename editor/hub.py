@@ -22,20 +22,23 @@ def looks_like_repo_id(text: str) -> bool:
     return bool(REPO_ID.match(text)) and not Path(text).exists()
 
 
-def _hub_error(exc: Exception, repo_id: str, revision: str | None) -> SteerfoldError:
-    """One line for each way a Hub call fails."""
+def _hub_error(exc: Exception, repo_id: str, revision: str | None, fetching: bool = False) -> SteerfoldError:
+    """One line for each way a Hub call fails; a failed fetch also says that no local folder has that name (the id
+    may be a mistyped path)."""
     from huggingface_hub import errors
 
     where = f"{repo_id}" + (f" at revision {revision}" if revision else "")
+    nowhere = ", no local folder of that name exists," if fetching else ""
     if isinstance(exc, (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError)):
-        return SteerfoldError(f"{where} is not in the local cache and the Hub cannot be reached (offline): "
+        return SteerfoldError(f"{where} is not in the local cache{nowhere} and the Hub cannot be reached (offline): "
                               "download it once with network access, or pass a local folder")
     if isinstance(exc, errors.GatedRepoError):
         return SteerfoldError(f"{where} is gated: accept its terms on the Hub, then log in (hf auth login) or set HF_TOKEN")
     if isinstance(exc, errors.RevisionNotFoundError):
         return SteerfoldError(f"revision {revision} of {repo_id} does not exist: check --revision")
     if isinstance(exc, errors.RepositoryNotFoundError):
-        return SteerfoldError(f"{repo_id} does not exist or is private: check the id, or log in (hf auth login) or set HF_TOKEN")
+        return SteerfoldError(f"{repo_id} does not exist or is private{nowhere.rstrip(',')}: check the id, or log in "
+                              "(hf auth login) or set HF_TOKEN")
     if isinstance(exc, errors.HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
@@ -52,7 +55,7 @@ def fetch_snapshot(repo_id: str, revision: str | None = None, download: Callable
     try:
         return Path(download(repo_id, revision=revision, allow_patterns=MODEL_FILES))
     except Exception as exc:  # every failure of the download becomes one line
-        raise _hub_error(exc, repo_id, revision) from None
+        raise _hub_error(exc, repo_id, revision, fetching=True) from None
 
 
 def resolve_model(model: str | Path, revision: str | None = None, download: Callable[..., str] | None = None) -> Path:
@@ -62,10 +65,7 @@ def resolve_model(model: str | Path, revision: str | None = None, download: Call
         if revision is not None and Path(text).exists():
             raise SteerfoldError(f"--revision applies to Hub ids, but {text} is a local folder: drop --revision")
         return Path(text)
-    try:
-        return fetch_snapshot(text, revision, download)
-    except SteerfoldError as exc:  # it may as well have been a mistyped local path
-        raise SteerfoldError(f"{exc} (no local folder {text} exists either)") from None
+    return fetch_snapshot(text, revision, download)
 
 
 @dataclass(frozen=True)

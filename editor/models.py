@@ -25,16 +25,30 @@ def load_model(path: str | Path, base: str | Path | None = None, allow_pickle: b
     if (path / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base_path = base or json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base_path:
-            raise SteerfoldError(f"{path} is an adapter with no recorded base model: pass --base")
-        base_path = resolve_model(base_path)  # the recorded base may be a Hub id
-        base_model = load_model(base_path, allow_pickle=allow_pickle)
+        if base is None:
+            base = recorded_base(path)
+        base_model = load_model(base, allow_pickle=allow_pickle)
         with warnings.catch_warnings():  # PEFT reads a property transformers deprecates; nothing a user can change
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             return PeftModel.from_pretrained(base_model, path).eval()
     open_model_folder(path, allow_pickle=allow_pickle)
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def recorded_base(adapter: Path) -> Path:
+    """The local folder of the base an adapter records: a path (absolute, or relative to the adapter folder or to
+    the working folder) or a Hub id at its recorded revision."""
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    recorded = config.get("base_model_name_or_path")
+    if not recorded:
+        raise SteerfoldError(f"{adapter} is an adapter with no recorded base model: pass --base")
+    beside = adapter / recorded
+    if not Path(recorded).is_absolute() and beside.exists():
+        return beside
+    try:
+        return resolve_model(recorded, config.get("revision") if not Path(recorded).exists() else None)
+    except SteerfoldError as exc:
+        raise SteerfoldError(f"{adapter} records base model {recorded}, which cannot be loaded ({exc}): pass --base") from None
 
 
 def load_tokenizer(path: str | Path):

@@ -326,7 +326,7 @@ def plan_recipe(recipe_path: Path, out: Path) -> list[str]:
     if recipe.model.path != "organism" and looks_like_repo_id(recipe.model.path):
         lines.append(f"download: model {recipe.model.path} (unless in the Hugging Face cache)")
     judge = recipe.fit.judge if recipe.fit.scorer == "judge" else None
-    if judge and not Path(judge).exists() and looks_like_repo_id(judge):
+    if judge and looks_like_repo_id(judge):
         lines.append(f"download: judge model {judge} (unless in the Hugging Face cache)")
     for name, spec in recipe.prompts.items():
         source = spec.file or spec.organism or f"Hub dataset {spec.dataset} [{spec.split}] column {spec.column}"

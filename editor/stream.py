@@ -99,14 +99,19 @@ def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
     base = 8 + size
     entries = []
     for name, info in header.items():
-        begin, end = info["data_offsets"]
-        if info["dtype"] not in DTYPES:
-            raise SteerfoldError(f"tensor '{name}' in {path.name} has dtype {info['dtype']}, which steerfold cannot read yet")
-        expected = math.prod(info["shape"]) * DTYPES[info["dtype"]].itemsize
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            if not (all(isinstance(n, int) and n >= 0 for n in [*shape, begin, end]) and begin <= end):
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise SteerfoldError(f"tensor '{name}' in {path.name} has a malformed header entry: the shard is corrupt; re-download it") from None
+        if dtype not in DTYPES:
+            raise SteerfoldError(f"tensor '{name}' in {path.name} has dtype {dtype}, which steerfold cannot read yet")
+        expected = math.prod(shape) * DTYPES[dtype].itemsize
         if end - begin != expected:
             raise SteerfoldError(f"tensor '{name}' in {path.name} takes {end - begin} bytes where its shape and dtype need "
                                  f"{expected}: the shard is corrupt; re-download it")
-        entries.append(TensorEntry(name, info["dtype"], tuple(info["shape"]), path, base + begin, end - begin))
+        entries.append(TensorEntry(name, dtype, tuple(shape), path, base + begin, end - begin))
     entries.sort(key=lambda e: e.start)
     needed = max((e.start + e.nbytes for e in entries), default=0)
     if needed > file_size:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from editor.directions import DirectionFile, save_direction_file
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the suite may reach the Hub: the Hub paths are tested through their seams
 
 HIDDEN = 64
 LAYERS = 3

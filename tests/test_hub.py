@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 from huggingface_hub import errors
 
@@ -101,7 +103,7 @@ def test_fit_and_validate_accept_a_hub_id_through_the_seam(tmp_path, organism_on
                                       PERSONAS["compliant"], "--prompts", prompt_file(tmp_path / "h.jsonl", "harmful"),
                                       "--max-new-tokens", "4"])
     assert result.exit_code == 0, result.output
-    assert load_direction_file(out).metadata["model"] == "owner/organism"
+    assert load_direction_file(out).metadata["model"] == "owner/organism@v2"
 
     result = CliRunner().invoke(cli, ["validate", str(SHIPPED_CHECKPOINT), "--base", "owner/organism", "--revision", "v2",
                                       "--harmful", prompt_file(tmp_path / "h.jsonl", "harmful"), "--harmless",
@@ -109,7 +111,8 @@ def test_fit_and_validate_accept_a_hub_id_through_the_seam(tmp_path, organism_on
                                       "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     assert organism_on_the_hub == [("owner/organism", "v2")] * 2
-    assert (tmp_path / "report" / "report.json").is_file()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert (report["base"], report["base_revision"]) == ("owner/organism", "v2")
 
 
 def test_local_folder_with_revision_is_refused(tmp_path):
@@ -196,4 +199,41 @@ def test_a_missing_local_path_that_looks_like_a_hub_id_says_both(tmp_path, monke
                                       "--harmful", harmful, "--harmless", harmless])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "not in the local cache" in lines[0] and "no local folder runs/model" in lines[0], result.output
+    assert len(lines) == 1 and "not in the local cache" in lines[0] and "no local folder of that name exists" in lines[0], result.output
+
+
+def test_an_adapter_of_a_hub_model_loads_its_recorded_base_at_its_revision(tmp_path, organism_on_the_hub):
+    from editor.models import load_model
+
+    result = CliRunner().invoke(cli, ["edit", "owner/organism", "--revision", "v2", "--format", "lora", "--direction",
+                                      str(write_direction(tmp_path / "d.safetensors", torch.randn(128))), "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert (config["base_model_name_or_path"], config["revision"]) == ("owner/organism", "v2")
+    load_model(tmp_path / "a")
+    assert organism_on_the_hub == [("owner/organism", "v2")] * 2
+
+
+def test_an_adapter_base_recorded_relative_to_the_adapter_is_found_and_a_missing_one_is_one_line(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from editor.models import load_model
+    from editor.organism import SHIPPED_CHECKPOINT
+
+    base = tmp_path / "models" / "base"
+    shutil.copytree(SHIPPED_CHECKPOINT, base)
+    result = CliRunner().invoke(cli, ["edit", str(base), "--format", "lora", "--direction",
+                                      str(write_direction(tmp_path / "d.safetensors", torch.randn(128))), "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    config_path = tmp_path / "a" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = os.path.relpath(base, tmp_path / "a")  # ../models/base
+    config_path.write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path / "models")  # the relative path does not hold from here
+    load_model(tmp_path / "a")
+
+    config["base_model_name_or_path"] = "gone/base"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(SteerfoldError, match="records base model gone/base, which cannot be loaded .*: pass --base"):
+        load_model(tmp_path / "a")

@@ -109,13 +109,19 @@ def test_a_truncated_shard_is_one_line_and_no_output(tmp_path, cut):
     before = shard.read_bytes()
     direction = write_direction(tmp_path / "d.safetensors", random_direction())
     result = CliRunner().invoke(cli, ["edit", str(tmp_path / "base"), "--direction", str(direction), "--out", str(tmp_path / "out")])
-    assert result.exit_code != 0
+    assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "truncated" in lines[0] and "re-download" in lines[0], result.output
     assert not (tmp_path / "out").exists() and shard.read_bytes() == before
 
 
-def test_a_header_whose_byte_span_disagrees_with_the_shape_is_one_line(tmp_path):
+@pytest.mark.parametrize("damage,message", [
+    (lambda entry: entry.update(shape=[entry["shape"][0] // 2, entry["shape"][1]]), "corrupt"),  # half the rows
+    (lambda entry: entry.update(shape="big"), "malformed"),
+    (lambda entry: entry.update(shape=[-1]), "malformed"),
+    (lambda entry: entry.pop("data_offsets"), "malformed"),
+])
+def test_a_damaged_header_entry_is_one_line(tmp_path, damage, message):
     import struct
 
     model = build_tiny_model("llama").to(torch.bfloat16)
@@ -125,7 +131,7 @@ def test_a_header_whose_byte_span_disagrees_with_the_shape_is_one_line(tmp_path)
     (size,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + size])
     name = next(n for n in header if n.endswith("o_proj.weight"))
-    header[name]["shape"] = [header[name]["shape"][0] // 2, header[name]["shape"][1]]  # same bytes, half the rows
+    damage(header[name])
     raw = json.dumps(header, separators=(",", ":")).encode()
     assert len(raw) <= size
     raw += b" " * (size - len(raw))
@@ -133,9 +139,9 @@ def test_a_header_whose_byte_span_disagrees_with_the_shape_is_one_line(tmp_path)
     before = shard.read_bytes()
     direction = write_direction(tmp_path / "d.safetensors", random_direction())
     result = CliRunner().invoke(cli, ["edit", str(tmp_path / "base"), "--direction", str(direction), "--out", str(tmp_path / "out")])
-    assert result.exit_code != 0
+    assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and name in lines[0] and "corrupt" in lines[0], result.output
+    assert len(lines) == 1 and name in lines[0] and message in lines[0], result.output
     assert not (tmp_path / "out").exists() and shard.read_bytes() == before
 
 
@@ -184,3 +190,23 @@ def test_bytes_waiting_to_be_hashed_are_bounded_across_shards(monkeypatch):
         assert not feeding.is_alive()
         assert first.hexdigest().result() == hashlib.sha256(b"x" * 8).hexdigest()
         assert second.hexdigest().result() == hashlib.sha256(b"y" * 8).hexdigest()
+
+
+def test_one_hash_queue_serves_every_shard(tmp_path, monkeypatch):
+    """The bound on bytes waiting to be hashed holds across shards: write_shards makes one queue, not one a shard."""
+    import editor.stream as stream
+
+    made, real = [], stream.HashQueue
+
+    def counting(pool):
+        made.append(pool)
+        return real(pool)
+
+    monkeypatch.setattr(stream, "HashQueue", counting)
+    model = build_tiny_model("llama").to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "base", max_shard_size="60KB")
+    direction = write_direction(tmp_path / "d.safetensors", random_direction())
+    result = CliRunner().invoke(cli, ["edit", str(tmp_path / "base"), "--direction", str(direction),
+                                      "--out", str(tmp_path / "out"), "--max-shard-size", "50KB"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out").glob("*.safetensors"))) > 2 and len(made) == 1

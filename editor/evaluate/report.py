@@ -36,7 +36,8 @@ def render_markdown(report: dict) -> str:
     """The report as Markdown: headline table, selection table, persona section, examples."""
     parts = ["# steerfold report", ""]
     if report.get("base"):
-        parts += [f"Base model: `{report['base']}`", ""]
+        revision = report.get("base_revision") or report.get("revision")
+        parts += [f"Base model: `{report['base']}`" + (f" at revision `{revision}`" if revision else ""), ""]
     if report.get("edit"):
         edit = report["edit"]
         parts += [f"Edit: {edit.get('kind', 'ablation')} of the {edit.get('method', '')} direction from layer index "

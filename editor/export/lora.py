@@ -49,7 +49,8 @@ def check_lora_can_carry(edit: Edit, layout: ModelLayout, gain_of=None) -> None:
             )
 
 
-def write_lora_adapter(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, base_model: str) -> dict:
+def write_lora_adapter(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, base_model: str,
+                       revision: str | None = None) -> dict:
     """Compute ``lora_A = Vᵀ W``, ``lora_B = U`` for every edited writer in one pass over the shards."""
     from peft import LoraConfig  # imported here: peft is slow to import and only this export needs it
 
@@ -77,6 +78,7 @@ def write_lora_adapter(folder: ModelFolder, layout: ModelLayout, edit: Edit, des
         bias="none",
         task_type="CAUSAL_LM",
         base_model_name_or_path=base_model,
+        revision=revision,
         inference_mode=True,
     )
     config.save_pretrained(str(dest))
