@@ -60,6 +60,16 @@ def test_parse_size():
             parse_size(bad)
 
 
+def edit_into_small_shards(tmp_path) -> None:
+    """A tiny llama in 60 KB shards, ablated into 50 KB output shards at tmp_path/out."""
+    model = build_tiny_model("llama").to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "base", max_shard_size="60KB")
+    direction = write_direction(tmp_path / "d.safetensors", random_direction())
+    result = CliRunner().invoke(cli, ["edit", str(tmp_path / "base"), "--direction", str(direction),
+                                      "--out", str(tmp_path / "out"), "--max-shard-size", "50KB"])
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize("slow_hasher", [False, True])
 def test_sums_are_the_written_bytes_hashed_in_memory(tmp_path, monkeypatch, slow_hasher):
     """The digests computed while writing (never read back) equal a fresh sha256 of every file on disk, also when
@@ -82,12 +92,7 @@ def test_sums_are_the_written_bytes_hashed_in_memory(tmp_path, monkeypatch, slow
 
     if slow_hasher:
         monkeypatch.setattr("editor.stream.hashlib.sha256", SlowSha)
-    model = build_tiny_model("llama").to(torch.bfloat16)
-    model.save_pretrained(tmp_path / "base", max_shard_size="60KB")
-    direction = write_direction(tmp_path / "d.safetensors", random_direction())
-    result = CliRunner().invoke(cli, ["edit", str(tmp_path / "base"), "--direction", str(direction),
-                                      "--out", str(tmp_path / "out"), "--max-shard-size", "50KB"])
-    assert result.exit_code == 0, result.output
+    edit_into_small_shards(tmp_path)
     listed = dict(line.split("  ")[::-1] for line in (tmp_path / "out" / "SHA256SUMS").read_text().splitlines())
     shards = sorted(p.name for p in (tmp_path / "out").glob("*.safetensors"))
     assert len(shards) > 2 and set(shards) <= set(listed)
@@ -203,10 +208,5 @@ def test_one_hash_queue_serves_every_shard(tmp_path, monkeypatch):
         return real(pool)
 
     monkeypatch.setattr(stream, "HashQueue", counting)
-    model = build_tiny_model("llama").to(torch.bfloat16)
-    model.save_pretrained(tmp_path / "base", max_shard_size="60KB")
-    direction = write_direction(tmp_path / "d.safetensors", random_direction())
-    result = CliRunner().invoke(cli, ["edit", str(tmp_path / "base"), "--direction", str(direction),
-                                      "--out", str(tmp_path / "out"), "--max-shard-size", "50KB"])
-    assert result.exit_code == 0, result.output
+    edit_into_small_shards(tmp_path)
     assert len(list((tmp_path / "out").glob("*.safetensors"))) > 2 and len(made) == 1
