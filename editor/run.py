@@ -43,6 +43,15 @@ def model_identity(folder: Path) -> str:
     return digest((folder / "config.json").read_text(), files)
 
 
+def _judge_folder(fit: FitSpec) -> Path | None:
+    """The local folder of the fit's judge model (a Hub judge is fetched here, before any stage runs)."""
+    if not fit.judge or fit.scorer != "judge":
+        return None
+    from editor.hub import resolve_model
+
+    return resolve_model(fit.judge)
+
+
 def load_prompt_set(spec: PromptSet, base: Path) -> list[PromptRecord]:
     """Prompts of one set: a local file, a split of the organism's prompts, or a Hub dataset."""
     if spec.organism:
@@ -109,15 +118,19 @@ class RunState:
         tmp.replace(self.path)
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+def check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to mix runs: an existing run folder needs --resume (continue) or --overwrite (start over)."""
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif not resume:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        if not resume:
             raise SteerfoldError(f"{out} already holds a run: pass --resume to continue it, or --overwrite to start over")
-        elif not (out / STATE).is_file():
+        if not (out / STATE).is_file():
             raise SteerfoldError(f"{out} is not a steerfold run folder: choose another --out")
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """The run folder, emptied first with --overwrite (called once the model and the prompts are at hand)."""
+    if overwrite and out.exists():
+        shutil.rmtree(out)
     (out / ".cache").mkdir(parents=True, exist_ok=True)
 
 
@@ -207,11 +220,12 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
             raise SteerfoldError(f"{recipe_path} is a study: it has no stages to resume; pass --overwrite to run it again into {out}")
         return run_study_recipe(recipe_path, data, out, overwrite, say)
     recipe = load_recipe(recipe_path)
-    prepare_out(out, resume, overwrite)
-    state = RunState.open(out)
-    folder = model_folder(recipe)
-    identity = model_identity(folder)
+    check_out(out, resume, overwrite)
+    folder, judge = model_folder(recipe), _judge_folder(recipe.fit)  # downloads, if any, before the run folder exists
     sets = {name: load_prompt_set(spec, recipe_path.parent) for name, spec in recipe.prompts.items()}
+    prepare_out(out, overwrite)
+    state = RunState.open(out)
+    identity = model_identity(folder)
     hashes = {name: records_hash(records) for name, records in sets.items()}
     cache: dict[str, object] = {}
 
@@ -223,7 +237,7 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
 
     fit = recipe.fit
     reads = fit_sets(fit)
-    judge = Path(fit.judge) if fit.judge else None  # a judge's weights decide the fit too: key on its identity
+    # a judge's weights decide the fit too: key on its identity (a Hub judge: its snapshot's)
     judge_identity = model_identity(judge) if judge and (judge / "config.json").is_file() else fit.judge
     fit_key = digest("fit", identity, fit.model_dump(), [hashes[n] for n in reads.values()], judge_identity)
     direction_path = out / ".cache" / f"direction-{fit_key}.safetensors"

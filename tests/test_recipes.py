@@ -77,3 +77,18 @@ def test_thresholds_and_estimates():
     lines = estimate_lines({"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256, "intermediate_size": 14336,
                             "num_attention_heads": 32, "num_key_value_heads": 8, "dtype": "bfloat16"}, ["merged"])
     assert "8.03 B parameters" in lines[0] and "16.06 GB" in lines[0]  # Llama-3.1-8B's published size
+
+
+def test_a_missing_hub_judge_fails_before_the_run_folder_is_touched(tmp_path):
+    fit = "fit:\n  method: ridge\n  scorer: judge\n  judge: owner/missing-judge\n"
+    recipe = write(tmp_path, BASE + fit)
+    fresh = CliRunner().invoke(cli, ["run", str(recipe), "--out", str(tmp_path / "new")])
+    old = tmp_path / "old"
+    (old / ".cache").mkdir(parents=True)
+    (old / "report.md").write_text("an earlier run")
+    overwrite = CliRunner().invoke(cli, ["run", str(recipe), "--out", str(old), "--overwrite"])
+    for result in (fresh, overwrite):
+        assert result.exit_code == 2
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "owner/missing-judge is not in the local cache" in lines[0], result.output
+    assert not (tmp_path / "new").exists() and (old / "report.md").read_text() == "an earlier run"
