@@ -3,8 +3,8 @@ copy untouched tensors byte for byte, and transform the others one tensor at a t
 
 Peak memory is two buffers the size of the largest edited tensor, whatever the model or shard size (plus mapped
 input pages waiting to be hashed): shapes and dtypes never change, so every output header is known before any
-data is read. Inputs are mapped, not read; checksums
-are computed from the bytes as they are written, so no output is read back.
+data is read. Inputs are mapped, not read; checksums are computed from the bytes as they are written, so no
+output is read back.
 """
 
 from __future__ import annotations

@@ -32,9 +32,11 @@ class CategoriesSpec(BaseModel):
     min_kept: float = Field(default=0.9, ge=0, le=1, description="refusal every other category keeps")
 
 
-def training_states(model, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last-prompt-token states of the harmful and the harmless training prompts, each [n, L+1, d]."""
-    return tuple(last_token_states(model, tokenizer, load_split(kind, "train")) for kind in ("harmful", "harmless"))
+def training_states(model, tokenizer, position: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """States of the harmful and the harmless training prompts at one prompt position (default the last token),
+    each [n, L+1, d]."""
+    return tuple(last_token_states(model, tokenizer, load_split(kind, "train"), position=position)
+                 for kind in ("harmful", "harmless"))
 
 
 def training_directions(harmful_states: torch.Tensor, harmless_states: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -81,11 +83,9 @@ def run(model, tokenizer, spec: CategoriesSpec) -> StudyResult:
 def by_position(model, tokenizer) -> list[dict[str, object]]:
     """The lowest cosine between any two per-category directions, per layer index, at every post-instruction
     position (the claim above reads the last one, where the refusal direction is fitted and read)."""
-    categories = [r.category for r in load_split("harmful", "train")]
     rows = []
     for position in post_instruction_positions(tokenizer):
-        states = [last_token_states(model, tokenizer, load_split(kind, "train"), position=position) for kind in ("harmful", "harmless")]
-        directions = category_directions(states[0], categories, states[1])
+        directions = training_directions(*training_states(model, tokenizer, position))
         similarity = category_similarity(directions)
         off_diagonal = ~torch.eye(similarity.shape[-1], dtype=torch.bool)
         layers = live_layers(next(iter(directions.values())))

@@ -92,7 +92,6 @@ def run(model, tokenizer, spec: TargetedSpec) -> StudyResult:
     directions = training_directions(harmful_states, harmless_states)
     refusal = harmful_states.mean(dim=0) - harmless_states.mean(dim=0)
     harmful_test, harmless_test = load_split("harmful", "test"), load_split("harmless", "test")
-    harmful_val, harmless_val = load_split("harmful", "val"), load_split("harmless", "val")
 
     def rates(records: Sequence[PromptRecord], edit: Edit | None = None) -> dict[str, float]:
         return refusal_rates(model, tokenizer, records, edit=edit)["by_category"]
@@ -100,24 +99,29 @@ def run(model, tokenizer, spec: TargetedSpec) -> StudyResult:
     removed_before, induced_before = rates(harmful_test), rates(harmless_test)
     ablated = rates(harmful_test, own_ablation(directions, spec.remove))
 
-    # Removal: the conditional map with α < 0 takes refusal away where the category's condition is present.
-    remove_condition = category_condition(harmful_states, load_split("harmful", "train"), spec.remove)
-    val_before = rates(harmful_val)
-    def removal_score(alpha: float) -> tuple[float, float]:
-        after = rates(harmful_val, conditional_edit(remove_condition, refusal, -alpha))
-        return after[spec.remove], max(val_before[n] - after[n] for n in after if n != spec.remove)
-    removal_scores = {alpha: removal_score(alpha) for alpha in spec.alphas}
-    removal_alpha = chosen_alpha(removal_scores, False, lambda largest_drop: largest_drop <= spec.max_drop)
-    removed = rates(harmful_test, conditional_edit(remove_condition, refusal, -removal_alpha))
+    def tuned(kind: str, states: torch.Tensor, name: str, sign: int, others_figure: Callable[[dict], float],
+              acceptable: Callable[[float], bool]) -> tuple[float, dict, dict[str, float]]:
+        """The conditional map on ``name``'s condition with strength sign·α, α chosen on ``kind``'s validation
+        prompts: (α, the validation scores, refusal by category on the held-out prompts)."""
+        condition = category_condition(states, load_split(kind, "train"), name)
+        def score(alpha: float) -> tuple[float, float]:
+            after = rates(load_split(kind, "val"), conditional_edit(condition, refusal, sign * alpha))
+            return after[name], others_figure(after)
+        scores = {alpha: score(alpha) for alpha in spec.alphas}
+        alpha = chosen_alpha(scores, sign > 0, acceptable)
+        return alpha, scores, rates(load_split(kind, "test"), conditional_edit(condition, refusal, sign * alpha))
 
+    # Removal: the conditional map with α < 0 takes refusal away where the category's condition is present.
+    val_before = rates(load_split("harmful", "val"))
+    removal_alpha, removal_scores, removed = tuned(
+        "harmful", harmful_states, spec.remove, -1,
+        lambda after: max(val_before[n] - after[n] for n in after if n != spec.remove),
+        lambda largest_drop: largest_drop <= spec.max_drop)
     # Induction: the same map with α > 0 adds refusal where one harmless category's condition is present.
-    induce_condition = category_condition(harmless_states, load_split("harmless", "train"), spec.induce)
-    def induction_score(alpha: float) -> tuple[float, float]:
-        after = rates(harmless_val, conditional_edit(induce_condition, refusal, alpha))
-        return after[spec.induce], max(v for n, v in after.items() if n != spec.induce)
-    induction_scores = {alpha: induction_score(alpha) for alpha in spec.alphas}
-    induction_alpha = chosen_alpha(induction_scores, True, lambda others_max: others_max <= spec.max_others_refused)
-    induced = rates(harmless_test, conditional_edit(induce_condition, refusal, induction_alpha))
+    induction_alpha, induction_scores, induced = tuned(
+        "harmless", harmless_states, spec.induce, 1,
+        lambda after: max(v for n, v in after.items() if n != spec.induce),
+        lambda others_max: others_max <= spec.max_others_refused)
 
     def removal_claim(method: str, after: dict[str, float], extra: dict[str, float]) -> Claim:
         kept = min(v for n, v in after.items() if n != spec.remove)
