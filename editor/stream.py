@@ -1,14 +1,15 @@
 """Streaming safetensors I/O: plan output shards from input headers, write each header before its data,
 copy untouched tensors byte for byte, and transform the others one tensor at a time.
 
-Peak memory is two buffers the size of the largest edited tensor, whatever the model or shard size (plus mapped
-input pages waiting to be hashed): shapes and dtypes never change, so every output header is known before any
-data is read. Inputs are mapped, not read; checksums are computed from the bytes as they are written, so no
-output is read back.
+Memory is two buffers the size of the largest edited tensor plus a few fixed-size chunks, whatever the model or
+shard size: shapes and dtypes never change, so every output header is known before any data is read. Every output
+byte passes through the chunks, which are hashed from memory (so no output is read back) and written with direct
+I/O where the file system allows it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -32,7 +33,6 @@ DTYPES: dict[str, torch.dtype] = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-COPY_CHUNK = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -64,24 +64,6 @@ class TensorEntry:
         if self.nbytes == 0:
             return torch.empty(self.shape, dtype=DTYPES[self.dtype])
         return torch.frombuffer(self.mapped(), dtype=DTYPES[self.dtype]).reshape(self.shape)
-
-    def copy_to(self, out: BinaryIO) -> None:
-        """Copy the raw bytes into ``out`` (in-kernel where the OS allows)."""
-        with open(self.file, "rb") as handle:
-            remaining, offset = self.nbytes, self.start
-            out.flush()
-            while remaining:
-                step = min(remaining, COPY_CHUNK)
-                try:
-                    sent = os.copy_file_range(handle.fileno(), out.fileno(), step, offset)
-                except (AttributeError, OSError):
-                    handle.seek(offset)
-                    sent = out.write(handle.read(step))
-                if sent == 0:
-                    raise SteerfoldError(f"{self.file} ended early while copying '{self.name}': the shard is truncated; re-download it")
-                remaining -= sent
-                offset += sent
-            out.seek(0, os.SEEK_END)
 
 
 def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
@@ -171,55 +153,166 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
-class HashQueue:
-    """One hashing thread for every shard, and the chunks waiting for it: each stays referenced until it is hashed,
-    and at most ``MAX_PENDING_BYTES`` wait across all shards, so memory stays bounded when hashing falls behind
-    writing. Tasks run in the order they are queued (one worker)."""
+class ChunkPool:
+    """The page-aligned chunks every output byte passes through on its way to disk. A chunk goes back to the pool
+    once it is hashed and written, so the bytes in flight never exceed ``count`` chunks, however far hashing or
+    the disk falls behind reading and folding."""
 
-    MAX_PENDING_BYTES = 512 << 20
+    def __init__(self, size: int, count: int) -> None:
+        self.size = size
+        self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+        for _ in range(count):
+            self._free.put(mmap.mmap(-1, size))  # anonymous maps start page-aligned, as direct I/O needs
 
-    def __init__(self, pool: ThreadPoolExecutor) -> None:
-        self._pool = pool
-        self._pending: deque[tuple[Future, int]] = deque()
-        self._pending_bytes = 0
+    def take(self) -> mmap.mmap:
+        return self._free.get()
 
-    def hash(self, sha: "hashlib._Hash", data: memoryview | bytes) -> None:
-        """Queue ``sha.update(data)``, first waiting for older chunks while too many bytes wait."""
-        while self._pending and self._pending_bytes + len(data) > self.MAX_PENDING_BYTES:
-            future, size = self._pending.popleft()
-            future.result()
-            self._pending_bytes -= size
-        self._pending.append((self._pool.submit(sha.update, data), len(data)))
-        self._pending_bytes += len(data)
-
-    def after_queued(self, task: Callable[[], object]) -> Future:
-        """Run ``task`` once everything queued so far is hashed."""
-        return self._pool.submit(task)
+    def give_back(self, chunk: mmap.mmap) -> None:
+        self._free.put(chunk)
 
 
-class ShardDigest:
-    """SHA-256 of a file fed the very bytes written to it, in the background, so nothing is read back."""
+class OutputFile:
+    """One output file, written in whole chunks. This thread fills a chunk (reading a copied tensor from its file
+    straight into it, or copying an edited tensor's bytes); a hashing thread hashes it and a writing thread writes
+    it while the next one fills. Where the file system allows, the file is opened for direct I/O: each chunk goes
+    from memory to the disk without a copy into the page cache, which costs as much CPU as the rest of the edit.
+    ``digest`` is the SHA-256 of the bytes written, so nothing is read back."""
 
-    def __init__(self, queue: HashQueue) -> None:
-        self._queue = queue
+    def __init__(self, path: Path, pool: ChunkPool, hasher: ThreadPoolExecutor, writer: ThreadPoolExecutor) -> None:
+        self.path = path
+        self._pool, self._hasher, self._writer = pool, hasher, writer
         self._sha = hashlib.sha256()
+        self._fd, self._direct = _open_for_writing(path)
+        self._chunk: mmap.mmap | None = None
+        self._filled = 0
+        self._size = 0
+        self._writes: deque[Future] = deque()
+        self._digest: Future | None = None
 
-    def feed(self, data: memoryview | bytes) -> None:
-        self._queue.hash(self._sha, data)
+    def write(self, data: memoryview | bytes) -> None:
+        """Append ``data`` (copied into the chunks)."""
+        view = memoryview(data).cast("B")
+        while view:
+            space = self._space()
+            step = min(len(space), len(view))
+            space[:step] = view[:step]
+            self._advance(step)
+            view = view[step:]
 
-    def then(self, callback: Callable[[Future], None]) -> None:
-        """Call ``callback`` once every chunk fed so far is hashed."""
-        self._queue.after_queued(lambda: None).add_done_callback(callback)
+    def copy_from(self, entry: TensorEntry) -> None:
+        """Append the raw bytes of ``entry``, read from its file straight into the chunks."""
+        with open(entry.file, "rb", buffering=0) as source:
+            source.seek(entry.start)
+            remaining = entry.nbytes
+            while remaining:
+                space = self._space()
+                read = source.readinto(space[: min(len(space), remaining)])
+                if not read:
+                    raise SteerfoldError(f"{entry.file} ended early while copying '{entry.name}': the shard is truncated; re-download it")
+                self._advance(read)
+                remaining -= read
 
-    def hexdigest(self) -> Future:
-        """The digest, once every chunk fed so far is hashed."""
-        return self._queue.after_queued(self._sha.hexdigest)
+    def close(self) -> None:
+        """Queue the last chunk and the closing of the file."""
+        if self._chunk is not None:
+            self._send()
+        self._writes.append(self._writer.submit(self._finish))
+        self._digest = self._hasher.submit(self._sha.hexdigest)
+
+    def digest(self) -> str:
+        """The hex digest of the closed file, once every chunk is written; raises the error of a failed write."""
+        self._check_writes(wait=True)
+        return self._digest.result()
+
+    def discard(self) -> None:
+        """Stop writing after an error elsewhere: give back the chunk being filled and close the file once the
+        queued writes are done (their errors are dropped: the caller removes the folder)."""
+        if self._chunk is not None:
+            self._pool.give_back(self._chunk)
+            self._chunk = None
+        self._writer.submit(os.close, self._fd)
+
+    def _space(self) -> memoryview:
+        """The free end of the chunk being filled (taking a new chunk when none is)."""
+        if self._chunk is None:
+            self._check_writes(wait=False)
+            self._chunk, self._filled = self._pool.take(), 0
+        return memoryview(self._chunk)[self._filled :]
+
+    def _advance(self, count: int) -> None:
+        self._filled += count
+        if self._filled == self._pool.size:
+            self._send()
+
+    def _send(self) -> None:
+        """Hash and write the chunk being filled; it goes back to the pool once both are done."""
+        chunk, length = self._chunk, self._filled
+        assert chunk is not None
+        self._chunk = None
+        hashed = self._hasher.submit(self._sha.update, memoryview(chunk)[:length])
+        self._writes.append(self._writer.submit(self._write_chunk, chunk, length, hashed))
+        self._size += length
+
+    def _write_chunk(self, chunk: mmap.mmap, length: int, hashed: Future) -> None:
+        try:
+            # direct I/O writes whole blocks: the last chunk is padded with zeros, cut off again by _finish
+            padded = length + (-length % ALIGN if self._direct else 0)
+            chunk[length:padded] = bytes(padded - length)
+            self._write_all(memoryview(chunk)[:padded])
+        finally:
+            hashed.result()
+            self._pool.give_back(chunk)
+
+    def _write_all(self, view: memoryview) -> None:
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]
+            except OSError as exc:
+                if not (self._direct and exc.errno == errno.EINVAL):
+                    raise SteerfoldError(f"could not write {self.path.name} in {self.path.parent}: {exc.strerror}; "
+                                         f"free space there or pass another --out") from None
+                _drop_direct_io(self._fd)  # the file system took the flag but refuses the write: go through the cache
+                self._direct = False
+
+    def _finish(self) -> None:
+        try:
+            os.ftruncate(self._fd, self._size)
+        finally:
+            os.close(self._fd)
+
+    def _check_writes(self, wait: bool) -> None:
+        """Raise the first failed write (waiting for all of them with ``wait``)."""
+        while self._writes and (wait or self._writes[0].done()):
+            self._writes.popleft().result()
+
+
+ALIGN = 4096  # direct I/O: buffer address, file offset and length are multiples of the device's block size
+CHUNK_BYTES = 32 << 20
+CHUNK_COUNT = 4
+
+
+def _open_for_writing(path: Path) -> tuple[int, bool]:
+    """A new file's descriptor, and whether it writes with direct I/O (not every OS and file system offers it)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+    direct = getattr(os, "O_DIRECT", 0)
+    if direct:
+        try:
+            return os.open(path, flags | direct, 0o666), True
+        except OSError:
+            pass
+    return os.open(path, flags, 0o666), False
+
+
+def _drop_direct_io(fd: int) -> None:
+    import fcntl
+
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
 
 
 class BufferRing:
-    """A few reusable buffers that edited tensors are folded into. Writing fresh memory costs more CPU than the
+    """Two reusable buffers that edited tensors are folded into. Writing fresh memory costs more CPU than the
     fold's arithmetic (every page is faulted in and zeroed first), so each buffer goes back to the ring once its
-    tensor is written and hashed, and the next fold reuses its pages."""
+    tensor is copied into the output's chunks, and the next fold reuses its pages."""
 
     def __init__(self, nbytes: int, count: int) -> None:
         self._free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
@@ -240,36 +333,41 @@ def write_shards(
 ) -> dict[str, str]:
     """Write every planned shard into ``dest``; returns the weight map (tensor name → file name).
 
-    Three threads share the work: edited tensors are computed one ahead in a background thread, into the two
-    buffers of a ``BufferRing`` (memory: two of the largest edited tensor), this thread writes, and with
-    ``digests`` a third hashes (sha256) each byte as it is written, from memory (the edited tensor, or the mapped
-    source bytes of a copied one), never reading the output back; the hex digests land in ``digests`` by file
-    name. On an error the fold under way is finished before the error surfaces, and the caller's atomic folder
-    removes the partial output.
+    Four threads share the work: edited tensors are folded one ahead in a background thread into the two buffers
+    of a ``BufferRing`` (memory: two of the largest edited tensor); this thread fills the output's chunks; one
+    thread hashes each chunk (SHA-256, from memory, never reading the output back) and one writes it (memory:
+    ``CHUNK_COUNT`` chunks). With ``digests`` the hex digests land there by file name. On an error the fold
+    under way is finished before the error surfaces, and the caller's atomic folder removes the partial output.
     """
     names = shard_names(len(shards))
     weight_map: dict[str, str] = {}
-    pending: dict[str, Future] = {}
+    outputs: dict[str, OutputFile] = {}
     to_edit = [t for shard in shards for t in shard if t.transform]
     ring = BufferRing(max((t.source.nbytes for t in to_edit), default=0), count=2)
-    with _fold_threads(), ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as folder:
+    pool = ChunkPool(CHUNK_BYTES, CHUNK_COUNT)
+    with (_fold_threads(), ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as writer,
+          ThreadPoolExecutor(max_workers=1) as folder):
         edited = _edited_in_order(to_edit, transform, ring, folder)
-        hashing = HashQueue(hasher)
         for name, tensors in zip(names, shards):
-            digest = ShardDigest(hashing) if digests is not None else None
-            _write_shard(dest / name, tensors, edited, ring, digest)
+            output = outputs[name] = OutputFile(dest / name, pool, hasher, writer)
+            try:
+                _write_shard(output, tensors, edited, ring)
+            except BaseException:
+                output.discard()
+                raise
+            output.close()
             weight_map.update({t.name: name for t in tensors})
-            if digest is not None:
-                pending[name] = digest.hexdigest()
-        for name, future in pending.items():
-            digests[name] = future.result()
+        for name, output in outputs.items():
+            digest = output.digest()
+            if digests is not None:
+                digests[name] = digest
     return weight_map
 
 
 @contextmanager
 def _fold_threads() -> Iterator[None]:
-    """Leave one core to the writer and one to the hasher: the fold gets the rest (at least one), not all of them
-    (on two cores, torch's threads spinning beside the writer and hasher cost more than they bring)."""
+    """Leave one core to the chunk filler and one to the hasher: the fold gets the rest (at least one), not all of
+    them (on two cores, torch's threads spinning beside the filler and hasher cost more than they bring)."""
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - 2)))
     try:
@@ -281,7 +379,7 @@ def _fold_threads() -> Iterator[None]:
 def _edited_in_order(tensors: list[OutputTensor], transform: Transform, ring: BufferRing, pool
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The edited tensors of ``tensors`` in order, each with the ring buffer it was folded into (to give back once
-    written and hashed); each next one is computed in ``pool`` while this one is written."""
+    copied out); each next one is computed in ``pool`` while this one is written."""
     def compute(tensor: OutputTensor) -> tuple[torch.Tensor, torch.Tensor]:
         buffer, out = ring.take(tensor.source)
         edited = transform(tensor.name, tensor.source.load(), out)
@@ -296,28 +394,17 @@ def _edited_in_order(tensors: list[OutputTensor], transform: Transform, ring: Bu
         yield current.result()
 
 
-def _write_shard(path: Path, tensors: list[OutputTensor], edited: Iterator[tuple[torch.Tensor, torch.Tensor]],
-                 ring: BufferRing, digest: ShardDigest | None) -> None:
+def _write_shard(output: OutputFile, tensors: list[OutputTensor], edited: Iterator[tuple[torch.Tensor, torch.Tensor]],
+                 ring: BufferRing) -> None:
     """Header first (shapes and dtypes are known), then each tensor: edited, or copied byte for byte."""
-    feed = digest.feed if digest is not None else lambda _data: None
-    with open(path, "wb") as out:
-        header = _header_bytes(tensors, {"format": "pt"})
-        out.write(header)
-        feed(header)
-        for tensor in tensors:
-            if tensor.transform:
-                tensor_out, buffer = next(edited)
-                data = tensor_bytes(tensor_out)
-                out.write(data)
-                feed(data)
-                if digest is not None:
-                    digest.then(lambda _future, buffer=buffer: ring.give_back(buffer))
-                else:
-                    ring.give_back(buffer)
-            else:
-                tensor.source.copy_to(out)
-                if digest is not None and tensor.source.nbytes:
-                    feed(tensor.source.mapped())
+    output.write(_header_bytes(tensors, {"format": "pt"}))
+    for tensor in tensors:
+        if tensor.transform:
+            tensor_out, buffer = next(edited)
+            output.write(tensor_bytes(tensor_out))
+            ring.give_back(buffer)
+        else:
+            output.copy_from(tensor.source)
 
 
 def write_index(dest: Path, weight_map: dict[str, str], total_size: int) -> None:

@@ -73,7 +73,7 @@ def edit_into_small_shards(tmp_path) -> None:
 @pytest.mark.parametrize("slow_hasher", [False, True])
 def test_sums_are_the_written_bytes_hashed_in_memory(tmp_path, monkeypatch, slow_hasher):
     """The digests computed while writing (never read back) equal a fresh sha256 of every file on disk, also when
-    hashing lags far behind writing (an edited tensor's buffer must not be reused before it is hashed)."""
+    hashing lags far behind filling (a chunk must not be reused before it is hashed)."""
     import hashlib
     import time
 
@@ -92,6 +92,7 @@ def test_sums_are_the_written_bytes_hashed_in_memory(tmp_path, monkeypatch, slow
 
     if slow_hasher:
         monkeypatch.setattr("editor.stream.hashlib.sha256", SlowSha)
+        small_chunks(monkeypatch)
     edit_into_small_shards(tmp_path)
     listed = dict(line.split("  ")[::-1] for line in (tmp_path / "out" / "SHA256SUMS").read_text().splitlines())
     shards = sorted(p.name for p in (tmp_path / "out").glob("*.safetensors"))
@@ -171,42 +172,113 @@ def test_folding_into_a_used_buffer_is_the_fresh_fold(model_type):
         assert result.data_ptr() == used.data_ptr() or "bias" in key, key
 
 
-def test_bytes_waiting_to_be_hashed_are_bounded_across_shards(monkeypatch):
-    """Feeding waits once too many bytes wait for the hasher, whichever shard they belong to."""
+def test_bytes_in_flight_are_bounded_by_the_chunks_across_files(monkeypatch, tmp_path):
+    """Filling waits once every chunk waits for the hasher, whichever file the chunks belong to; once hashing
+    resumes both files are written whole and their digests are of what was written."""
     import hashlib
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from editor.stream import HashQueue, ShardDigest
+    from editor.stream import ALIGN, ChunkPool, OutputFile
 
-    monkeypatch.setattr(HashQueue, "MAX_PENDING_BYTES", 10)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        gate = threading.Event()
-        pool.submit(gate.wait)  # the hasher is busy until the gate opens
-        queue = HashQueue(pool)
-        first, second = ShardDigest(queue), ShardDigest(queue)
-        first.feed(b"x" * 8)
-        feeding = threading.Thread(target=second.feed, args=(b"y" * 8,))
-        feeding.start()
-        feeding.join(timeout=0.3)
-        assert feeding.is_alive()  # 16 bytes would wait: the second shard's feed waits for the first's chunk
+    gate = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as writer:
+        hasher.submit(gate.wait)  # the hasher is busy until the gate opens
+        pool = ChunkPool(ALIGN, 2)
+        first, second = OutputFile(tmp_path / "a", pool, hasher, writer), OutputFile(tmp_path / "b", pool, hasher, writer)
+        first.write(b"x" * ALIGN)  # one full chunk, waiting to be hashed
+        first.write(b"x" * 10)
+        first.close()  # the second chunk waits too: no chunk is left
+        filling = threading.Thread(target=second.write, args=(b"y" * (ALIGN + 10),))
+        filling.start()
+        filling.join(timeout=0.3)
+        assert filling.is_alive()
         gate.set()
-        feeding.join(timeout=5)
-        assert not feeding.is_alive()
-        assert first.hexdigest().result() == hashlib.sha256(b"x" * 8).hexdigest()
-        assert second.hexdigest().result() == hashlib.sha256(b"y" * 8).hexdigest()
+        filling.join(timeout=5)
+        assert not filling.is_alive()
+        second.close()
+        assert first.digest() == hashlib.sha256(b"x" * (ALIGN + 10)).hexdigest()
+        assert second.digest() == hashlib.sha256(b"y" * (ALIGN + 10)).hexdigest()
+    assert (tmp_path / "a").read_bytes() == b"x" * (ALIGN + 10) and (tmp_path / "b").read_bytes() == b"y" * (ALIGN + 10)
 
 
-def test_one_hash_queue_serves_every_shard(tmp_path, monkeypatch):
-    """The bound on bytes waiting to be hashed holds across shards: write_shards makes one queue, not one a shard."""
+def small_chunks(monkeypatch) -> None:
+    """Chunks of one block, two of them: every tiny shard spans many chunks and each chunk is reused often."""
     import editor.stream as stream
 
-    made, real = [], stream.HashQueue
+    monkeypatch.setattr(stream, "CHUNK_BYTES", stream.ALIGN)
+    monkeypatch.setattr(stream, "CHUNK_COUNT", 2)
 
-    def counting(pool):
-        made.append(pool)
-        return real(pool)
 
-    monkeypatch.setattr(stream, "HashQueue", counting)
-    edit_into_small_shards(tmp_path)
-    assert len(list((tmp_path / "out").glob("*.safetensors"))) > 2 and len(made) == 1
+def test_output_through_small_chunks_is_the_output_through_large_ones(tmp_path, monkeypatch):
+    edit_into_small_shards(tmp_path / "large")
+    small_chunks(monkeypatch)
+    edit_into_small_shards(tmp_path / "small")
+    names = sorted(p.name for p in (tmp_path / "large" / "out").glob("model*"))
+    assert names == sorted(p.name for p in (tmp_path / "small" / "out").glob("model*")) and len(names) > 3
+    for name in names:
+        assert (tmp_path / "large" / "out" / name).read_bytes() == (tmp_path / "small" / "out" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("refused_at", ["open", "write"])
+def test_a_file_system_without_direct_io_gets_the_same_files(tmp_path, monkeypatch, refused_at):
+    """Where the file system refuses direct I/O, when opening or only at the first write, the edit goes through
+    the page cache instead and writes the same bytes."""
+    import errno
+    import fcntl
+    import os
+
+    import editor.stream as stream
+
+    if not hasattr(os, "O_DIRECT"):
+        pytest.skip("this OS has no direct I/O")
+    edit_into_small_shards(tmp_path / "direct")
+    refused = []
+    real_open, real_write = os.open, os.write
+
+    def refusing_open(path, flags, *args):
+        if refused_at == "open" and flags & os.O_DIRECT:
+            refused.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    def refusing_write(fd, data):
+        if refused_at == "write" and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    small_chunks(monkeypatch)
+    monkeypatch.setattr(stream.os, "open", refusing_open)
+    monkeypatch.setattr(stream.os, "write", refusing_write)
+    edit_into_small_shards(tmp_path / "cached")
+    shards = sorted(p.name for p in (tmp_path / "direct" / "out").glob("*.safetensors"))
+    assert len(refused) >= len(shards) > 2
+    for name in [*shards, "model.safetensors.index.json"]:
+        assert (tmp_path / "direct" / "out" / name).read_bytes() == (tmp_path / "cached" / "out" / name).read_bytes(), name
+
+
+def test_a_full_disk_is_one_line_and_no_output(tmp_path, monkeypatch):
+    import errno
+
+    import editor.stream as stream
+
+    model = build_tiny_model("llama").to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "base", max_shard_size="60KB")
+    direction = write_direction(tmp_path / "d.safetensors", random_direction())
+    written = []
+
+    def filling_write(fd, data):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(len(data))
+        return len(data)
+
+    small_chunks(monkeypatch)
+    monkeypatch.setattr(stream.os, "write", filling_write)
+    result = CliRunner().invoke(cli, ["edit", str(tmp_path / "base"), "--direction", str(direction), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "--out" in errors[0], result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
