@@ -65,7 +65,7 @@ def edit(model_dir: Path, direction: Path, out: Path, fmt: str, scale: float, st
     """Fold an edit along a direction into MODEL_DIR's weights (or a LoRA adapter, or a control vector).
 
     The edit is the ablation of the direction, or with --steer a constant offset along it, with --condition a
-    conditional map, or with --subspace the removal of the file's basis. Before writing, it prints which artifacts can carry the edit exactly, and refuses a --format
+    conditional map, or with --subspace the removal of the file's basis. Before any output appears, it prints which artifacts can carry the edit exactly, and refuses a --format
     that cannot. MODEL_DIR is a local checkpoint folder or a Hub id (fetched through huggingface_hub's cache).
     """
     from editor.edit_checkpoint import EditRequest, run_edit

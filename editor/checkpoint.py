@@ -14,13 +14,13 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING, Iterator
 
 from editor.errors import SteerfoldError
 from editor.stream import TensorEntry, read_header
+
+if TYPE_CHECKING:  # torch is imported where pickles are read: a streamed edit starts copying before it is loaded
+    import torch
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
@@ -68,6 +68,8 @@ def read_tensors(folder: ModelFolder, keys: list[str]) -> dict[str, torch.Tensor
 
 def _pickle_to_safetensors(shard: Path, scratch: Path) -> Path:
     """Convert one pickled shard to safetensors (one shard in memory at a time) so one streaming path serves both."""
+    from safetensors.torch import save_file
+
     scratch.mkdir(parents=True, exist_ok=True)
     out = scratch / (shard.name + ".safetensors")
     tensors = {k: v.contiguous() for k, v in _load_pickle(shard).items()}
@@ -129,6 +131,8 @@ def _shards_from(path: Path, index_name: str, single_name: str) -> tuple[Path, .
 
 
 def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or hostile pickle

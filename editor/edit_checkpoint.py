@@ -1,32 +1,31 @@
 """The ``steerfold edit`` job: a model folder and a direction file in, an edited checkpoint, adapter or control
-vector out. Before anything is written it says which artifacts can carry the edit exactly, and refuses a format
-that cannot."""
+vector out. Before anything appears at the output path it says which artifacts can carry the edit exactly, and
+refuses a format that cannot.
+
+This module does not import torch when loaded: a merged checkpoint's shards start copying first (into the hidden
+folder that becomes the output), and torch is imported while they do."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
-import torch
-
-from editor.arch import ModelLayout, Role, resolve_layout
+from editor.arch import ModelLayout, resolve_layout
 from editor.checkpoint import ModelFolder, atomic_folder, check_output_path, open_model_folder, read_tensors
-from editor.directions import DirectionFile, check_hidden_size, load_direction_file
-from editor.edits import Edit, TiedEmbeddingMode, ablation_edit, conditional_edit, steering_edit
 from editor.errors import SteerfoldError
-from editor.hub import resolve_model
 from editor.export.card import CARD_OF_FORMAT, base_license, write_card
 from editor.export.checksums import write_checksums
-from editor.export.cvec import write_control_vector
-from editor.export.lora import write_lora_adapter
-from editor.export.merged import DEFAULT_MAX_SHARD_BYTES, write_merged_checkpoint
-from editor.kernels import LayerKernel, kernel_weights
-from editor.methods.inlp import nullspace_edit
-from editor.norm_preserving import norm_preserving_edit
-from editor.portability import Carrier, edit_carriers
+from editor.export.merged import (DEFAULT_MAX_SHARD_BYTES, MergedWrite, finish_merged_checkpoint, may_untie_output_head,
+                                  start_merged_checkpoint, write_merged_checkpoint)
+from editor.hub import resolve_model
+from editor.kernels import LayerKernel
 from editor.stream import parse_size
+
+if TYPE_CHECKING:
+    from editor.edits import Edit, TiedEmbeddingMode
+    from editor.portability import Carrier
 
 OutputFormat = Literal["merged", "lora", "cvec"]
 EditKind = Literal["ablation", "steering", "conditional", "subspace"]
@@ -143,67 +142,6 @@ def check_request(request: EditRequest) -> None:
             raise SteerfoldError(message)
 
 
-def edit_layers(request: EditRequest, layout: ModelLayout, source_layer: int | None) -> list[int]:
-    """The layer indices to edit: --layers, or all of them (steering: the layer the direction was fitted at)."""
-    if request.kind == "steering" and request.layers is None:
-        if source_layer is None:
-            raise SteerfoldError("the direction file records no layer to steer at: pass --layers (e.g. --layers 4)")
-        layers = [source_layer]
-    else:
-        layers = parse_layers(request.layers, layout.num_layers)
-    if not request.embedding:
-        layers = [layer for layer in layers if layer != 0]
-    if not layers:
-        raise SteerfoldError("no layer left to edit: widen --layers or drop --no-embedding")
-    return layers
-
-
-def _checked_file(path: Path, layout: ModelLayout) -> DirectionFile:
-    """A direction file whose vectors fit the model's hidden size and layer count."""
-    file = load_direction_file(path)
-    check_hidden_size(file, layout.hidden_size, layout.num_layers, path)
-    return file
-
-
-def _condition_vector(request: EditRequest, layout: ModelLayout) -> torch.Tensor:
-    """The condition direction c: a row of a per-layer file is picked like the direction's (--layer or recorded)."""
-    assert request.condition is not None
-    file = _checked_file(request.condition, layout)
-    return file.select(request.layer if file.directions is not None else None)[0]
-
-
-def _basis(request: EditRequest, file: DirectionFile) -> torch.Tensor:
-    """The orthonormal ``basis`` [k, hidden] of the direction file (written by ``steerfold fit --method inlp``)."""
-    if file.basis is None:
-        raise SteerfoldError(f"{request.direction} holds no basis to remove: fit one with --method inlp (or pca --pca-components 2+), or drop --subspace")
-    return file.basis
-
-
-Weights = dict[tuple[int, Role], float]
-# One builder per edit kind: (request, layout, direction file, its direction vector, layers, per-module weights) → Edit.
-BUILDERS: dict[str, Callable[[EditRequest, ModelLayout, DirectionFile, torch.Tensor, list[int], Weights], Edit]] = {
-    "ablation": lambda r, layout, f, v, layers, w: ablation_edit(v, layers, r.scale, r.tied_embedding, w),
-    "steering": lambda r, layout, f, v, layers, w: replace(steering_edit(v, layers, r.coefficient), tied_embedding=r.tied_embedding),
-    "subspace": lambda r, layout, f, v, layers, w: nullspace_edit(_basis(r, f), layers, r.tied_embedding, w),
-    "conditional": lambda r, layout, f, v, layers, w: conditional_edit(_condition_vector(r, layout), v, layers, r.alpha,
-                                                                    r.tied_embedding, w),
-}
-
-
-def build_edit(request: EditRequest, layout: ModelLayout) -> tuple[Edit, int | None, dict[str, str]]:
-    """Load and check the direction (and condition), then build the edit the request describes."""
-    check_request(request)
-    direction_file = _checked_file(request.direction, layout)
-    vector, source_layer = direction_file.select(request.layer)
-    layers = edit_layers(request, layout, source_layer)
-    weights = kernel_weights(layers, request.attention_kernel, request.mlp_kernel)
-    edit = BUILDERS[request.kind](request, layout, direction_file, vector, layers, weights)
-    edit.check_changes_something(layout)
-    if request.norm_preserving:
-        edit = norm_preserving_edit(edit)
-    return edit, source_layer, direction_file.metadata
-
-
 # (request field, flag, default): a value equal to its default is left out of the reproduce command.
 FLAGS: list[tuple[str, str, object]] = [
     ("revision", "--revision", None), ("format", "--format", "merged"), ("scale", "--scale", 1.0),
@@ -234,15 +172,42 @@ def reproduce_command(request: EditRequest) -> str:
     return " ".join(parts)
 
 
-Writer = Callable[[ModelFolder, ModelLayout, Edit, Path, EditRequest, str], dict]
-# One writer per --format, each called inside the atomic output folder.
-WRITERS: dict[str, Writer] = {
-    "merged": lambda folder, layout, edit, dest, request, base: write_merged_checkpoint(
-        folder, layout, edit, dest, parse_size(request.max_shard_size) if request.max_shard_size else DEFAULT_MAX_SHARD_BYTES),
-    "lora": lambda folder, layout, edit, dest, request, base: write_lora_adapter(
-        folder, layout, edit, dest, base_model=base, revision=request.revision),
-    "cvec": lambda folder, layout, edit, dest, request, base: write_control_vector(layout, edit, dest),
-}
+def max_shard_bytes(request: EditRequest) -> int:
+    return parse_size(request.max_shard_size) if request.max_shard_size else DEFAULT_MAX_SHARD_BYTES
+
+
+def start_writing(request: EditRequest, folder: ModelFolder, layout: ModelLayout, dest: Path) -> MergedWrite | None:
+    """Start copying a merged checkpoint's shards before the edit is built, where its tensors do not depend on
+    the edit (they do when the edit could untie the output head)."""
+    if request.format != "merged" or may_untie_output_head(layout, request.tied_embedding):
+        return None
+    return start_merged_checkpoint(folder, layout, dest, untie=False, max_shard_bytes=max_shard_bytes(request))
+
+
+def _write_merged(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, request: EditRequest, base: str,
+                  started: MergedWrite | None) -> dict:
+    if started is not None:
+        return finish_merged_checkpoint(started, edit)
+    return write_merged_checkpoint(folder, layout, edit, dest, max_shard_bytes(request))
+
+
+def _write_lora(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, request: EditRequest, base: str,
+                started: MergedWrite | None) -> dict:
+    from editor.export.lora import write_lora_adapter
+
+    return write_lora_adapter(folder, layout, edit, dest, base_model=base, revision=request.revision)
+
+
+def _write_cvec(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, request: EditRequest, base: str,
+                started: MergedWrite | None) -> dict:
+    from editor.export.cvec import write_control_vector
+
+    return write_control_vector(layout, edit, dest)
+
+
+Writer = Callable[[ModelFolder, ModelLayout, "Edit", Path, EditRequest, str, "MergedWrite | None"], dict]
+# One writer per --format, each called inside the atomic output folder (merged: with the copy already started).
+WRITERS: dict[str, Writer] = {"merged": _write_merged, "lora": _write_lora, "cvec": _write_cvec}
 
 
 def card_edit(request: EditRequest, edit: Edit, layout: ModelLayout, metadata: dict[str, str], source_layer: int | None,
@@ -258,7 +223,7 @@ def card_edit(request: EditRequest, edit: Edit, layout: ModelLayout, metadata: d
 
 
 def carrier_lines(carriers: dict[str, Carrier]) -> list[str]:
-    """The portability of this edit, one line per artifact, as the CLI prints it before writing."""
+    """The portability of this edit, one line per artifact, as the CLI prints it before any output appears."""
     lines = ["which artifacts can carry this edit exactly:"]
     for carrier in carriers.values():
         lines.append(f"  {'yes' if carrier.exact else 'no ':<4} {carrier.artifact:<20} {carrier.note}".rstrip())
@@ -266,25 +231,36 @@ def carrier_lines(carriers: dict[str, Carrier]) -> list[str]:
 
 
 def run_edit(request: EditRequest, say: Say = lambda _line: None) -> EditSummary:
-    """Check everything first, say which artifacts can carry the edit, then write the chosen one atomically.
+    """Check everything, say which artifacts can carry the edit, then write the chosen one atomically.
 
-    The input is never modified; a format that cannot carry the edit exactly is refused before anything is written.
+    The input is never modified; a format that cannot carry the edit exactly is refused before anything appears at
+    the output path. A merged checkpoint's shards are copied into the hidden folder beside it while the edit is
+    built (importing torch takes seconds); a refusal or an error removes that folder.
     """
-    if request.max_shard_size:
-        parse_size(request.max_shard_size)
+    check_request(request)
+    max_shard_bytes(request)
     folder = open_model_folder(resolve_model(request.model, request.revision), allow_pickle=request.allow_pickle)
     check_output_path(request.out, folder.path, request.overwrite)
     layout = resolve_layout(folder.config, folder.parameter_names())
-    edit, source_layer, metadata = build_edit(request, layout)
-    gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
-    carriers = edit_carriers(edit, layout, gains.__getitem__)
-    for line in carrier_lines(carriers):
-        say(line)
-    if not carriers[request.format].exact:
-        raise SteerfoldError(carriers[request.format].note)
     base_name = str(request.model) if not Path(str(request.model)).exists() else str(folder.path.resolve())
     with atomic_folder(request.out) as tmp:
-        details = WRITERS[request.format](folder, layout, edit, tmp, request, base_name)
+        started = start_writing(request, folder, layout, tmp)
+        try:
+            from editor.edit_build import build_edit
+            from editor.portability import edit_carriers
+
+            edit, source_layer, metadata = build_edit(request, layout)
+            gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
+            carriers = edit_carriers(edit, layout, gains.__getitem__)
+            for line in carrier_lines(carriers):
+                say(line)
+            if not carriers[request.format].exact:
+                raise SteerfoldError(carriers[request.format].note)
+        except BaseException:
+            if started is not None:
+                started.writer.cancel()
+            raise
+        details = WRITERS[request.format](folder, layout, edit, tmp, request, base_name, started)
         write_card(tmp, CARD_OF_FORMAT[request.format], title=f"{base_name} (steerfold edit)", base_model=base_name,
                    edit=card_edit(request, edit, layout, metadata, source_layer, details), direction_metadata=metadata,
                    license=base_license(folder.path), reproduce=reproduce_command(request), rank=details.get("rank", 1))

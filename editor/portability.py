@@ -1,4 +1,4 @@
-"""Which artifact can carry which kind of edit exactly, for one model: said before anything is written."""
+"""Which artifact can carry which kind of edit exactly, for one model: said before any output appears."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def carriers(layout: ModelLayout) -> list[Carrier]:
     ]
 
 
-# --format → (artifact, the check that refuses, before writing, an edit the artifact cannot carry exactly).
+# --format → (artifact, the check that refuses, before any output appears, an edit the artifact cannot carry exactly).
 FORMATS: dict[str, tuple[str, Callable]] = {
     "merged": ("merged safetensors", check_merged_can_carry),
     "lora": ("PEFT LoRA", check_lora_can_carry),

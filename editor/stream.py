@@ -17,22 +17,34 @@ import mmap
 import os
 import queue
 import struct
+import threading
 from collections import deque
-from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
-import torch
+from typing import TYPE_CHECKING
 
 from editor.errors import SteerfoldError
 
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+if TYPE_CHECKING:
+    import torch
+
+# safetensors dtype → (torch dtype name, bytes per element). Nothing here imports torch, so that copying can start
+# while torch is still being imported (see ShardWriter).
+DTYPES: dict[str, tuple[str, int]] = {
+    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
+    "BOOL": ("bool", 1), "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1),
 }
+
+
+def torch_dtype(name: str) -> "torch.dtype":
+    """The torch dtype of a safetensors dtype name."""
+    import torch
+
+    return getattr(torch, DTYPES[name][0])
 
 
 @dataclass(frozen=True)
@@ -59,11 +71,13 @@ class TensorEntry:
             raise SteerfoldError(f"{self.file} ended early while reading '{self.name}': the shard is truncated; re-download it") from None
         return memoryview(mapping)[self.start - aligned :]
 
-    def load(self) -> torch.Tensor:
+    def load(self) -> "torch.Tensor":
         """Just this tensor, without copying it: its pages are read from the file as they are used."""
+        import torch
+
         if self.nbytes == 0:
-            return torch.empty(self.shape, dtype=DTYPES[self.dtype])
-        return torch.frombuffer(self.mapped(), dtype=DTYPES[self.dtype]).reshape(self.shape)
+            return torch.empty(self.shape, dtype=torch_dtype(self.dtype))
+        return torch.frombuffer(self.mapped(), dtype=torch_dtype(self.dtype)).reshape(self.shape)
 
 
 def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
@@ -89,7 +103,7 @@ def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
             raise SteerfoldError(f"tensor '{name}' in {path.name} has a malformed header entry: the shard is corrupt; re-download it") from None
         if dtype not in DTYPES:
             raise SteerfoldError(f"tensor '{name}' in {path.name} has dtype {dtype}, which steerfold cannot read yet")
-        expected = math.prod(shape) * DTYPES[dtype].itemsize
+        expected = math.prod(shape) * DTYPES[dtype][1]
         if end - begin != expected:
             raise SteerfoldError(f"tensor '{name}' in {path.name} takes {end - begin} bytes where its shape and dtype need "
                                  f"{expected}: the shard is corrupt; re-download it")
@@ -103,14 +117,11 @@ def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
 
 @dataclass(frozen=True)
 class OutputTensor:
-    """One tensor of the output: its name, and the input entry its bytes (maybe transformed) come from."""
+    """One tensor of the output: its name, and the input entry its bytes (maybe edited) come from."""
 
     name: str
     source: TensorEntry
-    transform: bool  # False: copy the bytes as they are
-
-
-Transform = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]  # (name, tensor, out): the edit, maybe in out
+    editable: bool  # False: always copied as it is; True: the edit supplies its bytes, or leaves it as it is
 
 
 def plan_shards(tensors: list[OutputTensor], max_shard_bytes: int | None) -> list[list[OutputTensor]]:
@@ -145,12 +156,6 @@ def _header_bytes(tensors: Iterable[OutputTensor], metadata: dict[str, str]) -> 
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
     return struct.pack("<Q", len(raw)) + raw
-
-
-def tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """The raw little-endian bytes of a contiguous CPU tensor."""
-    flat = tensor.detach().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
 class ChunkPool:
@@ -309,102 +314,84 @@ def _drop_direct_io(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
 
 
-class BufferRing:
-    """Two reusable buffers that edited tensors are folded into. Writing fresh memory costs more CPU than the
-    fold's arithmetic (every page is faulted in and zeroed first), so each buffer goes back to the ring once its
-    tensor is copied into the output's chunks, and the next fold reuses its pages."""
-
-    def __init__(self, nbytes: int, count: int) -> None:
-        self._free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
-        for _ in range(count):
-            self._free.put(torch.empty(nbytes, dtype=torch.uint8))
-
-    def take(self, entry: TensorEntry) -> tuple[torch.Tensor, torch.Tensor]:
-        """A free buffer (waiting for one) and a view of it with ``entry``'s dtype and shape."""
-        buffer = self._free.get()
-        return buffer, buffer[: entry.nbytes].view(DTYPES[entry.dtype]).view(entry.shape)
-
-    def give_back(self, buffer: torch.Tensor) -> None:
-        self._free.put(buffer)
+EditedBytes = Iterator["memoryview | None"]  # for each editable tensor in order: its edited bytes, or None to copy it
 
 
-def write_shards(
-    shards: list[list[OutputTensor]], dest: Path, transform: Transform, digests: dict[str, str] | None = None
-) -> dict[str, str]:
-    """Write every planned shard into ``dest``; returns the weight map (tensor name → file name).
+class ShardWriter:
+    """Writes planned shards into a folder in a background thread, which starts at once: it copies tensors until
+    it meets the first editable one, then waits for ``supply`` to give the edited bytes. Planning editable tensors
+    last lets the copying run while torch is imported and the edit is built.
 
-    Four threads share the work: edited tensors are folded one ahead in a background thread into the two buffers
-    of a ``BufferRing`` (memory: two of the largest edited tensor); this thread fills the output's chunks; one
-    thread hashes each chunk (SHA-256, from memory, never reading the output back) and one writes it (memory:
-    ``CHUNK_COUNT`` chunks). With ``digests`` the hex digests land there by file name. On an error the fold
-    under way is finished before the error surfaces, and the caller's atomic folder removes the partial output.
+    Every byte passes through the chunks of one ``ChunkPool``, each hashed (SHA-256, from memory, never reading
+    the output back) by one thread and written by another. ``result`` returns the weight map (tensor name → file
+    name) and each file's hex digest; ``cancel`` stops the writing (the caller's atomic folder removes the files).
     """
-    names = shard_names(len(shards))
-    weight_map: dict[str, str] = {}
-    outputs: dict[str, OutputFile] = {}
-    to_edit = [t for shard in shards for t in shard if t.transform]
-    ring = BufferRing(max((t.source.nbytes for t in to_edit), default=0), count=2)
-    pool = ChunkPool(CHUNK_BYTES, CHUNK_COUNT)
-    with (_fold_threads(), ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as writer,
-          ThreadPoolExecutor(max_workers=1) as folder):
-        edited = _edited_in_order(to_edit, transform, ring, folder)
-        for name, tensors in zip(names, shards):
-            output = outputs[name] = OutputFile(dest / name, pool, hasher, writer)
-            try:
-                _write_shard(output, tensors, edited, ring)
-            except BaseException:
-                output.discard()
-                raise
-            output.close()
-            weight_map.update({t.name: name for t in tensors})
-        for name, output in outputs.items():
-            digest = output.digest()
-            if digests is not None:
-                digests[name] = digest
-    return weight_map
+
+    def __init__(self, shards: list[list[OutputTensor]], dest: Path) -> None:
+        self.shards = shards
+        self._dest = dest
+        self._edited: Future = Future()
+        self._cancelled = threading.Event()
+        self._outcome: tuple[dict[str, str], dict[str, str]] | BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="steerfold-shard-writer", daemon=True)
+        self._thread.start()
+
+    def supply(self, edited: EditedBytes) -> None:
+        """The edited bytes of the editable tensors, in plan order; the writer closes the iterator when done."""
+        self._edited.set_result(edited)
+
+    def cancel(self) -> None:
+        """Stop writing and wait for the writer to close its files."""
+        self._cancelled.set()
+        if not self._edited.done():
+            self._edited.set_exception(_Cancelled())
+        self._thread.join()
+
+    def result(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Wait for every shard; the weight map and the digests by file name, or the error that stopped the writer."""
+        self._thread.join()
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        assert self._outcome is not None
+        return self._outcome
+
+    def _run(self) -> None:
+        edited: EditedBytes | None = None
+        try:
+            weight_map: dict[str, str] = {}
+            outputs: dict[str, OutputFile] = {}
+            pool = ChunkPool(CHUNK_BYTES, CHUNK_COUNT)
+            with ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as writer:
+                for name, tensors in zip(shard_names(len(self.shards)), self.shards):
+                    output = outputs[name] = OutputFile(self._dest / name, pool, hasher, writer)
+                    try:
+                        output.write(_header_bytes(tensors, {"format": "pt"}))
+                        for tensor in tensors:
+                            if self._cancelled.is_set():
+                                raise _Cancelled()
+                            if tensor.editable and edited is None:
+                                edited = self._edited.result()
+                            data = next(edited) if tensor.editable else None
+                            if data is None:
+                                output.copy_from(tensor.source)
+                            else:
+                                output.write(data)
+                    except BaseException:
+                        output.discard()
+                        raise
+                    output.close()
+                    weight_map.update({t.name: name for t in tensors})
+                self._outcome = weight_map, {name: output.digest() for name, output in outputs.items()}
+        except BaseException as exc:  # surfaces in the calling thread, from result()
+            self._outcome = exc
+        finally:
+            close = getattr(edited, "close", None)
+            if close is not None:
+                close()
 
 
-@contextmanager
-def _fold_threads() -> Iterator[None]:
-    """Leave one core to the chunk filler and one to the hasher: the fold gets the rest (at least one), not all of
-    them (on two cores, torch's threads spinning beside the filler and hasher cost more than they bring)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - 2)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _edited_in_order(tensors: list[OutputTensor], transform: Transform, ring: BufferRing, pool
-                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The edited tensors of ``tensors`` in order, each with the ring buffer it was folded into (to give back once
-    copied out); each next one is computed in ``pool`` while this one is written."""
-    def compute(tensor: OutputTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        buffer, out = ring.take(tensor.source)
-        edited = transform(tensor.name, tensor.source.load(), out)
-        expected = (DTYPES[tensor.source.dtype], torch.Size(tensor.source.shape))
-        if (edited.dtype, edited.shape) != expected:
-            raise AssertionError(f"transform changed {tensor.name}: {edited.dtype}, {tuple(edited.shape)}")
-        return edited, buffer
-
-    ahead = pool.submit(compute, tensors[0]) if tensors else None
-    for index in range(len(tensors)):
-        current, ahead = ahead, pool.submit(compute, tensors[index + 1]) if index + 1 < len(tensors) else None
-        yield current.result()
-
-
-def _write_shard(output: OutputFile, tensors: list[OutputTensor], edited: Iterator[tuple[torch.Tensor, torch.Tensor]],
-                 ring: BufferRing) -> None:
-    """Header first (shapes and dtypes are known), then each tensor: edited, or copied byte for byte."""
-    output.write(_header_bytes(tensors, {"format": "pt"}))
-    for tensor in tensors:
-        if tensor.transform:
-            tensor_out, buffer = next(edited)
-            output.write(tensor_bytes(tensor_out))
-            ring.give_back(buffer)
-        else:
-            output.copy_from(tensor.source)
+class _Cancelled(Exception):
+    """The caller stopped the writer."""
 
 
 def write_index(dest: Path, weight_map: dict[str, str], total_size: int) -> None:

@@ -193,9 +193,9 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     folder = tmp_path / "base"
     model.save_pretrained(folder, max_shard_size="100KB")  # several shards, so the failure is mid-write
     assert len(list(folder.glob("*.safetensors"))) > 1
-    import editor.export.merged as merged
+    import editor.edits as edits
 
-    real_fold, calls = merged.fold_tensor, []
+    real_fold, calls = edits.fold_tensor, []
 
     def failing_fold(*args, **kwargs):
         calls.append(1)
@@ -203,7 +203,7 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
             raise OSError("disk full")
         return real_fold(*args, **kwargs)
 
-    monkeypatch.setattr(merged, "fold_tensor", failing_fold)
+    monkeypatch.setattr(edits, "fold_tensor", failing_fold)
     with pytest.raises(OSError):
         run_cli("edit", folder, "--direction", write_direction(tmp_path / "d.safetensors"), "--out", tmp_path / "out",
                 "--max-shard-size", "100KB")

@@ -282,3 +282,27 @@ def test_a_full_disk_is_one_line_and_no_output(tmp_path, monkeypatch):
     assert len(errors) == 1 and "No space left on device" in errors[0] and "--out" in errors[0], result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_copying_starts_before_the_edit_is_built(tmp_path, monkeypatch):
+    """The tensors no edit can change are written while the edit is still being built (torch imported, the
+    direction read): building waits here until a shard has bytes on disk, and fails the edit if none come."""
+    import time
+
+    import editor.edit_build as edit_build
+
+    real = edit_build.build_edit
+    seen: list[int] = []
+
+    def waiting_build(request, layout):
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            seen.extend(p.stat().st_size for p in tmp_path.glob(".out.tmp-*/model-*.safetensors") if p.stat().st_size)
+            time.sleep(0.01)
+        if not seen:
+            raise AssertionError("no shard was written before the edit was built")
+        return real(request, layout)
+
+    monkeypatch.setattr(edit_build, "build_edit", waiting_build)
+    edit_into_small_shards(tmp_path)
+    assert seen and (tmp_path / "out" / "SHA256SUMS").is_file()

@@ -1,63 +1,114 @@
 """Write an edit folded into a merged checkpoint that ``AutoModelForCausalLM.from_pretrained`` loads.
 
 Streaming: tensors the edit does not touch are copied byte for byte, residual writers are folded one tensor at
-a time, so memory stays at a few tensors whatever the model size (see ``editor.stream``).
+a time, so memory stays at a few tensors whatever the model size (see ``editor.stream``). The output lists the
+tensors no edit can change first and the residual writers last, so that the copying can start before the edit is
+built (``start_merged_checkpoint``) and run while torch is imported. Nothing here imports torch at load time.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from editor.arch import ModelLayout
 from editor.checkpoint import ModelFolder, copy_side_files, read_tensors, update_config
-from editor.edits import Edit, fold_tensor
-from editor.stream import OutputTensor, plan_shards, write_index, write_shards
+from editor.stream import OutputTensor, ShardWriter, plan_shards, write_index
+
+if TYPE_CHECKING:
+    from editor.edits import Edit
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 
 
 def unties_output_head(edit: Edit, layout: ModelLayout) -> bool:
     """Whether this edit gives a tied output head its own, unedited copy of the embedding."""
-    return edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "untie"
+    return edit.edits_embedding() and may_untie_output_head(layout, edit.tied_embedding)
+
+
+def may_untie_output_head(layout: ModelLayout, tied_embedding: str) -> bool:
+    """Whether some edit of this model in this mode could untie the output head (then the output's tensors are
+    known only once the edit is)."""
+    return layout.tied_embeddings and not layout.has_lm_head_tensor and tied_embedding == "untie"
 
 
 def check_merged_can_carry(edit: Edit, layout: ModelLayout, gain_of=None) -> None:
-    """Refuse, before writing anything, an edit the weights cannot carry (an offset without a bias to hold it)."""
+    """Refuse an edit the weights cannot carry (an offset without a bias to hold it)."""
     edit.check_foldable(layout)
     edit.module_maps(layout, gain_of)
 
 
-def write_merged_checkpoint(
-    folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
-) -> dict:
-    """Fold the edit into every residual writer; every other tensor passes through unchanged."""
-    edit.check_foldable(layout)
-    gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
-    module_maps = edit.module_maps(layout, gains.__getitem__)
-    untie = unties_output_head(edit, layout)
+@dataclass
+class MergedWrite:
+    """A merged checkpoint being written: the shard writer already copying, waiting for the edit."""
+
+    folder: ModelFolder
+    layout: ModelLayout
+    dest: Path
+    writer: ShardWriter
+    tensors: list[OutputTensor]
+    untie: bool
+
+
+def start_merged_checkpoint(folder: ModelFolder, layout: ModelLayout, dest: Path, untie: bool,
+                            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> MergedWrite:
+    """Copy the side files and start writing the shards: every tensor no edit can change at once, the residual
+    writers once ``finish_merged_checkpoint`` gives the edit. ``untie``: the output head gets its own copy of the
+    embedding. (Pickled shards are converted to safetensors first, which imports torch.)"""
     embedding_key = layout.embedding.tensors[0][0]
     head_key = f"{layout.architecture.lm_head}.weight"
-
-    outputs: list[OutputTensor] = []
+    fixed: list[OutputTensor] = []
+    editable: list[OutputTensor] = []
     for entry in folder.entries(scratch=dest / ".scratch"):
-        found = layout.writer_of_key(entry.name)
-        outputs.append(OutputTensor(entry.name, entry, transform=found is not None and found[0].hook in module_maps))
+        is_writer = layout.writer_of_key(entry.name) is not None
+        (editable if is_writer else fixed).append(OutputTensor(entry.name, entry, editable=is_writer))
         if untie and entry.name == embedding_key and not layout.has_lm_head_tensor:
-            outputs.append(OutputTensor(head_key, entry, transform=False))
-
-    def transform(name: str, tensor: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return fold_tensor(name, tensor, layout, module_maps, out)
-
+            fixed.append(OutputTensor(head_key, entry, editable=False))
+    tensors = fixed + editable
     copy_side_files(folder.path, dest)
-    shards = plan_shards(outputs, max_shard_bytes)
-    digests: dict[str, str] = {}
-    weight_map = write_shards(shards, dest, transform, digests)
-    shutil.rmtree(dest / ".scratch", ignore_errors=True)
+    writer = ShardWriter(plan_shards(tensors, max_shard_bytes), dest)
+    return MergedWrite(folder, layout, dest, writer, tensors, untie)
+
+
+def finish_merged_checkpoint(started: MergedWrite, edit: Edit) -> dict:
+    """Fold the edit into every residual writer as the writer reaches it, and finish the checkpoint."""
+    from editor.edits import fold_tensor
+    from editor.export.folding import folded_bytes
+
+    layout = started.layout
+    try:
+        if unties_output_head(edit, layout) != started.untie:
+            raise AssertionError("the merged checkpoint was planned for another output head")
+        edit.check_foldable(layout)
+        gains = read_tensors(started.folder, [w.post_norm for w in layout.writers if w.post_norm])
+        module_maps = edit.module_maps(layout, gains.__getitem__)
+    except BaseException:
+        started.writer.cancel()
+        raise
+
+    def fold(name, tensor, out):
+        edited = fold_tensor(name, tensor, layout, module_maps, out)
+        return None if edited is tensor else edited
+
+    started.writer.supply(folded_bytes(started.tensors, fold))
+    try:
+        weight_map, digests = started.writer.result()
+    except BaseException:  # an interrupt while waiting: stop the writer before the caller removes its folder
+        started.writer.cancel()
+        raise
+    shutil.rmtree(started.dest / ".scratch", ignore_errors=True)
+    shards = started.writer.shards
     if len(shards) > 1:
-        write_index(dest, weight_map, sum(t.source.nbytes for t in outputs))
-    if untie:
-        update_config(dest, tie_word_embeddings=False)
-    return {"untied_output_head": untie, "edited_modules": len(module_maps), "shards": len(shards), "digests": digests}
+        write_index(started.dest, weight_map, sum(t.source.nbytes for t in started.tensors))
+    if started.untie:
+        update_config(started.dest, tie_word_embeddings=False)
+    return {"untied_output_head": started.untie, "edited_modules": len(module_maps), "shards": len(shards), "digests": digests}
+
+
+def write_merged_checkpoint(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path,
+                            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> dict:
+    """Fold the edit into every residual writer; every other tensor passes through unchanged."""
+    started = start_merged_checkpoint(folder, layout, dest, unties_output_head(edit, layout), max_shard_bytes)
+    return finish_merged_checkpoint(started, edit)

@@ -1,0 +1,80 @@
+"""Building the edit a ``steerfold edit`` request describes: the direction (and condition) file checked against
+the model, the layers and kernel weights, one builder per edit kind. Imports torch, so ``run_edit`` loads it only
+once the shards are being copied."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from editor.arch import ModelLayout, Role
+from editor.directions import DirectionFile, check_hidden_size, load_direction_file
+from editor.edit_checkpoint import EditRequest, parse_layers
+from editor.edits import Edit, ablation_edit, conditional_edit, steering_edit
+from editor.errors import SteerfoldError
+from editor.kernels import kernel_weights
+from editor.methods.inlp import nullspace_edit
+from editor.norm_preserving import norm_preserving_edit
+
+
+def edit_layers(request: EditRequest, layout: ModelLayout, source_layer: int | None) -> list[int]:
+    """The layer indices to edit: --layers, or all of them (steering: the layer the direction was fitted at)."""
+    if request.kind == "steering" and request.layers is None:
+        if source_layer is None:
+            raise SteerfoldError("the direction file records no layer to steer at: pass --layers (e.g. --layers 4)")
+        layers = [source_layer]
+    else:
+        layers = parse_layers(request.layers, layout.num_layers)
+    if not request.embedding:
+        layers = [layer for layer in layers if layer != 0]
+    if not layers:
+        raise SteerfoldError("no layer left to edit: widen --layers or drop --no-embedding")
+    return layers
+
+
+def _checked_file(path: Path, layout: ModelLayout) -> DirectionFile:
+    """A direction file whose vectors fit the model's hidden size and layer count."""
+    file = load_direction_file(path)
+    check_hidden_size(file, layout.hidden_size, layout.num_layers, path)
+    return file
+
+
+def _condition_vector(request: EditRequest, layout: ModelLayout) -> torch.Tensor:
+    """The condition direction c: a row of a per-layer file is picked like the direction's (--layer or recorded)."""
+    assert request.condition is not None
+    file = _checked_file(request.condition, layout)
+    return file.select(request.layer if file.directions is not None else None)[0]
+
+
+def _basis(request: EditRequest, file: DirectionFile) -> torch.Tensor:
+    """The orthonormal ``basis`` [k, hidden] of the direction file (written by ``steerfold fit --method inlp``)."""
+    if file.basis is None:
+        raise SteerfoldError(f"{request.direction} holds no basis to remove: fit one with --method inlp (or pca --pca-components 2+), or drop --subspace")
+    return file.basis
+
+
+Weights = dict[tuple[int, Role], float]
+# One builder per edit kind: (request, layout, direction file, its direction vector, layers, per-module weights) → Edit.
+BUILDERS: dict[str, Callable[[EditRequest, ModelLayout, DirectionFile, torch.Tensor, list[int], Weights], Edit]] = {
+    "ablation": lambda r, layout, f, v, layers, w: ablation_edit(v, layers, r.scale, r.tied_embedding, w),
+    "steering": lambda r, layout, f, v, layers, w: replace(steering_edit(v, layers, r.coefficient), tied_embedding=r.tied_embedding),
+    "subspace": lambda r, layout, f, v, layers, w: nullspace_edit(_basis(r, f), layers, r.tied_embedding, w),
+    "conditional": lambda r, layout, f, v, layers, w: conditional_edit(_condition_vector(r, layout), v, layers, r.alpha,
+                                                                    r.tied_embedding, w),
+}
+
+
+def build_edit(request: EditRequest, layout: ModelLayout) -> tuple[Edit, int | None, dict[str, str]]:
+    """Load and check the direction (and condition), then build the edit the request describes."""
+    direction_file = _checked_file(request.direction, layout)
+    vector, source_layer = direction_file.select(request.layer)
+    layers = edit_layers(request, layout, source_layer)
+    weights = kernel_weights(layers, request.attention_kernel, request.mlp_kernel)
+    edit = BUILDERS[request.kind](request, layout, direction_file, vector, layers, weights)
+    edit.check_changes_something(layout)
+    if request.norm_preserving:
+        edit = norm_preserving_edit(edit)
+    return edit, source_layer, direction_file.metadata
