@@ -17,7 +17,7 @@ from editor.checkpoint import ModelFolder, atomic_folder, check_output_path, ope
 from editor.errors import SteerfoldError
 from editor.export.card import CARD_OF_FORMAT, base_license, write_card
 from editor.export.checksums import write_checksums
-from editor.export.merged import (DEFAULT_MAX_SHARD_BYTES, MergedWrite, finish_merged_checkpoint, may_untie_output_head,
+from editor.export.merged import (DEFAULT_MAX_SHARD_BYTES, MergedWrite, finish_merged_checkpoint, may_add_head_copy,
                                   start_merged_checkpoint, write_merged_checkpoint)
 from editor.hub import resolve_model
 from editor.kernels import LayerKernel
@@ -178,10 +178,10 @@ def max_shard_bytes(request: EditRequest) -> int:
 
 def start_writing(request: EditRequest, folder: ModelFolder, layout: ModelLayout, dest: Path) -> MergedWrite | None:
     """Start copying a merged checkpoint's shards before the edit is built, where its tensors do not depend on
-    the edit (they do when the edit could untie the output head)."""
-    if request.format != "merged" or may_untie_output_head(layout, request.tied_embedding):
+    the edit (they do when the edit could add an output head tensor)."""
+    if request.format != "merged" or may_add_head_copy(layout, request.tied_embedding):
         return None
-    return start_merged_checkpoint(folder, layout, dest, untie=False, max_shard_bytes=max_shard_bytes(request))
+    return start_merged_checkpoint(folder, layout, dest, head_copy=False, max_shard_bytes=max_shard_bytes(request))
 
 
 def _write_merged(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, request: EditRequest, base: str,
@@ -244,8 +244,9 @@ def run_edit(request: EditRequest, say: Say = lambda _line: None) -> EditSummary
     layout = resolve_layout(folder.config, folder.parameter_names())
     base_name = str(request.model) if not Path(str(request.model)).exists() else str(folder.path.resolve())
     with atomic_folder(request.out) as tmp:
-        started = start_writing(request, folder, layout, tmp)
+        started = None
         try:
+            started = start_writing(request, folder, layout, tmp)
             from editor.edit_build import build_edit
             from editor.portability import edit_carriers
 
@@ -256,11 +257,11 @@ def run_edit(request: EditRequest, say: Say = lambda _line: None) -> EditSummary
                 say(line)
             if not carriers[request.format].exact:
                 raise SteerfoldError(carriers[request.format].note)
-        except BaseException:
+            details = WRITERS[request.format](folder, layout, edit, tmp, request, base_name, started)
+        except BaseException:  # stop the copying before the atomic folder is removed
             if started is not None:
                 started.writer.cancel()
             raise
-        details = WRITERS[request.format](folder, layout, edit, tmp, request, base_name, started)
         write_card(tmp, CARD_OF_FORMAT[request.format], title=f"{base_name} (steerfold edit)", base_model=base_name,
                    edit=card_edit(request, edit, layout, metadata, source_layer, details), direction_metadata=metadata,
                    license=base_license(folder.path), reproduce=reproduce_command(request), rank=details.get("rank", 1))

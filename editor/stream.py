@@ -206,16 +206,19 @@ class OutputFile:
 
     def copy_from(self, entry: TensorEntry) -> None:
         """Append the raw bytes of ``entry``, read from its file straight into the chunks."""
-        with open(entry.file, "rb", buffering=0) as source:
-            source.seek(entry.start)
-            remaining = entry.nbytes
-            while remaining:
-                space = self._space()
-                read = source.readinto(space[: min(len(space), remaining)])
-                if not read:
-                    raise SteerfoldError(f"{entry.file} ended early while copying '{entry.name}': the shard is truncated; re-download it")
-                self._advance(read)
-                remaining -= read
+        try:
+            with open(entry.file, "rb", buffering=0) as source:
+                source.seek(entry.start)
+                remaining = entry.nbytes
+                while remaining:
+                    space = self._space()
+                    read = source.readinto(space[: min(len(space), remaining)])
+                    if not read:
+                        raise SteerfoldError(f"{entry.file} ended early while copying '{entry.name}': the shard is truncated; re-download it")
+                    self._advance(read)
+                    remaining -= read
+        except OSError as exc:
+            raise SteerfoldError(f"could not read '{entry.name}' from {entry.file}: {exc.strerror or exc}; check the disk or re-download the checkpoint") from None
 
     def close(self) -> None:
         """Queue the last chunk and the closing of the file."""
@@ -274,16 +277,16 @@ class OutputFile:
                 view = view[os.write(self._fd, view) :]
             except OSError as exc:
                 if not (self._direct and exc.errno == errno.EINVAL):
-                    raise SteerfoldError(f"could not write {self.path.name} in {self.path.parent}: {exc.strerror}; "
-                                         f"free space there or pass another --out") from None
-                _drop_direct_io(self._fd)  # the file system took the flag but refuses the write: go through the cache
+                    raise _write_failed(self.path, exc) from None
+                _drop_direct_io(self._fd, self.path)  # the file system took the flag but refuses the write: use the cache
                 self._direct = False
 
     def _finish(self) -> None:
         try:
             os.ftruncate(self._fd, self._size)
-        finally:
             os.close(self._fd)
+        except OSError as exc:  # some network file systems report a full disk only here
+            raise _write_failed(self.path, exc) from None
 
     def _check_writes(self, wait: bool) -> None:
         """Raise the first failed write (waiting for all of them with ``wait``)."""
@@ -300,18 +303,29 @@ def _open_for_writing(path: Path) -> tuple[int, bool]:
     """A new file's descriptor, and whether it writes with direct I/O (not every OS and file system offers it)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
     direct = getattr(os, "O_DIRECT", 0)
-    if direct:
-        try:
-            return os.open(path, flags | direct, 0o666), True
-        except OSError:
-            pass
-    return os.open(path, flags, 0o666), False
+    try:
+        if direct:
+            try:
+                return os.open(path, flags | direct, 0o666), True
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+        return os.open(path, flags, 0o666), False
+    except OSError as exc:
+        raise _write_failed(path, exc) from None
 
 
-def _drop_direct_io(fd: int) -> None:
+def _drop_direct_io(fd: int, path: Path) -> None:
     import fcntl
 
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+    except OSError as exc:
+        raise _write_failed(path, exc) from None
+
+
+def _write_failed(path: Path, exc: OSError) -> SteerfoldError:
+    return SteerfoldError(f"could not write {path.name} in {path.parent}: {exc.strerror or exc}; free space there or pass another --out")
 
 
 EditedBytes = Iterator["memoryview | None"]  # for each editable tensor in order: its edited bytes, or None to copy it
@@ -363,6 +377,8 @@ class ShardWriter:
             pool = ChunkPool(CHUNK_BYTES, CHUNK_COUNT)
             with ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as writer:
                 for name, tensors in zip(shard_names(len(self.shards)), self.shards):
+                    if self._cancelled.is_set():
+                        raise _Cancelled()
                     output = outputs[name] = OutputFile(self._dest / name, pool, hasher, writer)
                     try:
                         output.write(_header_bytes(tensors, {"format": "pt"}))
@@ -384,10 +400,13 @@ class ShardWriter:
                 self._outcome = weight_map, {name: output.digest() for name, output in outputs.items()}
         except BaseException as exc:  # surfaces in the calling thread, from result()
             self._outcome = exc
-        finally:
+        try:
             close = getattr(edited, "close", None)
             if close is not None:
-                close()
+                close()  # stops the folding thread
+        except BaseException as exc:
+            if not isinstance(self._outcome, BaseException):
+                self._outcome = exc
 
 
 class _Cancelled(Exception):

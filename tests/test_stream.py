@@ -236,11 +236,11 @@ def test_a_file_system_without_direct_io_gets_the_same_files(tmp_path, monkeypat
     refused = []
     real_open, real_write = os.open, os.write
 
-    def refusing_open(path, flags, *args):
+    def refusing_open(path, flags, *args, **kwargs):
         if refused_at == "open" and flags & os.O_DIRECT:
             refused.append(path)
             raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, *args)
+        return real_open(path, flags, *args, **kwargs)
 
     def refusing_write(fd, data):
         if refused_at == "write" and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
@@ -306,3 +306,51 @@ def test_copying_starts_before_the_edit_is_built(tmp_path, monkeypatch):
     monkeypatch.setattr(edit_build, "build_edit", waiting_build)
     edit_into_small_shards(tmp_path)
     assert seen and (tmp_path / "out" / "SHA256SUMS").is_file()
+
+
+def test_a_tied_checkpoint_that_stores_its_head_is_untied(tmp_path):
+    """A tied model whose checkpoint also stores lm_head.weight: editing the embedding unties the config, and the
+    stored head stays the unedited embedding."""
+    from safetensors.torch import load_file, save_file
+
+    model = build_tiny_model("qwen2", tie_word_embeddings=True).to(torch.bfloat16)
+    folder = tmp_path / "base"
+    model.save_pretrained(folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    embedding = tensors["model.embed_tokens.weight"]
+    tensors["lm_head.weight"] = embedding.clone()
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    direction = write_direction(tmp_path / "d.safetensors", random_direction())
+    result = CliRunner().invoke(cli, ["edit", str(folder), "--direction", str(direction), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] is False
+    written = load_all(tmp_path / "out")
+    assert torch.equal(written["lm_head.weight"], embedding)
+    assert not torch.equal(written["model.embed_tokens.weight"], embedding)
+
+
+def test_a_failed_open_is_one_line_and_no_output(tmp_path, monkeypatch):
+    """An output file that cannot be created for another reason than direct I/O (here: too many open files) is one
+    error line, not a traceback, and leaves nothing behind."""
+    import errno
+
+    import editor.stream as stream
+
+    model = build_tiny_model("llama").to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "base")
+    direction = write_direction(tmp_path / "d.safetensors", random_direction())
+
+    real_open = stream.os.open  # the os module's own: rmtree uses it too
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if str(path).endswith(".safetensors") and flags & stream.os.O_WRONLY:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(stream.os, "open", refusing_open)
+    result = CliRunner().invoke(cli, ["edit", str(tmp_path / "base"), "--direction", str(direction), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Too many open files" in errors[0], result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

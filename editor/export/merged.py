@@ -25,12 +25,12 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 
 def unties_output_head(edit: Edit, layout: ModelLayout) -> bool:
     """Whether this edit gives a tied output head its own, unedited copy of the embedding."""
-    return edit.edits_embedding() and may_untie_output_head(layout, edit.tied_embedding)
+    return edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "untie"
 
 
-def may_untie_output_head(layout: ModelLayout, tied_embedding: str) -> bool:
-    """Whether some edit of this model in this mode could untie the output head (then the output's tensors are
-    known only once the edit is)."""
+def may_add_head_copy(layout: ModelLayout, tied_embedding: str) -> bool:
+    """Whether some edit of this model in this mode could add an output head tensor (a copy of the embedding, where
+    a tied checkpoint stores none): then the output's tensors are known only once the edit is."""
     return layout.tied_embeddings and not layout.has_lm_head_tensor and tied_embedding == "untie"
 
 
@@ -49,14 +49,14 @@ class MergedWrite:
     dest: Path
     writer: ShardWriter
     tensors: list[OutputTensor]
-    untie: bool
+    head_copy: bool
 
 
-def start_merged_checkpoint(folder: ModelFolder, layout: ModelLayout, dest: Path, untie: bool,
+def start_merged_checkpoint(folder: ModelFolder, layout: ModelLayout, dest: Path, head_copy: bool,
                             max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> MergedWrite:
     """Copy the side files and start writing the shards: every tensor no edit can change at once, the residual
-    writers once ``finish_merged_checkpoint`` gives the edit. ``untie``: the output head gets its own copy of the
-    embedding. (Pickled shards are converted to safetensors first, which imports torch.)"""
+    writers once ``finish_merged_checkpoint`` gives the edit. ``head_copy``: the output gets an output head tensor,
+    a copy of the unedited embedding (a tied checkpoint that stores none, untied by the edit). (Pickled shards are converted to safetensors first, which imports torch.)"""
     embedding_key = layout.embedding.tensors[0][0]
     head_key = f"{layout.architecture.lm_head}.weight"
     fixed: list[OutputTensor] = []
@@ -64,51 +64,49 @@ def start_merged_checkpoint(folder: ModelFolder, layout: ModelLayout, dest: Path
     for entry in folder.entries(scratch=dest / ".scratch"):
         is_writer = layout.writer_of_key(entry.name) is not None
         (editable if is_writer else fixed).append(OutputTensor(entry.name, entry, editable=is_writer))
-        if untie and entry.name == embedding_key and not layout.has_lm_head_tensor:
+        if head_copy and entry.name == embedding_key:
             fixed.append(OutputTensor(head_key, entry, editable=False))
     tensors = fixed + editable
     copy_side_files(folder.path, dest)
     writer = ShardWriter(plan_shards(tensors, max_shard_bytes), dest)
-    return MergedWrite(folder, layout, dest, writer, tensors, untie)
+    return MergedWrite(folder, layout, dest, writer, tensors, head_copy)
 
 
 def finish_merged_checkpoint(started: MergedWrite, edit: Edit) -> dict:
-    """Fold the edit into every residual writer as the writer reaches it, and finish the checkpoint."""
+    """Fold the edit into every residual writer as the writer reaches it, and finish the checkpoint. On any error
+    or interrupt the writer is stopped first, so the caller can remove its folder."""
     from editor.edits import fold_tensor
     from editor.export.folding import folded_bytes
 
     layout = started.layout
     try:
-        if unties_output_head(edit, layout) != started.untie:
+        untie = unties_output_head(edit, layout)
+        if started.head_copy != (untie and not layout.has_lm_head_tensor):
             raise AssertionError("the merged checkpoint was planned for another output head")
         edit.check_foldable(layout)
         gains = read_tensors(started.folder, [w.post_norm for w in layout.writers if w.post_norm])
         module_maps = edit.module_maps(layout, gains.__getitem__)
-    except BaseException:
-        started.writer.cancel()
-        raise
 
-    def fold(name, tensor, out):
-        edited = fold_tensor(name, tensor, layout, module_maps, out)
-        return None if edited is tensor else edited
+        def fold(name, tensor, out):
+            edited = fold_tensor(name, tensor, layout, module_maps, out)
+            return None if edited is tensor else edited
 
-    started.writer.supply(folded_bytes(started.tensors, fold))
-    try:
+        started.writer.supply(folded_bytes(started.tensors, fold))
         weight_map, digests = started.writer.result()
-    except BaseException:  # an interrupt while waiting: stop the writer before the caller removes its folder
+    except BaseException:
         started.writer.cancel()
         raise
     shutil.rmtree(started.dest / ".scratch", ignore_errors=True)
     shards = started.writer.shards
     if len(shards) > 1:
         write_index(started.dest, weight_map, sum(t.source.nbytes for t in started.tensors))
-    if started.untie:
+    if untie:
         update_config(started.dest, tie_word_embeddings=False)
-    return {"untied_output_head": started.untie, "edited_modules": len(module_maps), "shards": len(shards), "digests": digests}
+    return {"untied_output_head": untie, "edited_modules": len(module_maps), "shards": len(shards), "digests": digests}
 
 
 def write_merged_checkpoint(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path,
                             max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> dict:
     """Fold the edit into every residual writer; every other tensor passes through unchanged."""
-    started = start_merged_checkpoint(folder, layout, dest, unties_output_head(edit, layout), max_shard_bytes)
-    return finish_merged_checkpoint(started, edit)
+    head_copy = unties_output_head(edit, layout) and not layout.has_lm_head_tensor
+    return finish_merged_checkpoint(start_merged_checkpoint(folder, layout, dest, head_copy, max_shard_bytes), edit)
