@@ -218,7 +218,8 @@ class OutputFile:
                     self._advance(read)
                     remaining -= read
         except OSError as exc:
-            raise SteerfoldError(f"could not read '{entry.name}' from {entry.file}: {exc.strerror or exc}; check the disk or re-download the checkpoint") from None
+            raise SteerfoldError(f"could not read '{entry.name}' from {entry.file}: {exc.strerror or exc}; "
+                                 "check the disk or re-download the checkpoint") from None
 
     def close(self) -> None:
         """Queue the last chunk and the closing of the file."""
@@ -325,7 +326,8 @@ def _drop_direct_io(fd: int, path: Path) -> None:
 
 
 def _write_failed(path: Path, exc: OSError) -> SteerfoldError:
-    return SteerfoldError(f"could not write {path.name} in {path.parent}: {exc.strerror or exc}; free space there or pass another --out")
+    return SteerfoldError(f"could not write {path.name} in {path.parent}: {exc.strerror or exc}; "
+                          "free space there or pass another --out")
 
 
 EditedBytes = Iterator["memoryview | None"]  # for each editable tensor in order: its edited bytes, or None to copy it

@@ -56,7 +56,8 @@ def start_merged_checkpoint(folder: ModelFolder, layout: ModelLayout, dest: Path
                             max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> MergedWrite:
     """Copy the side files and start writing the shards: every tensor no edit can change at once, the residual
     writers once ``finish_merged_checkpoint`` gives the edit. ``head_copy``: the output gets an output head tensor,
-    a copy of the unedited embedding (a tied checkpoint that stores none, untied by the edit). (Pickled shards are converted to safetensors first, which imports torch.)"""
+    a copy of the unedited embedding (a tied checkpoint that stores none, untied by the edit). Pickled shards are
+    converted to safetensors first, which imports torch."""
     embedding_key = layout.embedding.tensors[0][0]
     head_key = f"{layout.architecture.lm_head}.weight"
     fixed: list[OutputTensor] = []
