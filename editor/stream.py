@@ -1,10 +1,11 @@
-"""Streaming safetensors I/O: plan output shards from input headers, write each header before its data,
-copy untouched tensors byte for byte, and transform the others one tensor at a time.
+"""Streaming safetensors I/O: plan output shards from input headers, write each header before its data, copy
+untouched tensors byte for byte, and take the edited ones' bytes from the caller (``editor.export.folding``) one
+tensor at a time.
 
-Memory is two buffers the size of the largest edited tensor plus a few fixed-size chunks, whatever the model or
-shard size: shapes and dtypes never change, so every output header is known before any data is read. Every output
-byte passes through the chunks, which are hashed from memory (so no output is read back) and written with direct
-I/O where the file system allows it.
+Shapes and dtypes never change, so every output header is known before any data is read. Every output byte passes
+through a few fixed-size chunks, hashed from memory (so no output is read back) and written with direct I/O where
+the file system allows it: memory stays at those chunks whatever the model or shard size. Nothing here imports
+torch, so a writer can start copying while torch is still being imported.
 """
 
 from __future__ import annotations
