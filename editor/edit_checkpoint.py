@@ -173,6 +173,7 @@ def reproduce_command(request: EditRequest) -> str:
 
 
 def max_shard_bytes(request: EditRequest) -> int:
+    """--max-shard-size in bytes (5 GB when not given)."""
     return parse_size(request.max_shard_size) if request.max_shard_size else DEFAULT_MAX_SHARD_BYTES
 
 
@@ -238,7 +239,7 @@ def run_edit(request: EditRequest, say: Say = lambda _line: None) -> EditSummary
     built (importing torch takes seconds); a refusal or an error removes that folder.
     """
     check_request(request)
-    max_shard_bytes(request)
+    max_shard_bytes(request)  # a bad --max-shard-size is refused before the model is fetched or read
     folder = open_model_folder(resolve_model(request.model, request.revision), allow_pickle=request.allow_pickle)
     check_output_path(request.out, folder.path, request.overwrite)
     layout = resolve_layout(folder.config, folder.parameter_names())

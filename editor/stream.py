@@ -373,43 +373,54 @@ class ShardWriter:
         return self._outcome
 
     def _run(self) -> None:
-        edited: EditedBytes | None = None
         try:
-            weight_map: dict[str, str] = {}
-            outputs: dict[str, OutputFile] = {}
-            pool = ChunkPool(CHUNK_BYTES, CHUNK_COUNT)
-            with ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as writer:
-                for name, tensors in zip(shard_names(len(self.shards)), self.shards):
-                    if self._cancelled.is_set():
-                        raise _Cancelled()
-                    output = outputs[name] = OutputFile(self._dest / name, pool, hasher, writer)
-                    try:
-                        output.write(_header_bytes(tensors, {"format": "pt"}))
-                        for tensor in tensors:
-                            if self._cancelled.is_set():
-                                raise _Cancelled()
-                            if tensor.editable and edited is None:
-                                edited = self._edited.result()
-                            data = next(edited) if tensor.editable else None
-                            if data is None:
-                                output.copy_from(tensor.source)
-                            else:
-                                output.write(data)
-                    except BaseException:
-                        output.discard()
-                        raise
-                    output.close()
-                    weight_map.update({t.name: name for t in tensors})
-                self._outcome = weight_map, {name: output.digest() for name, output in outputs.items()}
+            self._outcome = self._write_all()
         except BaseException as exc:  # surfaces in the calling thread, from result()
             self._outcome = exc
         try:
-            close = getattr(edited, "close", None)
-            if close is not None:
-                close()  # stops the folding thread
+            self._close_edited()
         except BaseException as exc:
             if not isinstance(self._outcome, BaseException):
                 self._outcome = exc
+
+    def _close_edited(self) -> None:
+        """Close the supplied iterator, if any (a generator's close stops its folding thread)."""
+        if self._edited.done() and self._edited.exception() is None:
+            close = getattr(self._edited.result(), "close", None)
+            if close is not None:
+                close()
+
+    def _write_all(self) -> tuple[dict[str, str], dict[str, str]]:
+        weight_map: dict[str, str] = {}
+        outputs: dict[str, OutputFile] = {}
+        pool = ChunkPool(CHUNK_BYTES, CHUNK_COUNT)
+        with ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as writer:
+            for name, tensors in zip(shard_names(len(self.shards)), self.shards):
+                self._stop_if_cancelled()
+                output = outputs[name] = OutputFile(self._dest / name, pool, hasher, writer)
+                try:
+                    self._write_shard(output, tensors)
+                except BaseException:
+                    output.discard()
+                    raise
+                output.close()
+                weight_map.update({t.name: name for t in tensors})
+            return weight_map, {name: output.digest() for name, output in outputs.items()}
+
+    def _write_shard(self, output: OutputFile, tensors: list[OutputTensor]) -> None:
+        """Header first (shapes and dtypes are known), then each tensor: edited, or copied byte for byte."""
+        output.write(_header_bytes(tensors, {"format": "pt"}))
+        for tensor in tensors:
+            self._stop_if_cancelled()
+            data = next(self._edited.result()) if tensor.editable else None  # waits for supply() the first time
+            if data is None:
+                output.copy_from(tensor.source)
+            else:
+                output.write(data)
+
+    def _stop_if_cancelled(self) -> None:
+        if self._cancelled.is_set():
+            raise _Cancelled()
 
 
 class _Cancelled(Exception):
