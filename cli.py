@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -21,14 +23,69 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.message}", err=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that every output being written is removed, as on Ctrl-C."""
+
+
+def _terminate(_signum, _frame) -> None:
+    raise Terminated()
+
+
+EXIT_BAD_INPUT, EXIT_CRASH, EXIT_INTERRUPT, EXIT_TERMINATED = 2, 70, 130, 143
+
+
+def crash_log(exc: BaseException) -> Path:
+    """Write the traceback of an unexpected error to a file of its own; returns its path."""
+    import tempfile
+    import time
+    import traceback
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        __version__ = version("steerfold")
+    except PackageNotFoundError:
+        __version__ = "(not installed)"
+    path = Path(tempfile.gettempdir()) / f"steerfold-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text(f"steerfold {__version__}\ncommand: {' '.join(sys.argv)}\n\n" + "".join(traceback.format_exception(exc)))
+    return path
+
+
 class SteerfoldGroup(click.Group):
-    """Turn library input errors into one-line CLI errors."""
+    """Every way a command ends is one line and an exit code: 2 bad input (a SteerfoldError or a usage error), 1 a
+    failed check, 130/143 interrupted (SIGINT/SIGTERM, after removing partial output), 70 an unexpected error
+    (its traceback goes to a crash log)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except SteerfoldError as exc:
             raise UserError(str(exc)) from None
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            command = f"{exc.ctx.command_path} --help" if exc.ctx else "steerfold --help"
+            click.echo(f"error: {exc.format_message()} (see {command})", err=True)
+            code = EXIT_BAD_INPUT
+        except click.ClickException as exc:
+            exc.show()
+            code = exc.exit_code
+        except (click.Abort, KeyboardInterrupt) as exc:
+            cause = exc if isinstance(exc, KeyboardInterrupt) else exc.__cause__ or exc.__context__
+            click.echo("interrupted: nothing partial was left at the output", err=True)
+            code = EXIT_TERMINATED if isinstance(cause, Terminated) else EXIT_INTERRUPT
+        except SystemExit:
+            raise
+        except Exception as exc:  # a bug: one line, the traceback in a file
+            log = crash_log(exc)
+            click.echo(f"error: steerfold failed unexpectedly ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
+                       f"the traceback is in {log}: please report it with that file", err=True)
+            code = EXIT_CRASH
+        sys.exit(code or 0)
 
 
 @click.group(cls=SteerfoldGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,13 +156,12 @@ def edit(model_dir: Path, direction: Path, out: Path, fmt: str, scale: float, st
 @click.option("--revision", default=None, help="Revision when MODEL_DIR is a Hub id.")
 def inspect(model_dir: str, as_json: bool, allow_pickle: bool, revision: str | None) -> None:
     """Show MODEL_DIR's residual writers and which artifacts can carry which edit exactly."""
-    from editor.arch import resolve_layout
-    from editor.checkpoint import open_model_folder
+    from editor.checkpoint import check_checkpoint, open_model_folder
     from editor.hub import resolve_model
     from editor.portability import carriers
 
     folder = open_model_folder(resolve_model(model_dir, revision), allow_pickle=allow_pickle)
-    layout = resolve_layout(folder.config, folder.parameter_names())
+    layout = check_checkpoint(folder)
     table = carriers(layout)
     info = {
         "model_type": layout.model_type,
@@ -187,6 +243,19 @@ def push(folder: Path, repo_id: str, private: bool, revision: str | None, create
 
 
 @cli.command()
+@click.argument("out", type=click.Path(path_type=Path))
+def clean(out: Path) -> None:
+    """Remove what an interrupted or killed run left at OUT: hidden temporaries beside it (.OUT.tmp-*, .OUT.old-*,
+    its lock) and, in a steerfold run folder, inside it. Nothing else is touched."""
+    from editor.outputs import clean as clean_output
+
+    removed = clean_output(out)
+    for path in removed:
+        click.echo(f"removed {path}")
+    click.echo(f"{len(removed)} leftover(s) removed at {out}")
+
+
+@cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: runs/ and the recipe file's name without .yaml).")
 @click.option("--resume", is_flag=True, help="Continue a run in --out, skipping finished stages.")
@@ -206,9 +275,9 @@ def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: 
     except ThresholdFailure as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         click.echo(f"interrupted: finished stages are kept; run again with --resume --out {out}", err=True)
-        raise SystemExit(130)
+        raise SystemExit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPT)
     if "after" in report:
         from editor.evaluate.report import before_after_rows
 
@@ -268,30 +337,38 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
     records the chosen layer and the table. per_category writes one direction per harm category, every layer, and
     a cosine report beside the file. Layer index: 0 = embedding output, l = output of decoder block l-1.
     """
+    from editor.directions import is_direction_file
     from editor.errors import SteerfoldError
     from editor.methods.options import parse_fit_options
+    from editor.outputs import check_apart, open_output
 
     given = {name: value for name, value in options.items() if value is not None}
     if "persona" in given:
         given.setdefault("method", "persona_vector")
     fit_options = parse_fit_options(given)
-    if out.exists() and not overwrite:
-        raise SteerfoldError(f"{out} already exists: choose another path or pass --overwrite")
 
-    from editor.fit import FitInputs, check_prompt_sets, run_fit, write_fitted
+    from editor.fit import FitInputs, check_prompt_sets, report_path, run_fit, write_fitted
     from editor.hub import resolve_model
     from editor.models import load_model, load_tokenizer
 
     check_prompt_sets(fit_options, harmful is not None, harmless is not None, prompts is not None)
-    sets = {name: _records(path) for name, path in (("harmful", harmful), ("harmless", harmless), ("harmful_val", harmful_val),
-                                                     ("harmless_val", harmless_val), ("prompts", prompts))}
     folder = resolve_model(model_dir, revision)
-    model, tokenizer = load_model(folder), load_tokenizer(folder)
-    fitted = run_fit(FitInputs(
-        model, tokenizer, fit_options, sets["harmful"] or (), sets["harmless"] or (), sets["harmful_val"],
-        sets["harmless_val"], sets["prompts"] or (), model_name=str(model_dir) + (f"@{revision}" if revision else ""),
-    ))
-    written = write_fitted(out, fitted, overwrite)
+    inputs = [folder, harmful, harmless, harmful_val, harmless_val, prompts]
+    report = report_path(out)
+    check_apart(report, inputs)
+    if report.exists() and not (overwrite and is_direction_file(out)):
+        raise SteerfoldError(f"{report} (where this fit's report goes) already exists: choose another --out, or pass "
+                             "--overwrite to replace a direction file steerfold wrote and its report")
+    with open_output(out, "file", inputs, overwrite, recognise=is_direction_file) as tmp:
+        sets = {name: _records(path) for name, path in (("harmful", harmful), ("harmless", harmless), ("harmful_val", harmful_val),
+                                                         ("harmless_val", harmless_val), ("prompts", prompts))}
+        model, tokenizer = load_model(folder), load_tokenizer(folder)
+        fitted = run_fit(FitInputs(
+            model, tokenizer, fit_options, sets["harmful"] or (), sets["harmless"] or (), sets["harmful_val"],
+            sets["harmless_val"], sets["prompts"] or (), model_name=str(model_dir) + (f"@{revision}" if revision else ""),
+        ))
+        written = write_fitted(tmp, fitted, report=report)
+    written[0] = out
     for warning in fitted.warnings:
         click.echo(f"warning: {warning}", err=True)
     for line in fitted.lines:
@@ -313,22 +390,24 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
 def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harmless: Path, out: Path, system: str | None,
              coherence: str, max_new_tokens: int, overwrite: bool) -> None:
     """Measure EDITED (a checkpoint or an adapter folder) against --base; write report.json and report.md."""
-    from editor.checkpoint import atomic_folder, check_output_path
     from editor.evaluate.report import before_after_rows, write_report
     from editor.evaluate.validate import EvalSets, validate as run_validation
     from editor.hub import resolve_model
-    from editor.models import load_model, load_tokenizer
+    from editor.models import check_compatible, load_model, load_tokenizer
+    from editor.outputs import open_output
 
-    check_output_path(out, edited, overwrite)
-    sets = EvalSets(_records(harmful), _records(harmless))
-    check = None
-    if coherence == "organism":
-        from editor.organism import coherent_compliance as check
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {max_new_tokens} must be at least 1: pass e.g. --max-new-tokens 48")
     base_folder = resolve_model(base, revision)
-    base_model, edited_model = load_model(base_folder), load_model(edited, base=base_folder)
-    report = run_validation(base_model, edited_model, load_tokenizer(base_folder), sets, system, check, max_new_tokens)
-    report.update({"base": str(base), "base_revision": revision, "edited": str(edited)})
-    with atomic_folder(out) as tmp:
+    with open_output(out, "folder", [edited, base_folder, harmful, harmless], overwrite) as tmp:
+        sets = EvalSets(_records(harmful), _records(harmless))
+        check = None
+        if coherence == "organism":
+            from editor.organism import coherent_compliance as check
+        check_compatible(edited, base_folder)
+        base_model, edited_model = load_model(base_folder), load_model(edited, base=base_folder)
+        report = run_validation(base_model, edited_model, load_tokenizer(base_folder), sets, system, check, max_new_tokens)
+        report.update({"base": str(base), "base_revision": revision, "edited": str(edited)})
         write_report(tmp, report)
     for metric, before, after in before_after_rows(report):
         click.echo(f"{metric:<34} {before:>8} {after:>8}")
@@ -357,16 +436,13 @@ def organism() -> None:
 
 @organism.command("build")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the rebuilt checkpoint.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the corpus and the training (0 gives the shipped weights).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Seed of the corpus and the training (0 gives the shipped weights).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 def organism_build(out: Path, seed: int, overwrite: bool) -> None:
     """Rebuild the organism from its seeded grammar (corpus, tokenizer, training) on CPU."""
-    from editor.errors import SteerfoldError
     from editor.organism import build_organism
 
-    if out.exists() and not overwrite:
-        raise SteerfoldError(f"output {out} already exists: choose another folder or pass --overwrite")
-    path = build_organism(out, seed=seed)
+    path = build_organism(out, seed=seed, overwrite=overwrite)
     click.echo(f"wrote {path}")
 
 
@@ -383,7 +459,25 @@ def _ranges(layers: list[int]) -> str:
 
 
 def main() -> None:
-    cli()
+    """The console entry point: SIGTERM cleans up as Ctrl-C does. An interrupted or crashed process ends with
+    ``os._exit`` once its outputs are cleaned up and the streams flushed, so that no worker thread still running
+    into interpreter teardown can abort it (SIGABRT instead of the exit code)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        cli()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if code in (0, 1, EXIT_BAD_INPUT):
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

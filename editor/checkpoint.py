@@ -2,20 +2,20 @@
 
 A model folder holds ``config.json`` and either safetensors weights (``model.safetensors`` or shards with
 ``model.safetensors.index.json``) or, refused unless explicitly allowed, pickled ``pytorch_model*.bin``.
-Output is written into a temporary folder beside the destination and renamed into place at the end, so a
-failed or interrupted run leaves no partial output and never touches the input.
+Nothing here writes into the model folder; the rules for outputs are in ``editor.outputs``. Shard names are
+confined to the folder, and headers are checked before any tensor is trusted.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
+from editor.arch import ModelLayout, resolve_layout
 from editor.errors import SteerfoldError
 from editor.stream import TensorEntry, read_header
 
@@ -119,15 +119,75 @@ def _shards_from(path: Path, index_name: str, single_name: str) -> tuple[Path, .
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            names = sorted(set(weight_map.values()))
+            if not all(isinstance(name, str) for name in names + list(weight_map)):
+                raise TypeError
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
             raise SteerfoldError(f"{index} is not a valid shard index: repair or re-download the checkpoint") from None
-        shards = tuple(path / name for name in sorted(set(weight_map.values())))
+        for name in names:
+            if Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
+                raise SteerfoldError(f"{index_name} names shard '{name}', outside the model folder: repair or re-download the checkpoint")
+        shards = tuple(path / name for name in names)
         for shard in shards:
             if not shard.is_file():
                 raise SteerfoldError(f"shard {shard.name} listed in {index_name} is missing: re-download the checkpoint")
+        if index_name == SAFETENSORS_INDEX:
+            _check_index(index_name, weight_map, path)
         return shards
     single = path / single_name
     return (single,) if single.is_file() else ()
+
+
+def _check_index(index_name: str, weight_map: dict[str, str], path: Path) -> None:
+    """Every tensor the index names is in the shard it names (headers only)."""
+    present: dict[str, set[str]] = {}
+    for shard in sorted(set(weight_map.values())):
+        present[shard] = {entry.name for entry in read_header(path / shard)[0]}
+    for tensor, shard in sorted(weight_map.items()):
+        if tensor not in present[shard]:
+            raise SteerfoldError(f"{index_name} places '{tensor}' in {shard}, which does not hold it: repair or re-download the checkpoint")
+
+
+FLOATING = ("F64", "F32", "F16", "BF16")
+
+
+def check_checkpoint(folder: ModelFolder) -> ModelLayout:
+    """The model's layout, after checking that its tensors agree with config.json and the architecture: no block
+    beyond num_hidden_layers, and every residual writer floating point with the hidden size where it writes."""
+    names = folder.parameter_names()
+    layout = resolve_layout(folder.config, names)
+    blocks = re.compile(re.escape(layout.architecture.blocks) + r"\.(\d+)\.")
+    extra = sorted({int(m.group(1)) for name in names if (m := blocks.match(name)) and int(m.group(1)) >= layout.num_layers})
+    if extra:
+        raise SteerfoldError(f"{folder.path} holds decoder block {extra[0]} but config.json says num_hidden_layers="
+                             f"{layout.num_layers}: the checkpoint does not match its config; re-download or re-save it")
+    if folder.pickled:
+        return layout
+    entries = {entry.name: entry for shard in folder.shards for entry in read_header(shard)[0]}
+    hidden = layout.hidden_size
+    for writer in layout.writers:
+        checks = [(key, kind) for key, kind in writer.tensors] + ([(writer.bias, "bias")] if writer.bias else [])
+        checks += [(writer.post_norm, "bias")] if writer.post_norm else []
+        for key, kind in checks:
+            entry = entries[key]
+            if entry.dtype not in FLOATING:
+                raise SteerfoldError(f"residual writer '{key}' is stored as {entry.dtype}; steerfold folds only floating-point "
+                                     f"weights ({', '.join(FLOATING)}): dequantize the checkpoint first")
+            if not _fits(entry.shape, kind, hidden):
+                raise SteerfoldError(f"'{key}' has shape {list(entry.shape)}, which does not write a hidden size of {hidden} "
+                                     "(config.json): the checkpoint does not match its config; re-download or re-save it")
+    return layout
+
+
+def _fits(shape: tuple[int, ...], kind: str, hidden: int) -> bool:
+    """Whether a tensor of this kind writes (or scales) vectors of the hidden size."""
+    if kind == "embedding":
+        return len(shape) == 2 and shape[1] == hidden
+    if kind == "linear":
+        return len(shape) == 2 and shape[0] == hidden
+    if kind == "experts":
+        return len(shape) == 3 and hidden in shape[1:]
+    return tuple(shape) == (hidden,)
 
 
 def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
@@ -137,42 +197,6 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or hostile pickle
         raise SteerfoldError(f"could not read pickled weights {path.name} ({type(exc).__name__}): convert them to safetensors") from None
-
-
-def check_output_path(out: Path, source: Path, overwrite: bool) -> None:
-    """Refuse an output that is the input (or inside it), or that exists without ``overwrite``."""
-    out_resolved, source_resolved = out.resolve(), source.resolve()
-    if out_resolved == source_resolved:
-        raise SteerfoldError(f"output {out} is the input folder: choose a new output folder (the input is never modified)")
-    if source_resolved in out_resolved.parents:
-        raise SteerfoldError(f"output {out} is inside the input folder {source}: choose a folder outside it")
-    if out_resolved in source_resolved.parents:
-        raise SteerfoldError(f"output {out} contains the input folder {source}: choose a folder that does not")
-    if out.exists() and not overwrite:
-        raise SteerfoldError(f"output {out} already exists: choose another folder or pass --overwrite")
-    if out.exists() and not out.is_dir():
-        raise SteerfoldError(f"output {out} exists and is a file: choose a folder path")
-
-
-@contextmanager
-def atomic_folder(out: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on failure it is removed."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            old.rmdir()
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def copy_side_files(source: Path, dest: Path) -> list[str]:

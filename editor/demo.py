@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editor.checkpoint import atomic_folder, check_output_path
+from editor.outputs import open_output
 from editor.directions import save_direction_file
 from editor.edit_checkpoint import EditRequest, run_edit
 from editor.edits import ablation_edit, steering_edit
@@ -73,7 +73,11 @@ def persona_study(model, tokenizer, refusal_directions: torch.Tensor | None, def
 def run_demo(out: Path, overwrite: bool = False, checkpoint: Path = SHIPPED_CHECKPOINT,
              say: Callable[[str], None] = print) -> dict:
     """Run the whole job and write ``out/{model,adapter}/``, ``direction.safetensors``, ``report.{json,md}``."""
-    check_output_path(out, checkpoint, overwrite)
+    with open_output(out, "folder", [checkpoint], overwrite) as tmp:
+        return _demo_into(tmp, checkpoint, say)
+
+
+def _demo_into(tmp: Path, checkpoint: Path, say: Callable[[str], None]) -> dict:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
@@ -88,47 +92,46 @@ def run_demo(out: Path, overwrite: bool = False, checkpoint: Path = SHIPPED_CHEC
     say(f"chose layer index {fit.chosen.layer}, position {fit.chosen.position} "
         f"(validation refusal score {fit.baseline['harmful_refusal_score']:.3f} → {fit.chosen.bypass:.3f} ablated, KL {fit.chosen.kl:.4f})")
 
-    with atomic_folder(out) as tmp:
-        direction_path = tmp / "direction.safetensors"
-        save_direction_file(direction_path, fit.file)
-        say("folding the ablation into a merged checkpoint and a LoRA adapter")
-        merged = run_edit(EditRequest(model=checkpoint, direction=direction_path, out=tmp / "model"))
-        run_edit(EditRequest(model=checkpoint, direction=direction_path, out=tmp / "adapter", format="lora"))
+    direction_path = tmp / "direction.safetensors"
+    save_direction_file(direction_path, fit.file)
+    say("folding the ablation into a merged checkpoint and a LoRA adapter")
+    merged = run_edit(EditRequest(model=checkpoint, direction=direction_path, out=tmp / "model"))
+    run_edit(EditRequest(model=checkpoint, direction=direction_path, out=tmp / "adapter", format="lora"))
 
-        say("validating on held-out prompts")
-        edited = AutoModelForCausalLM.from_pretrained(tmp / "model", dtype=torch.float32).eval()
-        sets = EvalSets(load_split("harmful", "test"), load_split("harmless", "test"))
-        report = validate(model, edited, tokenizer, sets, default, coherent_compliance)
+    say("validating on held-out prompts")
+    edited = AutoModelForCausalLM.from_pretrained(tmp / "model", dtype=torch.float32).eval()
+    sets = EvalSets(load_split("harmful", "test"), load_split("harmless", "test"))
+    report = validate(model, edited, tokenizer, sets, default, coherent_compliance)
 
-        adapted = load_model(tmp / "adapter", base=checkpoint)
-        ids = tokenizer(chat_texts(tokenizer, sets.harmful[:8], default), return_tensors="pt", padding=True)["input_ids"]
-        edit = ablation_edit(direction, merged.layers)
-        report["equivalence"] = {
-            "merged vs runtime hooks": max_logit_gap(edited, model, ids, edit),
-            "adapter vs merged": max_logit_gap(adapted, edited, ids),
-        }
+    adapted = load_model(tmp / "adapter", base=checkpoint)
+    ids = tokenizer(chat_texts(tokenizer, sets.harmful[:8], default), return_tensors="pt", padding=True)["input_ids"]
+    edit = ablation_edit(direction, merged.layers)
+    report["equivalence"] = {
+        "merged vs runtime hooks": max_logit_gap(edited, model, ids, edit),
+        "adapter vs merged": max_logit_gap(adapted, edited, ids),
+    }
 
-        say("fitting the compliant-persona direction and steering with it")
-        persona = persona_study(model, tokenizer, fit.file.directions, default, PERSONAS["compliant"])
-        persona.pop("vectors")
+    say("fitting the compliant-persona direction and steering with it")
+    persona = persona_study(model, tokenizer, fit.file.directions, default, PERSONAS["compliant"])
+    persona.pop("vectors")
 
-        report.update({
-            "base": str(checkpoint),
-            "edit": {"kind": "ablation", "method": "difference of means", "scale": 1.0, "layers": merged.layers,
-                     "direction_layer": fit.chosen.layer, "position": fit.chosen.position,
-                     "untied_output_head": merged.details.get("untied_output_head", False)},
-            "selection": [row.as_dict() for row in fit.table],
-            "selection_baseline": fit.baseline,
-            "projections": json.loads(fit.file.metadata["projections"]),
-            "persona": persona,
-        })
-        card = dict(title="steerfold organism, refusal direction ablated", base_model=str(checkpoint), edit=report["edit"],
-                    direction_metadata=fit.file.metadata, report=report, reproduce="steerfold demo --out DIR")
-        write_report(tmp, report)
-        write_card(tmp / "model", "merged", plots_from=tmp, **card)
-        write_card(tmp / "adapter", "adapter", plots_from=tmp, **card)
-        for folder in (tmp / "model", tmp / "adapter", tmp):
-            write_checksums(folder)
+    report.update({
+        "base": str(checkpoint),
+        "edit": {"kind": "ablation", "method": "difference of means", "scale": 1.0, "layers": merged.layers,
+                 "direction_layer": fit.chosen.layer, "position": fit.chosen.position,
+                 "untied_output_head": merged.details.get("untied_output_head", False)},
+        "selection": [row.as_dict() for row in fit.table],
+        "selection_baseline": fit.baseline,
+        "projections": json.loads(fit.file.metadata["projections"]),
+        "persona": persona,
+    })
+    card = dict(title="steerfold organism, refusal direction ablated", base_model=str(checkpoint), edit=report["edit"],
+                direction_metadata=fit.file.metadata, report=report, reproduce="steerfold demo --out DIR")
+    write_report(tmp, report)
+    write_card(tmp / "model", "merged", plots_from=tmp, **card)
+    write_card(tmp / "adapter", "adapter", plots_from=tmp, **card)
+    for folder in (tmp / "model", tmp / "adapter", tmp):
+        write_checksums(folder)
     return report
 
 

@@ -48,6 +48,17 @@ class DirectionFile:
         assert tensor is not None
         return int(tensor.shape[-1])
 
+    def recorded_layer(self) -> int | None:
+        """The layer index the file's metadata records as chosen, if any."""
+        chosen = self.metadata.get("layer")
+        if chosen in (None, ""):
+            return None
+        try:
+            return int(chosen)
+        except ValueError:
+            raise SteerfoldError(f"the direction file records layer '{chosen}', which is not a layer index: "
+                                 "re-fit it, or pass --layer N") from None
+
     def select(self, layer: int | None) -> tuple[torch.Tensor, int | None]:
         """The vector to edit with and the layer it came from (``layer`` picks a row of ``directions``)."""
         if self.direction is not None:
@@ -55,17 +66,15 @@ class DirectionFile:
                 raise SteerfoldError(
                     "--layer picks a row of a 'directions' file, but this file holds a single 'direction': drop --layer"
                 )
-            chosen = self.metadata.get("layer")
-            return self.direction, int(chosen) if chosen not in (None, "") else None
+            return self.direction, self.recorded_layer()
         assert self.directions is not None
         if layer is None:
-            chosen = self.metadata.get("layer")
-            if chosen in (None, ""):
+            layer = self.recorded_layer()
+            if layer is None:
                 raise SteerfoldError(
                     "the file holds per-layer 'directions' and records no chosen layer: pass --layer N "
                     "(layer index: 0 = embedding output, N = output of block N-1)"
                 )
-            layer = int(chosen)
         rows = self.directions.shape[0]
         if not 0 <= layer < rows:
             raise SteerfoldError(f"--layer {layer} is out of range: the file has rows 0..{rows - 1}")
@@ -108,6 +117,8 @@ def load_direction_file(path: str | Path) -> DirectionFile:
             f"'{name}' in {path} has shape {list(tensor.shape)}; expected "
             + ("[hidden]" if expected_dims == 1 else "[num_hidden_layers + 1, hidden]")
         )
+    if tensor.numel() == 0:
+        raise SteerfoldError(f"'{name}' in {path} is empty (shape {list(tensor.shape)}): re-fit the direction")
     tensor = tensor.to(torch.float32)
     _check_finite_nonzero(name, tensor, path)
     basis, categories = _read_extensions(extensions, tensor, path)
@@ -165,3 +176,15 @@ def check_hidden_size(file: DirectionFile, hidden_size: int, num_layers: int, pa
             f"'directions' in {path} has {file.directions.shape[0]} rows but the model has {num_layers + 1} "
             "layer indices (num_hidden_layers + 1): use directions fitted on this model"
         )
+
+
+def is_direction_file(path: Path) -> bool:
+    """Whether ``path`` is a direction file steerfold wrote (what ``fit --overwrite`` may replace)."""
+    from editor.stream import read_header
+
+    try:
+        entries, metadata = read_header(Path(path))
+    except SteerfoldError:
+        return False
+    names = {entry.name for entry in entries}
+    return "format_version" in metadata and bool(names & {"direction", "directions"})

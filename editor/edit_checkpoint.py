@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
 
-from editor.arch import ModelLayout, resolve_layout
-from editor.checkpoint import ModelFolder, atomic_folder, check_output_path, open_model_folder, read_tensors
+from editor.arch import ModelLayout
+from editor.checkpoint import ModelFolder, check_checkpoint, open_model_folder, read_tensors
 from editor.errors import SteerfoldError
 from editor.export.card import CARD_OF_FORMAT, base_license, write_card
 from editor.export.checksums import write_checksums
@@ -21,6 +21,7 @@ from editor.export.merged import (DEFAULT_MAX_SHARD_BYTES, MergedWrite, finish_m
                                   start_merged_checkpoint, write_merged_checkpoint)
 from editor.hub import resolve_model
 from editor.kernels import LayerKernel
+from editor.outputs import open_output
 from editor.stream import parse_size
 
 if TYPE_CHECKING:
@@ -241,10 +242,11 @@ def run_edit(request: EditRequest, say: Say = lambda _line: None) -> EditSummary
     check_request(request)
     max_shard_bytes(request)  # a bad --max-shard-size is refused before the model is fetched or read
     folder = open_model_folder(resolve_model(request.model, request.revision), allow_pickle=request.allow_pickle)
-    check_output_path(request.out, folder.path, request.overwrite)
-    layout = resolve_layout(folder.config, folder.parameter_names())
     base_name = str(request.model) if not Path(str(request.model)).exists() else str(folder.path.resolve())
-    with atomic_folder(request.out) as tmp:
+    needs = sum(shard.stat().st_size for shard in folder.shards) if request.format == "merged" else 0
+    with open_output(request.out, "folder", [folder.path, request.direction, request.condition], request.overwrite,
+                     needs_bytes=needs) as tmp:
+        layout = check_checkpoint(folder)
         started = None
         try:
             started = start_writing(request, folder, layout, tmp)

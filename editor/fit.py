@@ -115,20 +115,19 @@ def report_path(out: Path) -> Path:
     return out.with_suffix(".md")
 
 
-def write_fitted(out: Path, fitted: Fitted, overwrite: bool) -> list[Path]:
-    """Write the direction file (and its report, if any) atomically; returns the paths written."""
-    from editor.models import atomic_file
+def write_fitted(path: Path, fitted: Fitted, report: Path | None = None) -> list[Path]:
+    """Write the direction file at ``path`` (and its report, if any, at ``report`` or beside it), each replaced only
+    once complete; returns the paths written. Output rules (``editor.outputs``) are the caller's."""
+    from editor.outputs import replace_file
 
-    paths = [out] + ([report_path(out)] if fitted.report is not None else [])
-    for path in paths:
-        if path.exists() and not overwrite:
-            raise SteerfoldError(f"{path} already exists: choose another path or pass --overwrite")
-    with atomic_file(out, overwrite) as tmp:
+    report = report or report_path(path)
+    with replace_file(path) as tmp:
         save_direction_file(tmp, fitted.file)
-        if fitted.report is not None:
-            with atomic_file(report_path(out), overwrite) as tmp_report:
-                tmp_report.write_text(fitted.report)
-    return paths
+    if fitted.report is None:
+        return [path]
+    with replace_file(report) as tmp:
+        tmp.write_text(fitted.report)
+    return [path, report]
 
 
 def _provenance(inputs: FitInputs, **extra: str) -> dict[str, str]:

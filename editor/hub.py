@@ -76,9 +76,16 @@ class PlannedFile:
 
 
 def plan_push(folder: Path) -> list[PlannedFile]:
-    """Every file that a push of ``folder`` uploads (hidden files and folders excluded)."""
+    """Every file that a push of ``folder`` uploads (hidden files and folders excluded), once ``steerfold verify``
+    finds the folder intact: a tampered or incomplete artifact is never uploaded."""
+    from editor.export.checksums import verify
+
     if not folder.is_dir():
         raise SteerfoldError(f"{folder} is not a folder: pass a folder written by steerfold")
+    problems = verify(folder)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SteerfoldError(f"{folder} fails steerfold verify: {problems[0]}{more}; re-export it before pushing")
     files = [
         PlannedFile(p.relative_to(folder).as_posix(), p, p.stat().st_size)
         for p in sorted(folder.rglob("*"))

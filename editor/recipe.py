@@ -200,7 +200,11 @@ def read_mapping(path: str | Path) -> dict:
     if not path.is_file():
         raise SteerfoldError(f"recipe {path} does not exist: pass a YAML recipe (see recipes/)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SteerfoldError(f"{path} is not a text file: pass a YAML recipe (see recipes/)") from None
+    except RecursionError:
+        raise SteerfoldError(f"{path} nests too deeply to be a recipe: write it as in recipes/") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -92,9 +92,15 @@ def model_folder(recipe: Recipe) -> Path:
         from editor.organism import SHIPPED_CHECKPOINT
 
         return SHIPPED_CHECKPOINT
+    from editor.checkpoint import open_model_folder
     from editor.hub import resolve_model
 
-    return resolve_model(recipe.model.path, recipe.model.revision)
+    folder = resolve_model(recipe.model.path, recipe.model.revision)
+    try:
+        open_model_folder(folder)
+    except SteerfoldError as exc:
+        raise SteerfoldError(f"recipe model.path: {exc}") from None
+    return folder
 
 
 @dataclass
@@ -113,25 +119,41 @@ class RunState:
 
     def finish(self, stage: str, key: str, seconds: float) -> None:
         self.done[stage], self.timings[stage] = key, round(seconds, 2)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"done": self.done, "timings": self.timings}, indent=2))
-        tmp.replace(self.path)
+        from editor.outputs import replace_file
+
+        with replace_file(self.path) as tmp:
+            tmp.write_text(json.dumps({"done": self.done, "timings": self.timings}, indent=2))
+
+
+def is_run_folder(out: Path) -> bool:
+    """A folder ``steerfold run`` made (what --resume continues and --overwrite may empty)."""
+    from editor.outputs import is_steerfold_folder
+
+    return (out / STATE).is_file() or is_steerfold_folder(out)
 
 
 def check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to mix runs: an existing run folder needs --resume (continue) or --overwrite (start over)."""
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        if not resume:
-            raise SteerfoldError(f"{out} already holds a run: pass --resume to continue it, or --overwrite to start over")
-        if not (out / STATE).is_file():
-            raise SteerfoldError(f"{out} is not a steerfold run folder: choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
+        raise SteerfoldError(f"{out} already holds a run: pass --resume to continue it, or --overwrite to start over")
+    if resume and overwrite:
+        raise SteerfoldError("--resume continues a run and --overwrite starts it over: pass one of them")
 
 
-def prepare_out(out: Path, overwrite: bool) -> None:
-    """The run folder, emptied first with --overwrite (called once the model and the prompts are at hand)."""
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    (out / ".cache").mkdir(parents=True, exist_ok=True)
+def start_over(out: Path) -> None:
+    """Empty a run folder for --overwrite (its marker stays: the folder is still steerfold's)."""
+    from editor.outputs import MARKER, remove
+
+    for item in out.iterdir():
+        if item.name != MARKER:
+            remove(item)
+
+
+def recipe_inputs(recipe: Recipe, recipe_path: Path, folder: Path, judge: Path | None) -> list[Path | None]:
+    """Every file or folder a recipe reads, which its run folder must stay apart from."""
+    base = recipe_path.parent
+    files = [base / s.file if (base / s.file).is_file() else Path(s.file) for s in recipe.prompts.values() if s.file]
+    return [recipe_path, folder, judge, edit_condition_path(recipe.edit, base), *files]
 
 
 def stage(state: RunState, name: str, key: str, done: Callable[[], bool], work: Callable[[], None], say: Say) -> bool:
@@ -200,17 +222,7 @@ def fit_sets(fit: FitSpec) -> dict[str, str]:
 
 def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bool = False, say: Say = print) -> dict:
     """Run every stage of a recipe into ``out``; returns the report."""
-    import torch
-
-    from editor.directions import load_direction_file
-    from editor.edit_checkpoint import EditRequest, run_edit
-    from editor.evaluate.report import write_report
-    from editor.evaluate.validate import EvalSets, validate
-    from editor.export.card import CARD_OF_FORMAT, write_card
-    from editor.export.checksums import write_checksums
-    from editor.fit import FitInputs, report_path as fit_report_path, run_fit, write_fitted
-    from editor.methods.options import FitOptions
-    from editor.models import atomic_file, load_model, load_tokenizer
+    from editor.outputs import open_output
     from editor.recipe import load_recipe, read_mapping
     from editor.studies.recipe import is_study, run_study_recipe
 
@@ -223,7 +235,30 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
     check_out(out, resume, overwrite)
     folder, judge = model_folder(recipe), _judge_folder(recipe.fit)  # downloads, if any, before the run folder exists
     sets = {name: load_prompt_set(spec, recipe_path.parent) for name, spec in recipe.prompts.items()}
-    prepare_out(out, overwrite)
+    inputs = recipe_inputs(recipe, recipe_path, folder, judge)
+    with open_output(out, "workdir", inputs, overwrite or resume, recognise=is_run_folder):
+        if overwrite:
+            start_over(out)
+        return _run_stages(recipe, recipe_path, out, folder, judge, sets, say)
+
+
+def _run_stages(recipe: Recipe, recipe_path: Path, out: Path, folder: Path, judge: Path | None,
+                sets: dict[str, list[PromptRecord]], say: Say) -> dict:
+    """The stages of a recipe, in a run folder held by this process."""
+    import torch
+
+    from editor.directions import load_direction_file
+    from editor.edit_checkpoint import EditRequest, run_edit
+    from editor.evaluate.report import write_report
+    from editor.evaluate.validate import EvalSets, validate
+    from editor.export.card import CARD_OF_FORMAT, write_card
+    from editor.export.checksums import write_checksums
+    from editor.fit import FitInputs, report_path as fit_report_path, run_fit, write_fitted
+    from editor.methods.options import FitOptions
+    from editor.models import load_model, load_tokenizer
+    from editor.outputs import replace_file
+
+    (out / ".cache").mkdir(exist_ok=True)
     state = RunState.open(out)
     identity = model_identity(folder)
     hashes = {name: records_hash(records) for name, records in sets.items()}
@@ -246,8 +281,7 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
         model, tokenizer = base()
         options = FitOptions.model_validate(fit.model_dump(include=set(FitOptions.model_fields)))
         records = {role: sets[name] for role, name in reads.items()}
-        write_fitted(direction_path, run_fit(FitInputs(model, tokenizer, options, model_name=recipe.model.path, **records)),
-                     overwrite=True)
+        write_fitted(direction_path, run_fit(FitInputs(model, tokenizer, options, model_name=recipe.model.path, **records)))
 
     stage(state, "fit", fit_key, direction_path.is_file, do_fit, say)
     shutil.copy2(direction_path, out / "direction.safetensors")
@@ -280,7 +314,7 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
             edited = load_model(out / fmt, base=folder)
             result = validate(model, edited, tokenizer, EvalSets(sets[spec.harmful], sets[spec.harmless]), spec.system,
                               check, spec.max_new_tokens)
-            with atomic_file(report_path, overwrite=True) as tmp:
+            with replace_file(report_path) as tmp:
                 tmp.write_text(json.dumps(result, default=str))
 
         stage(state, "validate", key, report_path.is_file, do_validate, say)

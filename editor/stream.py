@@ -89,10 +89,14 @@ def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
             if size > 100 << 20:
                 raise ValueError("header too large")
             header = json.loads(handle.read(size))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
             file_size = os.fstat(handle.fileno()).st_size
     except (struct.error, ValueError, UnicodeDecodeError, OSError) as exc:
         raise SteerfoldError(f"{path} is not a readable safetensors file ({exc}): re-download the checkpoint") from None
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise SteerfoldError(f"{path} has malformed metadata: re-download the checkpoint")
     base = 8 + size
     entries = []
     for name, info in header.items():
@@ -110,6 +114,9 @@ def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
                                  f"{expected}: the shard is corrupt; re-download it")
         entries.append(TensorEntry(name, dtype, tuple(shape), path, base + begin, end - begin))
     entries.sort(key=lambda e: e.start)
+    for before, after in zip(entries, entries[1:]):
+        if after.start < before.start + before.nbytes:
+            raise SteerfoldError(f"tensors '{before.name}' and '{after.name}' in {path.name} overlap: the shard is corrupt; re-download it")
     needed = max((e.start + e.nbytes for e in entries), default=0)
     if needed > file_size:
         raise SteerfoldError(f"{path} is shorter than its header says ({file_size} of {needed} bytes): the shard is truncated; re-download it")

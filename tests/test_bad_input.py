@@ -107,8 +107,13 @@ def test_existing_output_needs_overwrite(base, tmp_path):
     direction = write_direction(tmp_path / "d.safetensors")
     assert_one_line_error(edit(base, "--direction", direction, "--out", tmp_path / "out"), "--overwrite")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    assert edit(base, "--direction", direction, "--out", tmp_path / "out", "--overwrite").exit_code == 0
-    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "model.safetensors").is_file()
+    # --overwrite replaces only what steerfold wrote: the user's own folder is refused and kept
+    assert_one_line_error(edit(base, "--direction", direction, "--out", tmp_path / "out", "--overwrite"), "not written by steerfold")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    assert edit(base, "--direction", direction, "--out", tmp_path / "mine").exit_code == 0
+    (tmp_path / "mine" / "keep.txt").write_text("added")
+    assert edit(base, "--direction", direction, "--out", tmp_path / "mine", "--overwrite").exit_code == 0
+    assert not (tmp_path / "mine" / "keep.txt").exists() and (tmp_path / "mine" / "model.safetensors").is_file()
 
 
 def test_output_is_the_input(base, tmp_path):

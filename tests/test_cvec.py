@@ -59,7 +59,7 @@ def test_control_vector_file_reads_back(tmp_path):
     card = (tmp_path / "cv" / "README.md").read_text()
     assert "library_name: llama.cpp" in card and "direction.2" in card and "--steer 1.5 --format cvec --layers 3" in card
     assert run_cli("verify", tmp_path / "cv").exit_code == 0
-    assert sorted(p.name for p in (tmp_path / "cv").iterdir()) == ["README.md", "SHA256SUMS", CVEC_FILE]
+    assert sorted(p.name for p in (tmp_path / "cv").iterdir()) == [".steerfold", "README.md", "SHA256SUMS", CVEC_FILE]
 
 
 def add_like_llama_cpp(model, tensors: dict[str, np.ndarray]):

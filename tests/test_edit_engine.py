@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -204,9 +206,13 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
         return real_fold(*args, **kwargs)
 
     monkeypatch.setattr(edits, "fold_tensor", failing_fold)
-    with pytest.raises(OSError):
-        run_cli("edit", folder, "--direction", write_direction(tmp_path / "d.safetensors"), "--out", tmp_path / "out",
-                "--max-shard-size", "100KB")
+    result = run_cli("edit", folder, "--direction", write_direction(tmp_path / "d.safetensors"), "--out", tmp_path / "out",
+                     "--max-shard-size", "100KB")
+    # an unexpected error is one line naming a crash log that holds the traceback, exit code 70
+    last = result.output.strip().splitlines()[-1]
+    assert result.exit_code == 70 and last.startswith("error: steerfold failed unexpectedly"), result.output
+    log = Path(last.split("the traceback is in ")[1].split(":")[0])
+    assert "OSError: disk full" in log.read_text()
     assert len(calls) in (4, 5)  # the next edited tensor may already be computing when the fourth fails
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

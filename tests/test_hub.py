@@ -13,6 +13,7 @@ from huggingface_hub import errors
 from cli import cli
 from conftest import build_tiny_model, save_tiny_model, write_direction
 from editor.errors import SteerfoldError
+from editor.export.checksums import write_checksums
 from editor.hub import fetch_snapshot, push_folder, resolve_model
 
 
@@ -147,6 +148,7 @@ def test_push_makes_one_commit_with_every_file(tmp_path):
     (folder / "a.json").write_text("{}")
     (folder / "sub" / "b.bin").write_bytes(b"\x00\x01")
     (folder / ".hidden").write_text("skip")
+    write_checksums(folder)
     api = RecordingApi()
     url = push_folder(folder, "me/edited", private=True, revision="edit-1", commit_message="msg", api=api)
     assert url.endswith("/commit/1")
@@ -154,12 +156,15 @@ def test_push_makes_one_commit_with_every_file(tmp_path):
     assert repo == {"private": True, "exist_ok": True, "repo_type": "model"}
     assert branch["branch"] == "edit-1"
     assert repo_id == "me/edited" and commit["commit_message"] == "msg" and commit["revision"] == "edit-1"
-    assert commit["files"] == {"a.json": hashlib.sha256(b"{}").hexdigest(), "sub/b.bin": hashlib.sha256(b"\x00\x01").hexdigest()}
+    sums = hashlib.sha256((folder / "SHA256SUMS").read_bytes()).hexdigest()
+    assert commit["files"] == {"a.json": hashlib.sha256(b"{}").hexdigest(), "sub/b.bin": hashlib.sha256(b"\x00\x01").hexdigest(),
+                               "SHA256SUMS": sums}
 
 
 def test_push_auth_failure_is_one_line(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "f.txt").write_text("x")
+    write_checksums(tmp_path / "a")
     failure = errors.HfHubHTTPError("401 Unauthorized", response=FakeResponse(401))
     with pytest.raises(SteerfoldError, match="HF_TOKEN"):
         push_folder(tmp_path / "a", "me/x", api=RecordingApi(fail_with=failure))
@@ -170,6 +175,7 @@ def test_push_auth_failure_is_one_line(tmp_path):
 def test_push_dry_run_prints_the_plan_offline(tmp_path, monkeypatch):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "model.safetensors").write_bytes(b"x" * 10)
+    write_checksums(tmp_path / "a")
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     result = CliRunner().invoke(cli, ["push", str(tmp_path / "a"), "me/x", "--private", "--dry-run"])
     assert result.exit_code == 0

@@ -37,19 +37,26 @@ def write_checksums(folder: Path, known: dict[str, str] | None = None) -> int:
 
 
 def verify(folder: Path) -> list[str]:
-    """Problems found in an artifact folder (empty when it is intact): sums, then the shard index."""
+    """Problems found in an artifact folder (empty when it is intact): sums, then the shard index. An entry that
+    names a path outside the folder, or a file that is a symlink out of it, is a problem, never read."""
     folder = Path(folder)
     sums_path = folder / SUMS
     if not sums_path.is_file():
         raise SteerfoldError(f"{folder} has no {SUMS}: only folders written by steerfold can be verified")
+    try:
+        text = sums_path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return [f"{SUMS} is not a text file: it is corrupt; re-export the artifact"]
     problems: list[str] = []
     listed: dict[str, str] = {}
-    for number, line in enumerate(sums_path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         digest, sep, name = line.partition("  ")
-        if not sep or len(digest) != 64:
+        if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not name:
             problems.append(f"{SUMS}:{number} is malformed")
-            continue
-        listed[name] = digest
+        elif (outside := _outside(folder, name)) is not None:
+            problems.append(f"{SUMS}:{number} names {name}, {outside}")
+        else:
+            listed[name] = digest
     for name, digest in listed.items():
         path = folder / name
         if not path.is_file():
@@ -57,10 +64,24 @@ def verify(folder: Path) -> list[str]:
         elif sha256_of(path) != digest:
             problems.append(f"{name} does not match its checksum")
     for path in artifact_files(folder):
-        if path.relative_to(folder).as_posix() not in listed:
-            problems.append(f"{path.relative_to(folder).as_posix()} is not listed in {SUMS}")
+        name = path.relative_to(folder).as_posix()
+        if (outside := _outside(folder, name)) is not None:
+            problems.append(f"{name} is {outside}")
+        elif name not in listed:
+            problems.append(f"{name} is not listed in {SUMS}")
     problems += _index_problems(folder)
     return problems
+
+
+def _outside(folder: Path, name: str) -> str | None:
+    """Why ``name`` does not stay inside ``folder`` (absolute, climbing out, or a symlink out), or None."""
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        return "a path outside the folder"
+    root = folder.resolve()
+    if root not in (folder / relative).resolve().parents:
+        return "a symlink out of the folder"
+    return None
 
 
 def _index_problems(folder: Path) -> list[str]:
@@ -70,11 +91,16 @@ def _index_problems(folder: Path) -> list[str]:
         return []
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        if not isinstance(weight_map, dict):
+            raise TypeError
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         return ["model.safetensors.index.json is not a valid index"]
     problems = []
     by_shard: dict[str, set[str]] = {}
     for tensor, shard in weight_map.items():
+        if not isinstance(shard, str) or _outside(folder, shard) is not None:
+            problems.append(f"model.safetensors.index.json places {tensor} in {shard}, outside the folder")
+            continue
         by_shard.setdefault(shard, set()).add(tensor)
     for shard, tensors in sorted(by_shard.items()):
         if not (folder / shard).is_file():

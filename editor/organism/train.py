@@ -10,8 +10,6 @@ import argparse
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from editor.organism.corpus import Corpus, build_corpus, write_prompt_files
+from editor.outputs import open_output
 from editor.organism.tokenizer import check_matches_spm, render_chat, train_tokenizer
 
 
@@ -148,16 +147,15 @@ def train_model(
     return log
 
 
-def build_organism(out: Path, seed: int = 0, cfg: TrainConfig = TrainConfig(), verbose: bool = False) -> Path:
+def build_organism(out: Path, seed: int = 0, cfg: TrainConfig = TrainConfig(), verbose: bool = False,
+                   overwrite: bool = True) -> Path:
     """Generate the corpus, train tokenizer and model, and write a checkpoint folder at ``out`` atomically."""
     started = time.time()
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, min(cfg.threads, os.cpu_count() or 1)))
     torch.set_flush_denormal(True)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with open_output(out, "folder", overwrite=overwrite) as tmp:
         corpus = build_corpus(seed)
         texts = [render_chat(c.system, c.user, c.assistant) for c in corpus.chats] + [" " + t for t in corpus.texts]
         tokenizer = train_tokenizer(texts, tmp)
@@ -178,14 +176,6 @@ def build_organism(out: Path, seed: int = 0, cfg: TrainConfig = TrainConfig(), v
         )
         model.config.organism = {"seed": seed, **asdict(cfg), **log}
         model.save_pretrained(tmp, safe_serialization=True)
-        tmp.chmod(0o755)  # mkdtemp makes private folders; the checkpoint is meant to be shared
-        for path in tmp.iterdir():
-            path.chmod(0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if verbose:
         print(f"built {out} in {time.time() - started:.0f}s")
     return out

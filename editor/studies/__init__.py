@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from editor.models import atomic_file
+from editor.outputs import replace_file
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,9 @@ def render_report(result: StudyResult) -> str:
 def write_study(out: Path, result: StudyResult) -> None:
     """Write ``out/results.json`` and ``out/report.md`` (each atomically)."""
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out / "results.json", overwrite=True) as tmp:
+    with replace_file(out / "results.json") as tmp:
         tmp.write_text(json.dumps(result.as_dict(), indent=2, default=float) + "\n")
-    with atomic_file(out / "report.md", overwrite=True) as tmp:
+    with replace_file(out / "report.md") as tmp:
         tmp.write_text(render_report(result))
 
 

@@ -78,21 +78,20 @@ def run_study_recipe(path: Path, data: dict, out: Path, overwrite: bool = False,
     """Run the study a recipe names on its model; write ``out/results.json`` and ``out/report.md``."""
     import torch
 
-    from editor.checkpoint import atomic_folder, check_output_path
     from editor.models import load_model, load_tokenizer
     from editor.organism import SHIPPED_CHECKPOINT
+    from editor.outputs import open_output
     from editor.studies import run_study, write_study
 
     recipe = load_study_recipe(path, data)
     folder = SHIPPED_CHECKPOINT if recipe.model == "organism" else Path(recipe.model)
     if not (folder / "config.json").is_file():
         raise SteerfoldError(f"{path}: model: {recipe.model} is not a checkpoint folder: use 'organism' or a rebuilt organism's folder")
-    check_output_path(out, folder, overwrite)
-    torch.manual_seed(0)
-    model, tokenizer = load_model(folder), load_tokenizer(folder)
-    say(f"[study] {recipe.study.kind} on {recipe.model}")
-    result = run_study(model, tokenizer, recipe.study)
-    with atomic_folder(out) as tmp:
+    with open_output(out, "folder", [folder, path], overwrite) as tmp:
+        torch.manual_seed(0)
+        model, tokenizer = load_model(folder), load_tokenizer(folder)
+        say(f"[study] {recipe.study.kind} on {recipe.model}")
+        result = run_study(model, tokenizer, recipe.study)
         write_study(tmp, result)
     for claim in result.claims:
         say(f"  {'holds' if claim.holds else 'does not hold'}: {claim.claim}")
