@@ -263,6 +263,7 @@ def clean(out: Path) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan (stages, downloads, estimates) without running a model.")
 def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: bool) -> None:
     """Run every stage of a RECIPE (YAML): fit, export, validate, report, push."""
+    from editor.interrupts import load_torch
     from editor.run import ThresholdFailure, plan_recipe, run_recipe
 
     out = out or Path("runs") / recipe.stem
@@ -270,6 +271,7 @@ def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: 
         for line in plan_recipe(recipe, out):
             click.echo(line)
         return
+    load_torch()
     try:
         report = run_recipe(recipe, out, resume=resume, overwrite=overwrite, say=click.echo)
     except ThresholdFailure as exc:
@@ -337,6 +339,9 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
     records the chosen layer and the table. per_category writes one direction per harm category, every layer, and
     a cosine report beside the file. Layer index: 0 = embedding output, l = output of decoder block l-1.
     """
+    from editor.interrupts import load_torch
+
+    load_torch()
     from editor.directions import is_direction_file
     from editor.errors import SteerfoldError
     from editor.methods.options import parse_fit_options
@@ -355,6 +360,7 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
     folder = resolve_model(model_dir, revision)
     inputs = [folder, harmful, harmless, harmful_val, harmless_val, prompts]
     report = report_path(out)
+    check_apart(out, inputs)
     check_apart(report, inputs)
     if report.exists() and not (overwrite and is_direction_file(out)):
         raise SteerfoldError(f"{report} (where this fit's report goes) already exists: choose another --out, or pass "
@@ -390,6 +396,9 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
 def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harmless: Path, out: Path, system: str | None,
              coherence: str, max_new_tokens: int, overwrite: bool) -> None:
     """Measure EDITED (a checkpoint or an adapter folder) against --base; write report.json and report.md."""
+    from editor.interrupts import load_torch
+
+    load_torch()
     from editor.evaluate.report import before_after_rows, write_report
     from editor.evaluate.validate import EvalSets, validate as run_validation
     from editor.hub import resolve_model
@@ -421,6 +430,9 @@ def demo(out: Path, overwrite: bool) -> None:
     """Fit, fold, validate and export the refusal edit on the built-in model organism, offline."""
     import time
 
+    from editor.interrupts import load_torch
+
+    load_torch()
     from editor.demo import print_summary, run_demo
 
     start = time.perf_counter()
@@ -440,6 +452,9 @@ def organism() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 def organism_build(out: Path, seed: int, overwrite: bool) -> None:
     """Rebuild the organism from its seeded grammar (corpus, tokenizer, training) on CPU."""
+    from editor.interrupts import load_torch
+
+    load_torch()
     from editor.organism import build_organism
 
     path = build_organism(out, seed=seed, overwrite=overwrite)
@@ -470,6 +485,8 @@ def main() -> None:
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the outcome is settled: a late signal changes nothing
+        signal.signal(sig, signal.SIG_IGN)
     if code in (0, 1, EXIT_BAD_INPUT):
         sys.exit(code)
     for stream in (sys.stdout, sys.stderr):

@@ -20,6 +20,7 @@ from editor.export.checksums import write_checksums
 from editor.export.merged import (DEFAULT_MAX_SHARD_BYTES, MergedWrite, finish_merged_checkpoint, may_add_head_copy,
                                   start_merged_checkpoint, write_merged_checkpoint)
 from editor.hub import resolve_model
+from editor.interrupts import load_torch
 from editor.kernels import LayerKernel
 from editor.outputs import open_output
 from editor.stream import parse_size
@@ -250,6 +251,7 @@ def run_edit(request: EditRequest, say: Say = lambda _line: None) -> EditSummary
         started = None
         try:
             started = start_writing(request, folder, layout, tmp)
+            load_torch()  # while the copying runs
             from editor.edit_build import build_edit
             from editor.portability import edit_carriers
 
