@@ -1,6 +1,6 @@
 """Which tensors write into the residual stream, per model family, as data.
 
-Adding an architecture is adding a row to ``ARCHITECTURES``. Layer indices follow DESIGN.md: index 0 is the
+Adding an architecture is adding a row to ``ARCHITECTURES``. Layer indices follow docs/design.md: index 0 is the
 embedding output, index ``l`` is the output of decoder block ``l - 1``; the writers of block ``l - 1`` therefore
 belong to layer index ``l``.
 
@@ -105,7 +105,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 class ResidualWriter:
     """One module whose output is added to the residual stream, resolved against a checkpoint."""
 
-    layer: int  # DESIGN.md layer index: 0 = embedding, l = block l - 1
+    layer: int  # docs/design.md layer index: 0 = embedding, l = block l - 1
     role: Role
     hook: str  # absolute module name; the runtime hook applies the map to its output
     tensors: tuple[tuple[str, TensorKind], ...]  # absolute tensor names the fold edits

@@ -1,4 +1,4 @@
-"""Reading checkpoints shard by shard and writing edited ones atomically.
+"""Reading checkpoints shard by shard, and checking them before any tensor is trusted.
 
 A model folder holds ``config.json`` and either safetensors weights (``model.safetensors`` or shards with
 ``model.safetensors.index.json``) or, refused unless explicitly allowed, pickled ``pytorch_model*.bin``.

@@ -1,6 +1,6 @@
 """The direction file: safetensors holding ``direction`` [hidden] or ``directions`` [L+1, hidden], float32.
 
-Rows of ``directions`` use the DESIGN.md layer index (0 = embedding output, l = output of block l-1).
+Rows of ``directions`` use the docs/design.md layer index (0 = embedding output, l = output of block l-1).
 String metadata records provenance: method, model, chosen layer, positions, prompt-set hashes, options, version.
 Vectors are unnormalised: a unit direction times the mean harmful − harmless contrast along it (the size steering
 uses; ablation normalises).

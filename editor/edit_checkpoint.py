@@ -35,7 +35,7 @@ Say = Callable[[str], None]
 
 
 def parse_layers(spec: str | None, num_layers: int) -> list[int]:
-    """Parse layer-index ranges like ``0-4,10,12-15`` (inclusive; DESIGN.md layer index); None means all."""
+    """Parse layer-index ranges like ``0-4,10,12-15`` (inclusive; docs/design.md layer index); None means all."""
     if spec is None or spec.strip() in ("", "all"):
         return list(range(num_layers + 1))
     layers: set[int] = set()

@@ -33,7 +33,7 @@ NOTHING_CHANGED = "the edit changes no residual writer: widen --layers or raise 
 
 @dataclass(frozen=True)
 class Edit:
-    """One residual map per DESIGN.md layer index; index 0 (the embedding) is edited only if present.
+    """One residual map per docs/design.md layer index; index 0 (the embedding) is edited only if present.
 
     ``tied_embedding`` decides what happens when the embedding is edited on a model whose output head shares
     the embedding matrix: ``untie`` gives the head its own unedited copy (exactly the runtime edit), ``shared``

@@ -1,7 +1,7 @@
 """Per-layer weight kernels: how strongly each residual writer is edited, as a function of its layer index.
 
 A kernel is four numbers: peak layer, peak weight, minimum weight, fall-off distance. The weight at layer index
-``l`` (DESIGN.md: 0 = embedding output, l = output of block l-1, so the writers of block l-1 sit at l) is
+``l`` (docs/design.md: 0 = embedding output, l = output of block l-1, so the writers of block l-1 sit at l) is
 
     w(l) = min_weight + (peak_weight - min_weight) * max(0, 1 - |l - peak| / falloff)
 
@@ -28,7 +28,7 @@ KERNEL_FORMAT = "PEAK,PEAK_WEIGHT,MIN_WEIGHT,FALLOFF"
 class LayerKernel:
     """``w(l) = min_weight + (peak_weight - min_weight) * max(0, 1 - |l - peak| / falloff)``."""
 
-    peak: float  # layer index of the peak (DESIGN.md layer index; may be fractional)
+    peak: float  # layer index of the peak (docs/design.md layer index; may be fractional)
     peak_weight: float
     min_weight: float
     falloff: float  # distance in layer indices at which the weight reaches min_weight; ≥ 0

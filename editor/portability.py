@@ -26,7 +26,7 @@ class Carrier:
 
 
 def carriers(layout: ModelLayout) -> list[Carrier]:
-    """The portability table for a model (DESIGN.md, 'Artifacts and where they load')."""
+    """The portability table for a model (docs/design.md)."""
     block_biases = all(w.has_bias and not w.post_norm for w in layout.writers if w.layer > 0 and w.role == "mlp")
     any_biases = any(w.has_bias for w in layout.writers)
     tied_note = (

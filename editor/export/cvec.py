@@ -13,7 +13,7 @@ llama.cpp's block numbering, from its source (ggml-org/llama.cpp):
   ``tensors[il]`` is added to the residual stream right after block ``il`` (0-based), after its residual add
   and any residual multiplier.
 
-So ``direction.N`` is added to the output of block N (0-based), which is DESIGN.md layer index N + 1: a vector
+So ``direction.N`` is added to the output of block N (0-based), which is docs/design.md layer index N + 1: a vector
 for layer index ``l`` is written as ``direction.{l - 1}``, and only layer indices 2..L can be carried (layer 0
 is the embedding; layer 1, the output of block 0, would need ``direction.0``, which llama.cpp refuses). repeng's
 ``direction.{layer}`` with its 0-based block ids agrees. The metadata follow llama.cpp's ``cvector-generator``:
@@ -38,7 +38,7 @@ GGUF_ARCHITECTURE = {"mistral": "llama", "mixtral": "llama", "gemma3_text": "gem
 
 
 def llama_cpp_block(layer: int, num_layers: int) -> int:
-    """The N of ``direction.N`` that llama.cpp adds to DESIGN.md layer index ``layer``: N = layer - 1.
+    """The N of ``direction.N`` that llama.cpp adds to docs/design.md layer index ``layer``: N = layer - 1.
 
     The one conversion between the two numberings (evidence in the module docstring); layer indices 0 and 1
     have no control-vector tensor.

@@ -1,6 +1,6 @@
 """Difference of means over prompts (Arditi et al.) and persona vectors over responses, per layer index.
 
-Every method returns one direction per layer index (rows 0..L, DESIGN.md convention), unnormalised: the
+Every method returns one direction per layer index (rows 0..L, docs/design.md convention), unnormalised: the
 norm is the size of the contrast, which steering uses; ablation normalises.
 """
 
