@@ -165,6 +165,9 @@ class OutputTarget:
             return
         if self.kind == "folder":
             (self.path / MARKER).write_text("written by steerfold; --overwrite may replace this folder\n")
+            for path in self.path.rglob("*"):  # some libraries write private files (e.g. safetensors' save)
+                if not path.is_symlink():
+                    shared_mode(path)
         self.check_existing()  # something outside steerfold may have appeared at the path meanwhile
         if self.kind == "file":
             os.replace(self.path, self.out)

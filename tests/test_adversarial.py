@@ -522,3 +522,17 @@ def test_sigint_exits_130_in_20_of_20_tries(bigger, tmp_path):
         codes.append(returncode)
         assert not hidden_leftovers(folder) and not (folder / "out").exists(), stderr
     assert codes == [130] * 20
+
+
+def test_outputs_get_the_permissions_of_the_umask(tiny, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        merged = edited_copy(tiny, tmp_path)
+        adapter = tmp_path / "adapter"
+        assert invoke("edit", tiny, "--direction", tmp_path / "d.safetensors", "--out", adapter, "--format", "lora").exit_code == 0
+    finally:
+        os.umask(previous)
+    for out in (merged, adapter):
+        assert out.stat().st_mode & 0o777 == 0o755
+        modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.rglob("*")}
+        assert set(modes.values()) == {"0o644"}, modes
