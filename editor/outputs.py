@@ -252,14 +252,17 @@ def replace_file(path: Path) -> Iterator[Path]:
 
 
 def clean(out: Path) -> list[Path]:
-    """Remove what killed runs left at ``out``: temporaries beside it and, in a steerfold folder, inside it."""
+    """Remove what killed runs left at ``out``: temporaries beside it and, in a steerfold folder, inside it. Refused
+    while another steerfold process is writing ``out``."""
     out = Path(out)
+    if not out.parent.is_dir():
+        return []
     target = OutputTarget(out, "workdir", overwrite=True, flag="OUT", recognise=None)
-    found = leftovers(out)
-    if out.is_dir() and (is_steerfold_folder(out) or (out / ".steerfold-run.json").is_file()):
-        found += leftovers_inside(out)
+    target._lock()
     try:
-        out.parent.is_dir() and target._lock()
+        found = leftovers(out)
+        if out.is_dir() and (is_steerfold_folder(out) or (out / ".steerfold-run.json").is_file()):
+            found += leftovers_inside(out)
         for path in found:
             remove(path)
     finally:
