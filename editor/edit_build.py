@@ -46,7 +46,15 @@ def _condition_vector(request: EditRequest, layout: ModelLayout) -> torch.Tensor
     """The condition direction c: a row of a per-layer file is picked like the direction's (--layer or recorded)."""
     assert request.condition is not None
     file = _checked_file(request.condition, layout)
-    return file.select(request.layer if file.directions is not None else None)[0]
+    return _select(file, request.layer if file.directions is not None else None, f"the condition file {request.condition}")[0]
+
+
+def _select(file: DirectionFile, layer: int | None, which: str) -> tuple[torch.Tensor, int | None]:
+    """``file.select``, with its errors naming which of the edit's files they are about."""
+    try:
+        return file.select(layer)
+    except SteerfoldError as exc:
+        raise SteerfoldError(f"{which}: {exc}") from None
 
 
 def _basis(request: EditRequest, file: DirectionFile) -> torch.Tensor:
@@ -70,7 +78,7 @@ BUILDERS: dict[str, Callable[[EditRequest, ModelLayout, DirectionFile, torch.Ten
 def build_edit(request: EditRequest, layout: ModelLayout) -> tuple[Edit, int | None, dict[str, str]]:
     """Load and check the direction (and condition), then build the edit the request describes."""
     direction_file = _checked_file(request.direction, layout)
-    vector, source_layer = direction_file.select(request.layer)
+    vector, source_layer = _select(direction_file, request.layer, f"the direction file {request.direction}")
     layers = edit_layers(request, layout, source_layer)
     weights = kernel_weights(layers, request.attention_kernel, request.mlp_kernel)
     edit = BUILDERS[request.kind](request, layout, direction_file, vector, layers, weights)

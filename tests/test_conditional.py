@@ -86,3 +86,14 @@ def test_post_norm_is_refused(tmp_path):
     d = write_direction(tmp_path / "d.safetensors")
     result = run_cli("edit", folder, "--direction", d, "--condition", d, "--out", tmp_path / "m")
     assert result.exit_code == 2 and "post-norm" in result.stderr and not (tmp_path / "m").exists()
+
+
+def test_an_error_about_a_per_layer_file_names_which_file_it_means(tmp_path):
+    from editor.directions import DirectionFile, save_direction_file
+
+    base = save_tiny_model(build_tiny_model("llama"), tmp_path / "base")
+    direction = write_direction(tmp_path / "r.safetensors")
+    condition = tmp_path / "c.safetensors"
+    save_direction_file(condition, DirectionFile(directions=torch.randn(LAYERS + 1, 64)))
+    result = run_cli("edit", base, "--direction", direction, "--condition", condition, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and f"the condition file {condition}: " in result.output and "--layer" in result.output

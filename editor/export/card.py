@@ -52,7 +52,7 @@ def base_license(base: Path) -> str | None:
 
 def provenance(direction_metadata: dict[str, str]) -> dict[str, str]:
     """The direction's provenance worth printing: method, source model, layer, prompt-set hashes, version."""
-    return {k: v for k, v in direction_metadata.items() if k in PROVENANCE_KEYS or k.endswith("_hash")}
+    return {k: v for k, v in sorted(direction_metadata.items()) if k in PROVENANCE_KEYS or k.endswith("_hash")}  # file order varies
 
 
 def map_text(edit: dict) -> str:

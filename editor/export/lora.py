@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -82,5 +84,14 @@ def write_lora_adapter(folder: ModelFolder, layout: ModelLayout, edit: Edit, des
         inference_mode=True,
     )
     config.save_pretrained(str(dest))
+    _stable_json(dest / "adapter_config.json")
     save_file(tensors, str(dest / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     return {"rank": rank, "modules": len(module_maps)}
+
+
+def _stable_json(path: Path) -> None:
+    """Rewrite a JSON file with sorted keys and sorted string lists: PEFT keeps target_modules as a set, whose order
+    changes from one process to the next, so two identical exports would differ."""
+    data = json.loads(path.read_text())
+    data = {k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in data.items()}
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
