@@ -281,10 +281,12 @@ def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: 
         click.echo(f"interrupted: finished stages are kept; run again with --resume --out {out}", err=True)
         raise SystemExit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPT)
     if "after" in report:
-        from editor.evaluate.report import before_after_rows
+        from editor.evaluate.report import console_lines, unmoved_warning
 
-        for metric, before, after in before_after_rows(report):
-            click.echo(f"{metric:<34} {before:>8} {after:>8}")
+        for line in console_lines(report):
+            click.echo(line)
+        if warning := unmoved_warning(report):
+            click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {out}")
 
 
@@ -399,7 +401,7 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
     from editor.interrupts import load_torch
 
     load_torch()
-    from editor.evaluate.report import before_after_rows, write_report
+    from editor.evaluate.report import console_lines, unmoved_warning, write_report
     from editor.evaluate.validate import EvalSets, validate as run_validation
     from editor.hub import resolve_model
     from editor.models import check_compatible, load_model, load_tokenizer
@@ -418,8 +420,10 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
         report = run_validation(base_model, edited_model, load_tokenizer(base_folder), sets, system, check, max_new_tokens)
         report.update({"base": str(base), "base_revision": revision, "edited": str(edited)})
         write_report(tmp, report)
-    for metric, before, after in before_after_rows(report):
-        click.echo(f"{metric:<34} {before:>8} {after:>8}")
+    for line in console_lines(report):
+        click.echo(line)
+    if warning := unmoved_warning(report):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {out}/report.json and report.md")
 
 

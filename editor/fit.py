@@ -231,12 +231,33 @@ def chosen_projections(model, tokenizer, vector: torch.Tensor, chosen: Candidate
     return out
 
 
+WEAK_BYPASS = 0.5  # a chosen ablation should remove at least half of the validation refusal score
+
+
+def weak_choice_warning(result: RefusalFit) -> str | None:
+    """A warning when the chosen candidate's ablation leaves more than ``WEAK_BYPASS`` of the refusal score, naming
+    the candidates of the table that lower it more (with why the filters dropped them)."""
+    c, base = result.chosen, result.baseline["harmful_refusal_score"]
+    if not base > 0 or c.bypass is None or c.bypass <= WEAK_BYPASS * base:
+        return None
+    better = sorted((r for r in result.table if r.bypass is not None and r.bypass < c.bypass), key=lambda r: r.bypass)[:3]
+    text = (f"the chosen candidate lowers the validation refusal score only from {base:.3f} to {c.bypass:.3f} (it should "
+            f"remove at least {WEAK_BYPASS:.0%} of it): the edit may barely change refusal; ")
+    if not better:
+        return text + "no candidate lowers it more: use more or cleaner prompts, or another --method"
+    named = "; ".join(f"layer index {r.layer}, position {r.position}: {r.bypass:.3f}" + (f" ({r.reason})" if r.reason else "")
+                      for r in better)
+    return text + f"candidates that lower it more: {named} (why a filter dropped it in brackets: --position restricts the fit to one position, --max-kl relaxes the KL filter)"
+
+
 def _contrast_fitted(result: RefusalFit, max_kl: float) -> Fitted:
     """What the CLI says about a selected candidate."""
     c, base = result.chosen, result.baseline["harmful_refusal_score"]
     warnings = []
     if "relaxed" in c.reason:
         warnings.append(f"no candidate kept harmless first-token KL ≤ {max_kl:g}; the lowest-bypass one was taken (KL {c.kl:.3f})")
+    if weak := weak_choice_warning(result):
+        warnings.append(weak)
     lines = [f"chose layer index {c.layer}, position {c.position}: refusal score {base:.3f} → {c.bypass:.3f} ablated, "
              f"induce {c.induce:.3f}, KL {c.kl:.4f}"]
     if result.file.basis is not None:

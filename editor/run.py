@@ -173,18 +173,24 @@ class ThresholdFailure(SteerfoldError):
     """A validation threshold of the recipe was not met (the run's artifacts are kept)."""
 
 
-def check_thresholds(report: dict, thresholds) -> list[str]:
-    """Human-readable failures of the recipe's validation thresholds."""
-    after, failures = report["after"], []
-    checks = [("harmful_refusal", thresholds.harmful_refusal_max, max), ("harmless_refusal", thresholds.harmless_refusal_max, max),
+def threshold_checks(report: dict, thresholds) -> list[tuple[str, bool]]:
+    """Each of the recipe's validation thresholds against the report, readable, and whether it is met."""
+    after, checks = report["after"], []
+    limits = [("harmful_refusal", thresholds.harmful_refusal_max, max), ("harmless_refusal", thresholds.harmless_refusal_max, max),
               ("kl_first_token", thresholds.kl_first_token_max, max), ("coherent_compliance", thresholds.coherent_compliance_min, min)]
-    for metric, limit, kind in checks:
+    for metric, limit, kind in limits:
         if limit is None or metric not in after:
             continue
         value = after[metric]
-        if (kind is max and value > limit) or (kind is min and value < limit):
-            failures.append(f"{metric} {value:.3f} {'>' if kind is max else '<'} {limit:g}")
-    return failures
+        met = value <= limit if kind is max else value >= limit
+        sign = ("≤" if met else ">") if kind is max else ("≥" if met else "<")
+        checks.append((f"{metric} {value:.3f} {sign} {limit:g}", met))
+    return checks
+
+
+def check_thresholds(report: dict, thresholds) -> list[str]:
+    """Human-readable failures of the recipe's validation thresholds."""
+    return [text for text, met in threshold_checks(report, thresholds) if not met]
 
 
 def edit_condition_path(spec: EditSpec, base: Path) -> Path | None:
@@ -281,7 +287,10 @@ def _run_stages(recipe: Recipe, recipe_path: Path, out: Path, folder: Path, judg
         model, tokenizer = base()
         options = FitOptions.model_validate(fit.model_dump(include=set(FitOptions.model_fields)))
         records = {role: sets[name] for role, name in reads.items()}
-        write_fitted(direction_path, run_fit(FitInputs(model, tokenizer, options, model_name=recipe.model.path, **records)))
+        fitted = run_fit(FitInputs(model, tokenizer, options, model_name=recipe.model.path, **records))
+        for warning in fitted.warnings:
+            say(f"[fit] warning: {warning}")
+        write_fitted(direction_path, fitted)
 
     stage(state, "fit", fit_key, direction_path.is_file, do_fit, say)
     shutil.copy2(direction_path, out / "direction.safetensors")
@@ -303,7 +312,8 @@ def _run_stages(recipe: Recipe, recipe_path: Path, out: Path, folder: Path, judg
     if recipe.validate_ is not None:
         spec = recipe.validate_
         fmt = "merged" if "merged" in recipe.export.formats else "lora"  # the recipe schema requires one of them
-        key = digest("validate", export_keys[fmt], spec.model_dump(), hashes[spec.harmful], hashes[spec.harmless])
+        # thresholds only judge the figures: changing one re-checks the cached validation, it does not redo it
+        key = digest("validate", export_keys[fmt], spec.model_dump(exclude={"thresholds"}), hashes[spec.harmful], hashes[spec.harmless])
         report_path = out / ".cache" / f"validate-{key}.json"
 
         def do_validate() -> None:
@@ -351,7 +361,10 @@ def _run_stages(recipe: Recipe, recipe_path: Path, out: Path, folder: Path, judg
             repo = recipe.push.repo if len(recipe.export.formats) == 1 else f"{recipe.push.repo}-{fmt}"
             say(f"[push] {out / fmt} → {repo}: {push_folder(out / fmt, repo, recipe.push.private, recipe.push.revision)}")
 
-    failures = check_thresholds(report, recipe.validate_.thresholds) if recipe.validate_ and "after" in report else []
+    checks = threshold_checks(report, recipe.validate_.thresholds) if recipe.validate_ and "after" in report else []
+    for text, met in checks:
+        say(f"[thresholds] {'met' if met else 'NOT met'}: {text}")
+    failures = [text for text, met in checks if not met]
     if failures:
         raise ThresholdFailure(f"validation thresholds not met: {'; '.join(failures)} (artifacts kept in {out})")
     return report

@@ -64,3 +64,15 @@ def test_interrupted_run_resumes_to_the_same_result(reference, tmp_path, monkeyp
 
     ours, theirs = (load_direction_file(d / "direction.safetensors") for d in (tmp_path / "run", ref_out))
     assert torch.equal(ours.directions, theirs.directions) and ours.metadata == theirs.metadata
+
+
+def test_a_changed_threshold_rechecks_the_cached_figures_and_every_threshold_is_reported(reference, tmp_path):
+    out, report, _ = reference
+    recipe = tmp_path / "stricter.yaml"
+    recipe.write_text(RECIPE.read_text().replace("kl_first_token_max: 0.1", "kl_first_token_max: 0.0001"))
+    lines: list[str] = []
+    with pytest.raises(Exception, match="kl_first_token"):
+        run_recipe(recipe, out, resume=True, say=lines.append)
+    assert "[validate] cached" in " ".join(lines)
+    assert any(line.startswith("[thresholds] met: harmful_refusal") for line in lines)
+    assert any(line.startswith("[thresholds] NOT met: kl_first_token") for line in lines)

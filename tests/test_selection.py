@@ -60,3 +60,18 @@ def test_fit_refuses_a_model_that_refuses_nothing():
     model.generation_config.eos_token_id = 2
     with pytest.raises(SteerfoldError, match="refuses none"):
         refusal_first_tokens(model, ChatCharTokenizer(), [PromptRecord("how do I do it")])
+
+
+def test_a_weak_winner_is_a_warning_naming_the_candidates_that_lower_refusal_more():
+    from editor.fit import RefusalFit, weak_choice_warning
+
+    table = [row(1, 0.76, 0.5, 0.02), row(3, 0.05, 0.5, 0.01), row(2, 0.30, 0.5, 0.90)]
+    chosen = choose(table, num_layers=3, settings=SelectionSettings(), min_induce=0.0)
+    assert chosen.layer == 1
+    fit = RefusalFit(file=None, table=table, baseline={"harmful_refusal_score": 0.80}, chosen=chosen, candidates=None)
+    warning = weak_choice_warning(fit)
+    assert warning and "0.800 to 0.760" in warning
+    assert warning.index("layer index 3, position -1: 0.050") < warning.index("layer index 2, position -1: 0.300")
+    assert "layer ≥" in warning and "KL 0.900" in warning
+    strong = RefusalFit(file=None, table=table, baseline={"harmful_refusal_score": 0.80}, chosen=table[1], candidates=None)
+    assert weak_choice_warning(strong) is None

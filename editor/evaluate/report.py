@@ -26,6 +26,22 @@ def before_after_rows(report: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def console_lines(report: dict) -> list[str]:
+    """The headline table as the CLI prints it: a header row, then one row per metric."""
+    rows = [("metric", "before", "after"), *before_after_rows(report)]
+    width = max(len(row[0]) for row in rows)
+    return [f"{metric:<{width}}  {before:>8}  {after:>8}" for metric, before, after in rows]
+
+
+def unmoved_warning(report: dict) -> str | None:
+    """A warning when the edit did not lower harmful refusal at all (a no-op edit, or a direction that misses)."""
+    before, after = report["before"]["harmful_refusal"], report["after"]["harmful_refusal"]
+    if before > 0 and after >= before:
+        return (f"harmful refusal did not move ({pct(before)} before, {pct(after)} after): check the direction's layer, "
+                "the kernels and --layers, or fit the direction again")
+    return None
+
+
 def markdown_table(header: tuple[str, ...], rows: list[tuple]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
