@@ -440,8 +440,9 @@ def estimate_lines(config: dict | None, formats: list[str]) -> list[str]:
     params = embeddings + layers * (attention + mlp)
     dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
     size = params * BYTES.get(dtype, 4)
-    gb = lambda n: f"{n / 1e9:.2f} GB"
-    lines = [f"estimate: about {params / 1e9:.2f} B parameters, {gb(size)} of weights in {dtype}"]
+    gb = lambda n: f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+    count = f"{params / 1e9:.2f} B" if params >= 1e8 else f"{params / 1e6:.2f} M"
+    lines = [f"estimate: about {count} parameters, {gb(size)} of weights in {dtype}"]
     if "merged" in formats:
         lines.append(f"estimate: merged export writes about {gb(size)}, streaming (memory: about two of its largest tensors)")
     lines.append(f"estimate: fit and validate hold the model in float32: about {gb(params * 4)} of memory")

@@ -92,3 +92,13 @@ def test_a_missing_hub_judge_fails_before_the_run_folder_is_touched(tmp_path):
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and "owner/missing-judge is not in the local cache" in lines[0], result.output
     assert not (tmp_path / "new").exists() and (old / "report.md").read_text() == "an earlier run"
+
+
+def test_a_small_model_is_estimated_in_millions_not_as_zero():
+    import json
+
+    from editor.organism import SHIPPED_CHECKPOINT
+
+    lines = estimate_lines(json.loads((SHIPPED_CHECKPOINT / "config.json").read_text()), ["merged"])
+    size = (SHIPPED_CHECKPOINT / "model.safetensors").stat().st_size
+    assert "1.25 M parameters" in lines[0] and f"{size / 1e6:.1f} MB" in lines[0], lines
