@@ -35,6 +35,17 @@ def edit_layers(request: EditRequest, layout: ModelLayout, source_layer: int | N
     return layers
 
 
+def check_kernel_peaks(request: EditRequest, layout: ModelLayout) -> None:
+    """Refuse a kernel whose peak lies outside the model's layer indices: every writer would get its fall-off."""
+    last = layout.num_layers
+    for flag, kernel in (("--attention-kernel", request.attention_kernel), ("--mlp-kernel", request.mlp_kernel)):
+        if kernel is not None and not 0 <= kernel.peak <= last:
+            example = f"{round(0.6 * last)},{kernel.peak_weight:g},{kernel.min_weight:g},{max(1, round(last / 3))}"
+            raise SteerfoldError(f"{flag} peaks at layer index {kernel.peak:g}, outside this model's layer indices 0..{last} "
+                                 f"(0 = embedding output, l = output of block l-1): choose a peak in 0..{last}, e.g. "
+                                 f"{flag} {example}, or pass --allow-noop if you mean it")
+
+
 def _checked_file(path: Path, layout: ModelLayout) -> DirectionFile:
     """A direction file whose vectors fit the model's hidden size and layer count."""
     file = load_direction_file(path)
@@ -80,9 +91,11 @@ def build_edit(request: EditRequest, layout: ModelLayout) -> tuple[Edit, int | N
     direction_file = _checked_file(request.direction, layout)
     vector, source_layer = _select(direction_file, request.layer, f"the direction file {request.direction}")
     layers = edit_layers(request, layout, source_layer)
+    if not request.allow_noop:
+        check_kernel_peaks(request, layout)
     weights = kernel_weights(layers, request.attention_kernel, request.mlp_kernel)
     edit = BUILDERS[request.kind](request, layout, direction_file, vector, layers, weights)
-    edit.check_changes_something(layout)
+    edit.check_changes_something(layout, request.allow_noop)
     if request.norm_preserving:
         edit = norm_preserving_edit(edit)
     return edit, source_layer, direction_file.metadata

@@ -86,6 +86,7 @@ class EditRequest:
     tied_embedding: TiedEmbeddingMode = "untie"
     max_shard_size: str | None = None  # e.g. "5GB"; default 5 GB
     revision: str | None = None  # for a Hub id
+    allow_noop: bool = False  # accept an edit that changes nothing measurably, or a kernel peak outside the layers
 
     @property
     def strength(self) -> float:
@@ -171,6 +172,7 @@ def reproduce_command(request: EditRequest) -> str:
     parts += ["--subspace"] if request.kind == "subspace" else []
     parts += ["--no-embedding"] if not request.embedding else []
     parts += ["--norm-preserving"] if request.norm_preserving else []
+    parts += ["--allow-noop"] if request.allow_noop else []
     return " ".join(parts)
 
 

@@ -89,11 +89,14 @@ class Edit:
             raise SteerfoldError(NOTHING_CHANGED)
         return per_module
 
-    def check_changes_something(self, layout: ModelLayout) -> None:
-        """Refuse an edit that leaves every writer as it is (e.g. kernel weights of 0 at every listed layer)."""
-        if not any(not m.scaled(self.weight(layer, w.role)).is_identity
-                   for layer, m in self.maps.items() for w in layout.writers_at([layer])):
+    def check_changes_something(self, layout: ModelLayout, allow_noop: bool = False) -> None:
+        """Refuse an edit that leaves every writer as it is, or changes each by a negligible amount (e.g. kernel
+        weights of 0 at every listed layer, or a scale of 1e-6); ``allow_noop`` accepts a negligible one."""
+        scaled = [m.scaled(self.weight(layer, w.role)) for layer, m in self.maps.items() for w in layout.writers_at([layer])]
+        if all(m.is_identity for m in scaled):
             raise SteerfoldError(NOTHING_CHANGED)
+        if not allow_noop and all(m.is_negligible for m in scaled):
+            raise SteerfoldError(NOTHING_CHANGED.replace(": ", " measurably: ", 1) + ", or pass --allow-noop if you mean it")
 
     def check_against(self, layout: ModelLayout) -> None:
         """Refuse layer indices out of range and maps of the wrong size."""

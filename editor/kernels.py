@@ -36,7 +36,7 @@ class LayerKernel:
     def __post_init__(self) -> None:
         values = (self.peak, self.peak_weight, self.min_weight, self.falloff)
         if not all(math.isfinite(v) for v in values):
-            raise SteerfoldError(f"kernel {self.text()} has a value that is not a finite number: write e.g. 12,1,0,6")
+            raise SteerfoldError(f"kernel {self.text()} has a value that is not a finite number: write e.g. 3,1,0,2")
         if self.falloff < 0:
             raise SteerfoldError(f"kernel {self.text()} has a negative fall-off distance: use 0 or more")
 
@@ -57,7 +57,7 @@ class LayerKernel:
         except ValueError:
             values = []
         if len(values) != 4:
-            raise SteerfoldError(f"{flag} '{text}' is not {KERNEL_FORMAT}: write e.g. {flag} 12,1,0.2,6")
+            raise SteerfoldError(f"{flag} '{text}' is not {KERNEL_FORMAT}: write e.g. {flag} 3,1,0.2,2 (a peak at layer index 3)")
         return cls(*values)
 
 

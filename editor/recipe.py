@@ -84,6 +84,7 @@ class EditSpec(Strict):
     mlp_kernel: KernelSpec | None = None
     embedding: bool = True
     tied_embedding: Literal["untie", "shared"] = "untie"
+    allow_noop: bool = False  # accept an edit that changes nothing measurably, or a kernel peak outside the layers
 
     @model_validator(mode="after")
     def kind_has_its_fields(self) -> "EditSpec":

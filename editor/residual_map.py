@@ -14,6 +14,8 @@ import torch
 from editor.errors import SteerfoldError
 
 
+NEGLIGIBLE = 1e-3  # a map that changes a unit write by less than this is no edit (see is_negligible)
+
 @dataclass(frozen=True)
 class ResidualMap:
     """``w ↦ (I + U Vᵀ) w + b`` with U, V ∈ R^{d×k} and b ∈ R^d, all float32."""
@@ -38,6 +40,15 @@ class ResidualMap:
     def is_identity(self) -> bool:
         """True when the map changes nothing (U = 0, no offset): such writers are left untouched."""
         return self.b is None and not bool(self.U.any())
+
+    @property
+    def is_negligible(self) -> bool:
+        """True when the map changes a write by less than ``NEGLIGIBLE`` (Frobenius norm of U Vᵀ) and adds nothing:
+        an edit made only of such maps does nothing measurable."""
+        if self.b is not None and bool(self.b.any()):
+            return False
+        size = torch.trace((self.U.T @ self.U) @ (self.V.T @ self.V)).clamp(min=0).sqrt()
+        return float(size) < NEGLIGIBLE
 
     @property
     def is_offset_only(self) -> bool:

@@ -211,7 +211,7 @@ def edit_request(spec: EditSpec, condition: Path | None, folder: Path, direction
     return EditRequest(model=folder, direction=direction, out=target, format=fmt, kind=spec.kind, scale=spec.scale,
                        coefficient=spec.coefficient if spec.coefficient is not None else 1.0, condition=condition,
                        alpha=spec.alpha, norm_preserving=spec.norm_preserving, layers=spec.layers, layer=spec.layer,
-                       embedding=spec.embedding, overwrite=True, tied_embedding=spec.tied_embedding,
+                       embedding=spec.embedding, overwrite=True, tied_embedding=spec.tied_embedding, allow_noop=spec.allow_noop,
                        max_shard_size=max_shard_size, **kernels)
 
 

@@ -102,3 +102,26 @@ def test_kernel_adapter_equals_merged_equals_hooks(tmp_path, model_type, extra):
     assert (merged - logits(model, ids)).abs().max() > 1e-2
     card = (tmp_path / "m" / "README.md").read_text()
     assert "3,1,0.2,2" in card and "follows the MLP kernel" in card and "--attention-kernel 3,1,0.2,2" in card
+
+
+@pytest.mark.parametrize("flag", ["--mlp-kernel", "--attention-kernel"])
+def test_a_kernel_peak_outside_the_layer_indices_is_refused_unless_allowed(tmp_path, flag):
+    base = save_tiny_model(build_tiny_model("llama"), tmp_path / "base")  # layer indices 0..3
+    direction = write_direction(tmp_path / "d.safetensors")
+    refused = run_cli("edit", base, "--direction", direction, "--out", tmp_path / "out", flag, "12,1,0.2,6")
+    assert refused.exit_code == 2 and "outside this model's layer indices 0..3" in refused.output and "--allow-noop" in refused.output
+    assert not (tmp_path / "out").exists()
+    allowed = run_cli("edit", base, "--direction", direction, "--out", tmp_path / "out", flag, "12,1,0.2,6", "--allow-noop")
+    assert allowed.exit_code == 0, allowed.output
+    assert "--allow-noop" in (tmp_path / "out" / "README.md").read_text()  # the reproduce command keeps it
+
+
+def test_an_edit_that_changes_nothing_measurably_is_refused_unless_allowed(tmp_path):
+    base = save_tiny_model(build_tiny_model("llama"), tmp_path / "base")
+    direction = write_direction(tmp_path / "d.safetensors")
+    refused = run_cli("edit", base, "--direction", direction, "--out", tmp_path / "out", "--scale", "1e-6")
+    assert refused.exit_code == 2 and "measurably" in refused.output and "--allow-noop" in refused.output
+    kernel = run_cli("edit", base, "--direction", direction, "--out", tmp_path / "out", "--mlp-kernel", "2,1e-5,1e-5,1",
+                     "--attention-kernel", "2,1e-5,1e-5,1")
+    assert kernel.exit_code == 2 and "measurably" in kernel.output
+    assert run_cli("edit", base, "--direction", direction, "--out", tmp_path / "out", "--scale", "1e-6", "--allow-noop").exit_code == 0

@@ -102,3 +102,11 @@ def test_a_small_model_is_estimated_in_millions_not_as_zero():
     lines = estimate_lines(json.loads((SHIPPED_CHECKPOINT / "config.json").read_text()), ["merged"])
     size = (SHIPPED_CHECKPOINT / "model.safetensors").stat().st_size
     assert "1.25 M parameters" in lines[0] and f"{size / 1e6:.1f} MB" in lines[0], lines
+
+
+def test_a_recipes_allow_noop_reaches_the_edit_request(tmp_path):
+    from editor.recipe import EditSpec
+    from editor.run import edit_request
+
+    request = edit_request(EditSpec(allow_noop=True), None, tmp_path, tmp_path / "d.safetensors", tmp_path / "out", "merged", None)
+    assert request.allow_noop and not edit_request(EditSpec(), None, tmp_path, tmp_path / "d", tmp_path / "o", "merged", None).allow_noop
