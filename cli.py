@@ -115,11 +115,12 @@ def cli() -> None:
 @click.option("--allow-pickle", is_flag=True, help="Accept pickled pytorch_model.bin weights (they can run code when loaded).")
 @click.option("--max-shard-size", default=None, help="Largest output shard, e.g. 5GB or 500MB (default 5GB).")
 @click.option("--revision", default=None, help="Revision (branch, tag or commit) when MODEL_DIR is a Hub id.")
+@click.option("--base-model-id", default=None, metavar="OWNER/NAME", help="Hub id to record as the base (card metadata, adapter config) when MODEL_DIR is a local folder; found by itself for a Hub id or a folder in the Hub cache.")
 @click.option("--allow-noop", is_flag=True, help="Accept an edit that changes no writer measurably, or a kernel peak outside the model's layer indices.")
 def edit(model_dir: Path, direction: Path, out: Path, fmt: str, scale: float, steer: float | None, condition: Path | None,
          alpha: float, subspace: bool, norm_preserving: bool, attention_kernel: str | None, mlp_kernel: str | None, layers: str | None,
          layer: int | None, no_embedding: bool, tied_embedding: str, overwrite: bool, allow_pickle: bool,
-         max_shard_size: str | None, revision: str | None, allow_noop: bool) -> None:
+         max_shard_size: str | None, revision: str | None, base_model_id: str | None, allow_noop: bool) -> None:
     """Fold an edit along a direction into MODEL_DIR's weights (or a LoRA adapter, or a control vector).
 
     The edit is the ablation of the direction, or with --steer a constant offset along it, with --condition a
@@ -142,6 +143,7 @@ def edit(model_dir: Path, direction: Path, out: Path, fmt: str, scale: float, st
         attention_kernel=kernels["--attention-kernel"], mlp_kernel=kernels["--mlp-kernel"], layers=layers, layer=layer,
         embedding=not no_embedding, overwrite=overwrite, allow_pickle=allow_pickle, tied_embedding=tied_embedding,
         max_shard_size=max_shard_size, revision=revision, allow_noop=allow_noop,
+        base_model_id=base_model_id,
     )
     summary = run_edit(request, say=click.echo)
     layers_text = _ranges(summary.layers)

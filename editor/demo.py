@@ -125,7 +125,7 @@ def _demo_into(tmp: Path, checkpoint: Path, say: Callable[[str], None]) -> dict:
         "projections": json.loads(fit.file.metadata["projections"]),
         "persona": persona,
     })
-    card = dict(title="steerfold organism, refusal direction ablated", base_model=str(checkpoint), edit=report["edit"],
+    card = dict(title="steerfold organism, refusal direction ablated", base_model=None, base_label="the steerfold organism", edit=report["edit"],
                 direction_metadata=fit.file.metadata, report=report, reproduce="steerfold demo --out DIR")
     write_report(tmp, report)
     write_card(tmp / "model", "merged", plots_from=tmp, **card)

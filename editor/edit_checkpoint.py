@@ -8,6 +8,7 @@ folder that becomes the output), and torch is imported while they do."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
@@ -19,7 +20,7 @@ from editor.export.card import CARD_OF_FORMAT, base_license, write_card
 from editor.export.checksums import write_checksums
 from editor.export.merged import (DEFAULT_MAX_SHARD_BYTES, MergedWrite, finish_merged_checkpoint, may_add_head_copy,
                                   start_merged_checkpoint, write_merged_checkpoint)
-from editor.hub import resolve_model
+from editor.hub import BaseModel, identify_base, resolve_model
 from editor.interrupts import load_torch
 from editor.kernels import LayerKernel
 from editor.outputs import open_output
@@ -87,6 +88,7 @@ class EditRequest:
     max_shard_size: str | None = None  # e.g. "5GB"; default 5 GB
     revision: str | None = None  # for a Hub id
     allow_noop: bool = False  # accept an edit that changes nothing measurably, or a kernel peak outside the layers
+    base_model_id: str | None = None  # the Hub id to record as the base of a model given as a local folder
 
     @property
     def strength(self) -> float:
@@ -150,7 +152,7 @@ FLAGS: list[tuple[str, str, object]] = [
     ("revision", "--revision", None), ("format", "--format", "merged"), ("scale", "--scale", 1.0),
     ("condition", "--condition", None), ("alpha", "--alpha", 1.0), ("attention_kernel", "--attention-kernel", None),
     ("mlp_kernel", "--mlp-kernel", None), ("layers", "--layers", None), ("layer", "--layer", None),
-    ("tied_embedding", "--tied-embedding", "untie"),
+    ("tied_embedding", "--tied-embedding", "untie"), ("base_model_id", "--base-model-id", None),
 ]
 
 
@@ -189,28 +191,30 @@ def start_writing(request: EditRequest, folder: ModelFolder, layout: ModelLayout
     return start_merged_checkpoint(folder, layout, dest, head_copy=False, max_shard_bytes=max_shard_bytes(request))
 
 
-def _write_merged(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, request: EditRequest, base: str,
+def _write_merged(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, request: EditRequest, base: BaseModel,
                   started: MergedWrite | None) -> dict:
     if started is not None:
         return finish_merged_checkpoint(started, edit)
     return write_merged_checkpoint(folder, layout, edit, dest, max_shard_bytes(request))
 
 
-def _write_lora(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, request: EditRequest, base: str,
+def _write_lora(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, request: EditRequest, base: BaseModel,
                 started: MergedWrite | None) -> dict:
     from editor.export.lora import write_lora_adapter
 
-    return write_lora_adapter(folder, layout, edit, dest, base_model=base, revision=request.revision)
+    # the recorded base: its Hub id, else the path from the adapter's final folder to the base (never absolute)
+    recorded = base.repo_id or os.path.relpath(folder.path.resolve(), request.out.resolve())
+    return write_lora_adapter(folder, layout, edit, dest, base_model=recorded, revision=base.revision)
 
 
-def _write_cvec(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, request: EditRequest, base: str,
+def _write_cvec(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, request: EditRequest, base: BaseModel,
                 started: MergedWrite | None) -> dict:
     from editor.export.cvec import write_control_vector
 
     return write_control_vector(layout, edit, dest)
 
 
-Writer = Callable[[ModelFolder, ModelLayout, "Edit", Path, EditRequest, str, "MergedWrite | None"], dict]
+Writer = Callable[[ModelFolder, ModelLayout, "Edit", Path, EditRequest, BaseModel, "MergedWrite | None"], dict]
 # One writer per --format, each called inside the atomic output folder (merged: with the copy already started).
 WRITERS: dict[str, Writer] = {"merged": _write_merged, "lora": _write_lora, "cvec": _write_cvec}
 
@@ -245,7 +249,7 @@ def run_edit(request: EditRequest, say: Say = lambda _line: None) -> EditSummary
     check_request(request)
     max_shard_bytes(request)  # a bad --max-shard-size is refused before the model is fetched or read
     folder = open_model_folder(resolve_model(request.model, request.revision), allow_pickle=request.allow_pickle)
-    base_name = str(request.model) if not Path(str(request.model)).exists() else str(folder.path.resolve())
+    base = identify_base(request.model, folder.path, request.base_model_id, request.revision)
     needs = sum(shard.stat().st_size for shard in folder.shards) if request.format == "merged" else 0
     with open_output(request.out, "folder", [folder.path, request.direction, request.condition], request.overwrite,
                      needs_bytes=needs) as tmp:
@@ -264,13 +268,14 @@ def run_edit(request: EditRequest, say: Say = lambda _line: None) -> EditSummary
                 say(line)
             if not carriers[request.format].exact:
                 raise SteerfoldError(carriers[request.format].note)
-            details = WRITERS[request.format](folder, layout, edit, tmp, request, base_name, started)
+            details = WRITERS[request.format](folder, layout, edit, tmp, request, base, started)
         except BaseException:  # stop the copying before the atomic folder is removed
             if started is not None:
                 started.writer.cancel()
             raise
-        write_card(tmp, CARD_OF_FORMAT[request.format], title=f"{base_name} (steerfold edit)", base_model=base_name,
-                   edit=card_edit(request, edit, layout, metadata, source_layer, details), direction_metadata=metadata,
-                   license=base_license(folder.path), reproduce=reproduce_command(request), rank=details.get("rank", 1))
+        write_card(tmp, CARD_OF_FORMAT[request.format], title=f"{base.label} (steerfold edit)", base_model=base.repo_id,
+                   base_label=base.label, edit=card_edit(request, edit, layout, metadata, source_layer, details),
+                   direction_metadata=metadata, license=base_license(folder.path), reproduce=reproduce_command(request),
+                   rank=details.get("rank", 1))
         write_checksums(tmp, known=details.pop("digests", None))
     return EditSummary(request.out, request.format, layout, edit.layers, source_layer, details, carriers)

@@ -69,6 +69,41 @@ def resolve_model(model: str | Path, revision: str | None = None, download: Call
 
 
 @dataclass(frozen=True)
+class BaseModel:
+    """The base an artifact records: its Hub id and revision where known (never a local path), and its folder."""
+
+    repo_id: str | None
+    revision: str | None
+    folder: Path
+
+    @property
+    def label(self) -> str:
+        """What a card calls the base: its Hub id, or the folder's name."""
+        return self.repo_id or self.folder.name
+
+
+def hub_identity(folder: Path) -> tuple[str, str] | None:
+    """The Hub id and revision of a folder in huggingface_hub's cache (``models--owner--name/snapshots/REV``)."""
+    parts = Path(folder).absolute().parts
+    for i, part in enumerate(parts[:-2]):
+        if part.startswith("models--") and parts[i + 1] == "snapshots" and "--" in part[len("models--"):]:
+            return part[len("models--"):].replace("--", "/", 1), parts[i + 2]
+    return None
+
+
+def identify_base(model: str | Path, folder: Path, given_id: str | None = None, revision: str | None = None) -> BaseModel:
+    """The base's Hub identity: ``given_id`` (--base-model-id), the Hub id the user passed, or the cache folder's."""
+    if given_id is not None:
+        if not REPO_ID.match(given_id):
+            raise SteerfoldError(f"--base-model-id '{given_id}' is not a repository id: write it as owner/name")
+        return BaseModel(given_id, revision, folder)
+    if looks_like_repo_id(str(model)):
+        return BaseModel(str(model), revision, folder)
+    found = hub_identity(folder)
+    return BaseModel(*found, folder) if found else BaseModel(None, None, folder)
+
+
+@dataclass(frozen=True)
 class PlannedFile:
     path_in_repo: str
     local: Path
@@ -86,6 +121,7 @@ def plan_push(folder: Path) -> list[PlannedFile]:
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SteerfoldError(f"{folder} fails steerfold verify: {problems[0]}{more}; re-export it before pushing")
+    check_recorded_base(folder)
     files = [
         PlannedFile(p.relative_to(folder).as_posix(), p, p.stat().st_size)
         for p in sorted(folder.rglob("*"))
@@ -94,6 +130,23 @@ def plan_push(folder: Path) -> list[PlannedFile]:
     if not files:
         raise SteerfoldError(f"{folder} is empty: nothing to push")
     return files
+
+
+def check_recorded_base(folder: Path) -> None:
+    """Refuse an artifact whose recorded base is a local path (an adapter's base_model_name_or_path, or a card with
+    no Hub base): on the Hub no one else has that path."""
+    import json
+
+    config = folder / "adapter_config.json"
+    if config.is_file():
+        recorded = json.loads(config.read_text()).get("base_model_name_or_path")
+        if not (isinstance(recorded, str) and REPO_ID.match(recorded)):
+            raise SteerfoldError(f"{folder} is an adapter whose base is the local path {recorded}, which no one else has: "
+                                 "export it again with --base-model-id OWNER/NAME (the base's Hub id)")
+    card = folder / "README.md"
+    if card.is_file() and card.read_text().startswith("---") and "\nbase_model:" not in card.read_text().split("\n---", 1)[0]:
+        raise SteerfoldError(f"{folder}'s card names no Hub base model (it was made from a local folder): export it again "
+                             "with --base-model-id OWNER/NAME (the base's Hub id)")
 
 
 def push_folder(

@@ -27,6 +27,7 @@ class ModelSpec(Strict):
 
     path: str = Field(description="local folder, Hub id (owner/name), or 'organism'")
     revision: str | None = None
+    base_model_id: str | None = Field(default=None, description="Hub id the artifacts record as their base when path is a local folder")
 
 
 class PromptSet(Strict):

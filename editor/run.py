@@ -149,6 +149,14 @@ def start_over(out: Path) -> None:
             remove(item)
 
 
+def recipe_base(recipe: Recipe, folder: Path):
+    """The base the recipe's artifacts record: model.base_model_id, the Hub id in model.path, or the cache folder's."""
+    from editor.hub import identify_base
+
+    model = "organism" if recipe.model.path == "organism" else recipe.model.path
+    return identify_base(model, folder, recipe.model.base_model_id, recipe.model.revision)
+
+
 def recipe_inputs(recipe: Recipe, recipe_path: Path, folder: Path, judge: Path | None) -> list[Path | None]:
     """Every file or folder a recipe reads, which its run folder must stay apart from."""
     base = recipe_path.parent
@@ -201,7 +209,7 @@ def edit_condition_path(spec: EditSpec, base: Path) -> Path | None:
 
 
 def edit_request(spec: EditSpec, condition: Path | None, folder: Path, direction: Path, target: Path, fmt: str,
-                 max_shard_size: str | None) -> "EditRequest":
+                 max_shard_size: str | None, base_model_id: str | None = None) -> "EditRequest":
     """The ``steerfold edit`` request one export of a recipe makes."""
     from editor.edit_checkpoint import EditRequest
     from editor.kernels import LayerKernel
@@ -212,6 +220,7 @@ def edit_request(spec: EditSpec, condition: Path | None, folder: Path, direction
                        coefficient=spec.coefficient if spec.coefficient is not None else 1.0, condition=condition,
                        alpha=spec.alpha, norm_preserving=spec.norm_preserving, layers=spec.layers, layer=spec.layer,
                        embedding=spec.embedding, overwrite=True, tied_embedding=spec.tied_embedding, allow_noop=spec.allow_noop,
+                       base_model_id=base_model_id,
                        max_shard_size=max_shard_size, **kernels)
 
 
@@ -266,6 +275,7 @@ def _run_stages(recipe: Recipe, recipe_path: Path, out: Path, folder: Path, judg
 
     (out / ".cache").mkdir(exist_ok=True)
     state = RunState.open(out)
+    recorded_base = recipe_base(recipe, folder)
     identity = model_identity(folder)
     hashes = {name: records_hash(records) for name, records in sets.items()}
     cache: dict[str, object] = {}
@@ -305,7 +315,8 @@ def _run_stages(recipe: Recipe, recipe_path: Path, out: Path, folder: Path, judg
     for fmt in recipe.export.formats:
         key = export_keys[fmt] = digest("export", fit_key, edit.model_dump(), condition_hash, fmt, recipe.export.max_shard_size)
         target = out / fmt
-        request = requests[fmt] = edit_request(edit, condition, folder, direction_path, target, fmt, recipe.export.max_shard_size)
+        request = requests[fmt] = edit_request(edit, condition, folder, direction_path, target, fmt, recipe.export.max_shard_size,
+                                               recorded_base.repo_id)
         stage(state, f"export:{fmt}", key, lambda t=target: (t / "SHA256SUMS").is_file(), lambda r=request: run_edit(r, say), say)
 
     report: dict = {}
@@ -345,7 +356,7 @@ def _run_stages(recipe: Recipe, recipe_path: Path, out: Path, folder: Path, judg
     def do_report() -> None:
         write_report(out, report)
         for fmt in recipe.export.formats:
-            write_card(out / fmt, CARD_OF_FORMAT[fmt], plots_from=out, title=recipe.name, base_model=recipe.model.path,
+            write_card(out / fmt, CARD_OF_FORMAT[fmt], plots_from=out, title=recipe.name, base_model=recorded_base.repo_id, base_label=recorded_base.label,
                        edit=report["edit"], direction_metadata=metadata, report=report, reproduce=f"steerfold run {recipe_path.name}")
             write_checksums(out / fmt)
 

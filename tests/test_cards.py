@@ -22,11 +22,12 @@ def test_edit_writes_a_card(tmp_path, fmt, library, relation):
     (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# base card\n")
     direction = write_direction(tmp_path / "d.safetensors", method="diff_in_means", harmful_hash="abc123", layer="2")
     result = CliRunner().invoke(cli, ["edit", str(folder), "--direction", str(direction), "--out", str(tmp_path / "o"),
-                                      "--format", fmt, "--layers", "1-3"])
+                                      "--format", fmt, "--layers", "1-3", "--base-model-id", "org/base"])
     assert result.exit_code == 0, result.output
     card = (tmp_path / "o" / "README.md").read_text()
     meta = front_matter(card)
-    assert meta["library_name"] == library and meta["base_model_relation"] == relation
+    assert meta["library_name"] == library and meta["base_model_relation"] == relation and meta["base_model"] == "org/base"
+    assert "--base-model-id org/base" in card
     assert meta["license"] == "apache-2.0" and "steerfold" in meta["tags"] and "ablation" in meta["tags"]
     assert "[1, 2, 3]" in card and "abc123" in card and "diff_in_means" in card
     assert "--layers 1-3" in card  # how to reproduce it
@@ -114,3 +115,41 @@ def test_a_wheel_carries_the_card_templates_and_the_organism(tmp_path):
     for kind in ("merged", "adapter", "cvec"):
         assert any(n.endswith(f"data/share/steerfold/model_cards/{kind}.md.j2") for n in names), kind
     assert "editor/organism/checkpoint/model.safetensors" in names and "editor/organism/data/harmful_test.jsonl" in names
+
+
+
+def test_artifacts_of_a_local_folder_record_no_absolute_path_and_push_refuses_them(tmp_path):
+    import json
+
+    from editor.models import load_model
+
+    folder = save_tiny_model(build_tiny_model("llama"), tmp_path / "base")
+    direction = write_direction(tmp_path / "d.safetensors")
+    for fmt in ("merged", "lora"):
+        out = tmp_path / fmt
+        assert CliRunner().invoke(cli, ["edit", str(folder), "--direction", str(direction), "--out", str(out),
+                                        "--format", fmt]).exit_code == 0
+        text = "".join(p.read_text() for p in out.glob("*.json")) + (out / "README.md").read_text().split("## Reproduce")[0]
+        assert str(tmp_path) not in text, fmt
+        assert "base_model" not in front_matter((out / "README.md").read_text())
+        pushed = CliRunner().invoke(cli, ["push", str(out), "me/edited", "--dry-run"])
+        assert pushed.exit_code == 2 and "--base-model-id" in pushed.output, pushed.output
+    recorded = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == "../base"
+    assert load_model(tmp_path / "lora") is not None  # the relative base is found beside the adapter
+    named = tmp_path / "named"
+    assert CliRunner().invoke(cli, ["edit", str(folder), "--direction", str(direction), "--out", str(named), "--format", "lora",
+                                    "--base-model-id", "org/base"]).exit_code == 0
+    assert json.loads((named / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/base"
+    assert CliRunner().invoke(cli, ["push", str(named), "me/edited", "--dry-run"]).exit_code == 0
+
+
+def test_a_folder_in_the_hub_cache_is_recorded_by_its_id_and_revision(tmp_path):
+    from editor.hub import identify_base
+
+    snapshot = tmp_path / "hub" / "models--owner--name" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    base = identify_base(snapshot, snapshot)
+    assert (base.repo_id, base.revision, base.label) == ("owner/name", "abc123", "owner/name")
+    local = identify_base(tmp_path, tmp_path)
+    assert local.repo_id is None and local.label == tmp_path.name

@@ -69,10 +69,12 @@ def map_text(edit: dict) -> str:
     return text
 
 
-def render_card(kind: str, *, title: str, base_model: str, edit: dict, direction_metadata: dict[str, str],
+def render_card(kind: str, *, title: str, base_model: str | None, edit: dict, direction_metadata: dict[str, str],
                 report: dict | None = None, license: str | None = None, reproduce: str = "", rank: int = 1,
-                plots: dict[str, str] | None = None) -> str:
-    """Render one card; ``edit`` holds kind, method, scale, layers, direction_layer, position, untied_output_head."""
+                plots: dict[str, str] | None = None, base_label: str | None = None) -> str:
+    """Render one card; ``edit`` holds kind, method, scale, layers, direction_layer, position, untied_output_head.
+    ``base_model`` is the base's Hub id (None: made from a local folder, then named ``base_label`` in the text and
+    left out of the metadata, which the Hub reads as a repository id)."""
     if kind not in KINDS:
         raise ValueError(f"card kind must be one of {KINDS}")
     env = jinja2.Environment(
@@ -84,7 +86,7 @@ def render_card(kind: str, *, title: str, base_model: str, edit: dict, direction
     edit.setdefault("map", map_text(edit))
     edit.setdefault("verb", VERBS[edit.get("kind", "ablation")])
     return env.get_template(f"{kind}.md.j2").render(
-        title=title, base_model=base_model, edit=edit, provenance=provenance(direction_metadata), report=report,
+        title=title, base_model=base_model, base_name=base_model or base_label or "the base model", edit=edit, provenance=provenance(direction_metadata), report=report,
         validation_table=table, license=license, reproduce=reproduce, rank=rank, plots=plots or {},
     )
 
