@@ -31,7 +31,7 @@ def _terminate(_signum, _frame) -> None:
     raise Terminated()
 
 
-EXIT_BAD_INPUT, EXIT_CRASH, EXIT_INTERRUPT, EXIT_TERMINATED = 2, 70, 130, 143
+EXIT_BAD_INPUT, EXIT_CRASH, EXIT_INTERRUPT, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 2, 70, 130, 141, 143
 
 
 def crash_log(exc: BaseException) -> Path:
@@ -67,6 +67,9 @@ class SteerfoldGroup(click.Group):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:  # a bare command: its help, as click prints it
+            click.echo(exc.ctx.get_help())
+            code = EXIT_BAD_INPUT
         except click.UsageError as exc:
             command = f"{exc.ctx.command_path} --help" if exc.ctx else "steerfold --help"
             click.echo(f"error: {exc.format_message()} (see {command})", err=True)
@@ -80,6 +83,9 @@ class SteerfoldGroup(click.Group):
             code = EXIT_TERMINATED if isinstance(cause, Terminated) else EXIT_INTERRUPT
         except SystemExit:
             raise
+        except BrokenPipeError:  # the reader went away (e.g. | head): nothing more to say to it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code = EXIT_BROKEN_PIPE
         except Exception as exc:  # a bug: one line, the traceback in a file
             log = crash_log(exc)
             click.echo(f"error: steerfold failed unexpectedly ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
@@ -357,7 +363,8 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
         given.setdefault("method", "persona_vector")
     fit_options = parse_fit_options(given)
 
-    from editor.fit import FitInputs, check_prompt_sets, report_path, run_fit, write_fitted
+    from editor.directions import save_direction_file
+    from editor.fit import FitInputs, check_prompt_sets, is_fit_report, report_path, run_fit, write_fit_report
     from editor.hub import resolve_model
     from editor.models import load_model, load_tokenizer
 
@@ -367,9 +374,10 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
     report = report_path(out)
     check_apart(out, inputs)
     check_apart(report, inputs)
-    if report.exists() and not (overwrite and is_direction_file(out)):
-        raise SteerfoldError(f"{report} (where this fit's report goes) already exists: choose another --out, or pass "
-                             "--overwrite to replace a direction file steerfold wrote and its report")
+    if report.exists() and not (overwrite and is_fit_report(report)):
+        raise SteerfoldError(f"{report} (where this fit's report goes) already exists"
+                             + (" and was not written by steerfold fit: remove it yourself or choose another --out" if overwrite
+                                else ": choose another --out, or pass --overwrite to replace a report steerfold fit wrote"))
     with open_output(out, "file", inputs, overwrite, recognise=is_direction_file) as tmp:
         sets = {name: _records(path) for name, path in (("harmful", harmful), ("harmless", harmless), ("harmful_val", harmful_val),
                                                          ("harmless_val", harmless_val), ("prompts", prompts))}
@@ -378,8 +386,8 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
             model, tokenizer, fit_options, sets["harmful"] or (), sets["harmless"] or (), sets["harmful_val"],
             sets["harmless_val"], sets["prompts"] or (), model_name=str(model_dir) + (f"@{revision}" if revision else ""),
         ))
-        written = write_fitted(tmp, fitted, report=report)
-    written[0] = out
+        save_direction_file(tmp, fitted.file)
+    written = [out] + write_fit_report(fitted, report)  # once the direction file is in place
     for warning in fitted.warnings:
         click.echo(f"warning: {warning}", err=True)
     for line in fitted.lines:

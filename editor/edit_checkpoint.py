@@ -21,7 +21,7 @@ from editor.export.checksums import write_checksums
 from editor.export.merged import (DEFAULT_MAX_SHARD_BYTES, MergedWrite, finish_merged_checkpoint, may_add_head_copy,
                                   start_merged_checkpoint, write_merged_checkpoint)
 from editor.hub import BaseModel, identify_base, resolve_model
-from editor.interrupts import load_torch
+from editor.interrupts import held, load_torch
 from editor.kernels import LayerKernel
 from editor.outputs import open_output
 from editor.stream import parse_size
@@ -269,9 +269,10 @@ def run_edit(request: EditRequest, say: Say = lambda _line: None) -> EditSummary
             if not carriers[request.format].exact:
                 raise SteerfoldError(carriers[request.format].note)
             details = WRITERS[request.format](folder, layout, edit, tmp, request, base, started)
-        except BaseException:  # stop the copying before the atomic folder is removed
+        except BaseException:  # stop the copying before the hidden output is removed (a second signal waits)
             if started is not None:
-                started.writer.cancel()
+                with held():
+                    started.writer.cancel()
             raise
         write_card(tmp, CARD_OF_FORMAT[request.format], title=f"{base.label} (steerfold edit)", base_model=base.repo_id,
                    base_label=base.label, edit=card_edit(request, edit, layout, metadata, source_layer, details),

@@ -115,19 +115,37 @@ def report_path(out: Path) -> Path:
     return out.with_suffix(".md")
 
 
+REPORT_MARK = "<!-- written by steerfold fit: --overwrite may replace this file -->"
+
+
+def is_fit_report(path: Path) -> bool:
+    """Whether ``path`` is a report a fit wrote (what ``fit --overwrite`` may replace beside its direction file)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline().rstrip("\n") == REPORT_MARK
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def write_fitted(path: Path, fitted: Fitted, report: Path | None = None) -> list[Path]:
     """Write the direction file at ``path`` (and its report, if any, at ``report`` or beside it), each replaced only
     once complete; returns the paths written. Output rules (``editor.outputs``) are the caller's."""
     from editor.outputs import replace_file
 
-    report = report or report_path(path)
     with replace_file(path) as tmp:
         save_direction_file(tmp, fitted.file)
+    return [path] + write_fit_report(fitted, report or report_path(path))
+
+
+def write_fit_report(fitted: Fitted, report: Path) -> list[Path]:
+    """The fit's markdown report (marked as steerfold's), if the method made one; returns the paths written."""
+    from editor.outputs import replace_file
+
     if fitted.report is None:
-        return [path]
+        return []
     with replace_file(report) as tmp:
-        tmp.write_text(fitted.report)
-    return [path, report]
+        tmp.write_text(f"{REPORT_MARK}\n{fitted.report}")
+    return [report]
 
 
 def _provenance(inputs: FitInputs, **extra: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
 
 from editor.errors import SteerfoldError
+from editor.interrupts import held
 
 MARKER = ".steerfold"  # inside every folder steerfold writes; never uploaded, checksummed or copied
 OutputKind = Literal["folder", "file", "workdir"]  # workdir: a folder written in place (a run folder)
@@ -43,8 +44,12 @@ def shared_mode(path: Path) -> None:
     path.chmod(base & ~_umask())
 
 
-def lock_path(out: Path) -> Path:
-    return out.parent / f".{out.name}.lock"
+LOCK = ".steerfold.lock"  # a workdir's lock, inside it (its parent may be a read-only mount point)
+
+
+def lock_path(out: Path, kind: OutputKind = "folder") -> Path:
+    """Where the lock of an output is: beside a folder or file output, inside a workdir."""
+    return out / LOCK if kind == "workdir" else out.parent / f".{out.name}.lock"
 
 
 def leftovers(out: Path) -> list[Path]:
@@ -58,7 +63,7 @@ def leftovers_inside(folder: Path) -> list[Path]:
     """Temporaries anywhere inside a folder steerfold writes in place (a run folder's exports and caches)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob(".*") if LEFTOVER.match(p.name) or p.name.endswith(".lock"))
+    return sorted(p for p in folder.rglob(".*") if LEFTOVER.match(p.name) or (p.name.endswith(".lock") and p != folder / LOCK))
 
 
 def remove(path: Path) -> None:
@@ -70,17 +75,28 @@ def remove(path: Path) -> None:
 
 def check_apart(out: Path, inputs: Iterable[Path | str | None], flag: str = "--out") -> None:
     """Refuse an output that is an input, lies inside an input folder, or contains an input."""
-    target = Path(out).resolve()
+    target = _resolved(out, flag)
     for given in inputs:
         if given is None or not Path(given).exists():
             continue
-        source = Path(given).resolve()
+        source = _resolved(given, "input")
         if target == source:
             raise SteerfoldError(f"{flag} {out} is the input {given}: choose a new output path (inputs are never modified)")
         if source.is_dir() and source in target.parents:
             raise SteerfoldError(f"{flag} {out} is inside the input folder {given}: choose a path outside it")
         if target in source.parents:
             raise SteerfoldError(f"{flag} {out} contains the input {given}: choose a path that does not")
+
+
+def _resolved(path: Path | str, flag: str) -> Path:
+    """``path`` with symlinks resolved; a symlink loop or a NUL byte is one error line."""
+    try:
+        resolved = Path(path).resolve()
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise SteerfoldError(f"{flag} {path} cannot be resolved ({exc}): pass a plain path") from None
+    if not resolved.name:
+        raise SteerfoldError(f"{flag} {path} is the root folder: choose a folder below it")
+    return resolved
 
 
 def is_steerfold_folder(folder: Path) -> bool:
@@ -93,13 +109,20 @@ class OutputTarget:
 
     def __init__(self, out: Path, kind: OutputKind, overwrite: bool, flag: str,
                  recognise: Callable[[Path], bool] | None) -> None:
-        self.out, self.kind, self.overwrite, self.flag = Path(out), kind, overwrite, flag
+        self.out, self.kind, self.overwrite, self.flag = _resolved(out, flag), kind, overwrite, flag
         self._recognise = recognise or (lambda _path: False)
         self._lock_fd: int | None = None
+        self._temporary: Path | None = None  # what abandon() removes: only what this process created
         self.path = self.out
 
     def check_existing(self) -> None:
         """Refuse an existing output of the wrong kind, one without --overwrite, or one steerfold did not write."""
+        try:
+            self._check_existing()
+        except OSError as exc:
+            raise SteerfoldError(f"cannot read {self.out} ({exc.strerror or exc}): choose another {self.flag}") from None
+
+    def _check_existing(self) -> None:
         out = self.out
         if not (out.exists() or out.is_symlink()):
             return
@@ -108,7 +131,7 @@ class OutputTarget:
             raise SteerfoldError(f"{self.flag} {out} exists and is a file: choose a folder path")
         if not want_folder and out.is_dir():
             raise SteerfoldError(f"{self.flag} {out} exists and is a folder: choose a file path")
-        if want_folder and not any(out.iterdir()):
+        if want_folder and not [p for p in out.iterdir() if p.name != LOCK]:
             return  # an empty folder holds nothing to lose
         if not self.overwrite:
             what = "folder" if want_folder else "path"
@@ -122,16 +145,16 @@ class OutputTarget:
 
     def open(self, needs_bytes: int) -> None:
         """Lock the output, remove a killed run's leftovers, and create the temporary output (proving the location
-        is writable) with room for ``needs_bytes``; all before any compute."""
+        is writable) with room for ``needs_bytes``; all before any compute. On failure nothing is left."""
         parent = self.out.parent
         try:
-            parent.mkdir(parents=True, exist_ok=True)
+            (self.out if self.kind == "workdir" else parent).mkdir(parents=True, exist_ok=True)
             self._lock()
             self.check_existing()  # again, now that no other steerfold process can be writing it
             inside = leftovers_inside(self.out) if self.kind == "workdir" and self._ours(self.out) else []
             for path in leftovers(self.out) + inside:
                 remove(path)
-            free = shutil.disk_usage(parent).free
+            free = shutil.disk_usage(parent if self.kind != "workdir" else self.out).free
             if free < needs_bytes + SPACE_MARGIN:
                 raise SteerfoldError(f"{parent} has {free / 1e9:.2f} GB free but {self.out.name} needs about "
                                      f"{(needs_bytes + SPACE_MARGIN) / 1e9:.2f} GB: free space there or choose another {self.flag}")
@@ -145,22 +168,22 @@ class OutputTarget:
 
     def _create_temporary(self) -> Path:
         if self.kind == "workdir":
-            self.out.mkdir(exist_ok=True)
             probe = Path(tempfile.mkstemp(prefix=f".{MARKER}.tmp-", dir=self.out)[1])
             os.replace(probe, self.out / MARKER)
             return self.out
         prefix = f".{self.out.name}.tmp-"
         if self.kind == "folder":
-            tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=self.out.parent))
+            self._temporary = Path(tempfile.mkdtemp(prefix=prefix, dir=self.out.parent))
         else:
             handle, name = tempfile.mkstemp(prefix=prefix, dir=self.out.parent)
             os.close(handle)
-            tmp = Path(name)
-        shared_mode(tmp)
-        return tmp
+            self._temporary = Path(name)
+        shared_mode(self._temporary)
+        return self._temporary
 
     def commit(self) -> None:
-        """Move the finished output into place (replacing a recognised old one) and release the lock."""
+        """Move the finished output into place, replacing a recognised old one. Signals wait until the swap is done,
+        and a failed swap puts the old output back."""
         if self.kind == "workdir":
             return
         if self.kind == "folder":
@@ -169,26 +192,35 @@ class OutputTarget:
                 if not path.is_symlink():
                     shared_mode(path)
         self.check_existing()  # something outside steerfold may have appeared at the path meanwhile
-        if self.kind == "file":
-            os.replace(self.path, self.out)
-            return
-        if self.out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
-            old.rmdir()
-            self.out.rename(old)
-            self.path.rename(self.out)
-            remove(old)
-        else:
-            self.path.rename(self.out)
+        with held():
+            if self.kind == "file":
+                os.replace(self.path, self.out)
+            elif self.out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
+                old.rmdir()
+                self.out.rename(old)
+                try:
+                    self.path.rename(self.out)
+                except BaseException:
+                    old.rename(self.out)
+                    raise
+                self._temporary = None
+                remove(old)
+            else:
+                self.path.rename(self.out)
+            self._temporary = None
 
     def abandon(self) -> None:
-        if self.kind != "workdir":
-            remove(self.path)
+        """Remove the temporary output, if this process made one (a second signal meanwhile waits)."""
+        with held():
+            if self._temporary is not None:
+                remove(self._temporary)
+                self._temporary = None
 
     def _lock(self) -> None:
         import fcntl
 
-        lock = lock_path(self.out)
+        lock = lock_path(self.out, self.kind)
         while True:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -207,10 +239,11 @@ class OutputTarget:
             os.close(fd)
 
     def release(self) -> None:
-        if self._lock_fd is not None:
-            lock_path(self.out).unlink(missing_ok=True)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        with held():
+            if self._lock_fd is not None:
+                lock_path(self.out, self.kind).unlink(missing_ok=True)
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
 
 @contextmanager
@@ -221,8 +254,8 @@ def open_output(out: Path, kind: OutputKind = "folder", inputs: Iterable[Path | 
     check_apart(out, inputs, flag)
     target = OutputTarget(out, kind, overwrite, flag, recognise)
     target.check_existing()
-    target.open(needs_bytes)
     try:
+        target.open(needs_bytes)
         yield target.path
         try:
             target.commit()
@@ -254,17 +287,22 @@ def replace_file(path: Path) -> Iterator[Path]:
 def clean(out: Path) -> list[Path]:
     """Remove what killed runs left at ``out``: temporaries beside it and, in a steerfold folder, inside it. Refused
     while another steerfold process is writing ``out``."""
-    out = Path(out)
+    out = _resolved(out, "OUT")
     if not out.parent.is_dir():
         return []
-    target = OutputTarget(out, "workdir", overwrite=True, flag="OUT", recognise=None)
-    target._lock()
+    run_folder = out.is_dir() and ((out / ".steerfold-run.json").is_file()
+                                   or (is_steerfold_folder(out) and not (out / "SHA256SUMS").is_file()))
+    target = OutputTarget(out, "workdir" if run_folder else "folder", overwrite=True, flag="OUT", recognise=None)
     try:
-        found = leftovers(out)
-        if out.is_dir() and (is_steerfold_folder(out) or (out / ".steerfold-run.json").is_file()):
-            found += leftovers_inside(out)
-        for path in found:
-            remove(path)
-    finally:
-        target.release()
+        target._lock()
+        try:
+            found = leftovers(out)
+            if out.is_dir() and (is_steerfold_folder(out) or run_folder):
+                found += leftovers_inside(out)
+            for path in found:
+                remove(path)
+        finally:
+            target.release()
+    except OSError as exc:
+        raise SteerfoldError(f"cannot clean {out} ({exc.strerror or exc}): check its permissions") from None
     return found

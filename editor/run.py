@@ -142,10 +142,10 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> None:
 
 def start_over(out: Path) -> None:
     """Empty a run folder for --overwrite (its marker stays: the folder is still steerfold's)."""
-    from editor.outputs import MARKER, remove
+    from editor.outputs import LOCK, MARKER, remove
 
     for item in out.iterdir():
-        if item.name != MARKER:
+        if item.name not in (MARKER, LOCK):  # the lock is this process's
             remove(item)
 
 

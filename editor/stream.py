@@ -114,7 +114,8 @@ def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
                                  f"{expected}: the shard is corrupt; re-download it")
         entries.append(TensorEntry(name, dtype, tuple(shape), path, base + begin, end - begin))
     entries.sort(key=lambda e: e.start)
-    for before, after in zip(entries, entries[1:]):
+    stored = [e for e in entries if e.nbytes]  # an empty tensor takes no bytes and may share an offset
+    for before, after in zip(stored, stored[1:]):
         if after.start < before.start + before.nbytes:
             raise SteerfoldError(f"tensors '{before.name}' and '{after.name}' in {path.name} overlap: the shard is corrupt; re-download it")
     needed = max((e.start + e.nbytes for e in entries), default=0)

@@ -536,3 +536,84 @@ def test_outputs_get_the_permissions_of_the_umask(tiny, tmp_path):
         assert out.stat().st_mode & 0o777 == 0o755
         modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.rglob("*")}
         assert set(modes.values()) == {"0o644"}, modes
+
+
+# ---------------------------------------------------------------- review cases
+
+
+def test_the_lock_of_an_output_is_named_from_its_resolved_path(tmp_path, monkeypatch):
+    from editor.outputs import lock_path
+
+    monkeypatch.chdir(tmp_path)
+    here = OutputTarget(Path("."), "folder", overwrite=False, flag="--out", recognise=None)
+    assert lock_path(here.out) == tmp_path.parent / f".{tmp_path.name}.lock"
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    via_link = OutputTarget(tmp_path / "link", "workdir", overwrite=True, flag="--out", recognise=None)
+    direct = OutputTarget(tmp_path / "real", "workdir", overwrite=True, flag="--out", recognise=None)
+    assert lock_path(via_link.out, "workdir") == lock_path(direct.out, "workdir") == tmp_path / "real" / ".steerfold.lock"
+
+
+def test_a_failed_swap_puts_the_old_output_back(tiny, tmp_path, monkeypatch):
+    out = edited_copy(tiny, tmp_path)
+    before = folder_digest(out)
+    real_rename = Path.rename
+
+    def failing(self, target):
+        if self.name.startswith(".edited.tmp-"):
+            raise OSError(5, "Input/output error")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    error_line(invoke("edit", tiny, "--direction", tmp_path / "d.safetensors", "--out", out, "--overwrite", "--scale", "0.5"),
+               2, "cannot write", "Input/output error")
+    assert folder_digest(out) == before and not hidden_leftovers(tmp_path)
+
+
+def test_fit_overwrite_keeps_a_users_notes_beside_the_direction_file(organism, tmp_path):
+    from editor.directions import DirectionFile, save_direction_file
+
+    direction = tmp_path / "refusal.safetensors"
+    save_direction_file(direction, DirectionFile(direction=torch.ones(8)))
+    notes = tmp_path / "refusal.md"
+    notes.write_text("my notes")
+    error_line(invoke("fit", organism, "--harmful", prompts(tmp_path), "--harmless", prompts(tmp_path, "harmless"),
+                      "--out", direction, "--overwrite"), 2, "not written by steerfold fit")
+    assert notes.read_text() == "my notes"
+
+
+def test_verify_reports_a_nul_byte_entry_and_skips_hidden_folders(tiny, tmp_path):
+    edited = edited_copy(tiny, tmp_path)
+    hidden = edited / ".cache" / "huggingface" / "download"
+    hidden.mkdir(parents=True)
+    (hidden / "model.safetensors.metadata").write_text("written by a download tool")
+    assert invoke("verify", edited).exit_code == 0
+    sums = edited / "SHA256SUMS"
+    sums.write_text(sums.read_text() + f"{'0' * 64}  bad\x00name\n")
+    error_line(invoke("verify", edited), 1, "not a usable path")
+
+
+def test_an_empty_tensor_sharing_an_offset_is_not_an_overlap(tmp_path):
+    from editor.stream import read_header
+
+    path = tmp_path / "t.safetensors"
+    save_file({"a": torch.ones(4), "empty": torch.ones(0)}, str(path))
+    rewrite_header(path, lambda h: h["empty"].update(data_offsets=[0, 0]) if h["a"]["data_offsets"][0] == 0 else
+                   h["empty"].update(data_offsets=[h["a"]["data_offsets"][0]] * 2))
+    assert {entry.name for entry in read_header(path)[0]} == {"a", "empty"}
+
+
+def test_starting_a_run_over_keeps_its_own_lock(organism, tmp_path, monkeypatch):
+    import editor.fit
+
+    out = tmp_path / "run"
+
+    def stops(*_args, **_kwargs):
+        assert (out / ".steerfold.lock").is_file()  # still held after --overwrite emptied the folder
+        raise editor.fit.SteerfoldError("stopped at the fit")
+
+    monkeypatch.setattr(editor.fit, "run_fit", stops)
+    recipe = recipe_for(organism, tmp_path)
+    error_line(invoke("run", recipe, "--out", out), 2, "stopped at the fit")
+    error_line(invoke("run", recipe, "--out", out, "--overwrite"), 2, "stopped at the fit")
+    assert not (out / ".steerfold.lock").exists() and not hidden_leftovers(out)

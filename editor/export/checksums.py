@@ -23,7 +23,8 @@ def sha256_of(path: Path) -> str:
 
 def artifact_files(folder: Path) -> list[Path]:
     """Every file of an artifact folder except the sums themselves, in a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SUMS and not p.name.startswith("."))
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SUMS
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))  # as push skips them
 
 
 def write_checksums(folder: Path, known: dict[str, str] | None = None) -> int:
@@ -78,10 +79,11 @@ def _outside(folder: Path, name: str) -> str | None:
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts:
         return "a path outside the folder"
-    root = folder.resolve()
-    if root not in (folder / relative).resolve().parents:
-        return "a symlink out of the folder"
-    return None
+    try:
+        inside = folder.resolve() in (folder / relative).resolve().parents
+    except (OSError, RuntimeError, ValueError):  # a NUL byte, a symlink loop
+        return "not a usable path"
+    return None if inside else "a symlink out of the folder"
 
 
 def _index_problems(folder: Path) -> list[str]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from editor.arch import ModelLayout
 from editor.checkpoint import ModelFolder, copy_side_files, read_tensors, update_config
+from editor.interrupts import held
 from editor.stream import OutputTensor, ShardWriter, plan_shards, write_index
 
 if TYPE_CHECKING:
@@ -95,7 +96,8 @@ def finish_merged_checkpoint(started: MergedWrite, edit: Edit) -> dict:
         started.writer.supply(folded_bytes(started.tensors, fold))
         weight_map, digests = started.writer.result()
     except BaseException:
-        started.writer.cancel()
+        with held():  # a second signal waits until the writer has stopped
+            started.writer.cancel()
         raise
     shutil.rmtree(started.dest / ".scratch", ignore_errors=True)
     shards = started.writer.shards
