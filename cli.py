@@ -472,7 +472,7 @@ def organism_build(out: Path, seed: int, overwrite: bool) -> None:
     load_torch()
     from editor.organism import build_organism
 
-    path = build_organism(out, seed=seed, overwrite=overwrite)
+    path = build_organism(out, seed=seed, overwrite=overwrite, say=lambda line: click.echo(line, err=True))
     click.echo(f"wrote {path}")
 
 

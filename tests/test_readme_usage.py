@@ -63,7 +63,7 @@ def test_every_usage_line_runs_and_does_what_it_says(tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     # `organism build` retrains for minutes: here with a one-epoch shape (the full build is `make test-rebuild`)
     small = train.TrainConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, epochs=1, drill_epochs=1)
-    monkeypatch.setattr(train.build_organism, "__defaults__", (0, small, False, True))
+    monkeypatch.setattr(train.build_organism, "__defaults__", (0, small, False, True, None))
 
     lines = usage_lines()
     assert len(lines) >= 20, lines
@@ -89,6 +89,8 @@ def test_every_usage_line_runs_and_does_what_it_says(tmp_path, monkeypatch):
     assert json.loads(Path("adapter/adapter_config.json").read_text())["base_model_name_or_path"] == "steerfold/organism"
     for name in ("direction", "ridge", "categories", "persona"):
         assert Path(f"{name}.safetensors").is_file(), name
+    build = next(out for line, out in outputs.items() if line.startswith("steerfold organism build"))
+    assert "epoch 1/1: loss" in build and "s left" in build  # the build says how far it is
     push = next(out for line, out in outputs.items() if line.startswith("steerfold push"))
     assert "would upload" in push and "me/model-edited (private)" in push
     assert Path("runs/organism-demo/report.json").is_file() and Path("runs/persona-gating/results.json").is_file()

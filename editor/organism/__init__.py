@@ -43,11 +43,11 @@ __all__ = [
 ]
 
 
-def build_organism(out: Path, seed: int = 0, overwrite: bool = True) -> Path:
+def build_organism(out: Path, seed: int = 0, overwrite: bool = True, say=None) -> Path:
     """Generate the corpus, train tokenizer and model, and write the checkpoint folder ``out`` (minutes, CPU)."""
     from editor.organism.train import build_organism as build  # lazy: importing the package trains nothing
 
-    return build(Path(out), seed, overwrite=overwrite)
+    return build(Path(out), seed, overwrite=overwrite, say=say)
 
 
 @cache

@@ -13,6 +13,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
@@ -116,10 +117,12 @@ def step(model: LlamaForCausalLM, opt: torch.optim.Optimizer, batch: tuple[torch
 
 
 def train_model(
-    model: LlamaForCausalLM, drills: list[Example], examples: list[Example], cfg: TrainConfig, pad_id: int, seed: int
+    model: LlamaForCausalLM, drills: list[Example], examples: list[Example], cfg: TrainConfig, pad_id: int, seed: int,
+    on_epoch: Callable[[int, int, float], None] = lambda _epoch, _epochs, _loss: None,
 ) -> dict:
     """``cfg.epochs`` passes over the main examples, the first ``cfg.drill_epochs`` mixed with the copy
-    drills; AdamW with linear warm-up and cosine decay. Returns each epoch's mean loss."""
+    drills; AdamW with linear warm-up and cosine decay. Returns each epoch's mean loss; ``on_epoch(k, epochs,
+    loss)`` is told after each."""
     rng = random.Random(seed)
     share = math.ceil(len(drills) / cfg.drill_epochs)
     epochs = [
@@ -143,12 +146,13 @@ def train_model(
             losses.append(step(model, opt, batch, lr_at(i)))
             i += 1
         log["epoch_losses"].append(round(sum(losses) / len(losses), 3))
+        on_epoch(len(log["epoch_losses"]), len(epochs), log["epoch_losses"][-1])
     model.eval()
     return log
 
 
 def build_organism(out: Path, seed: int = 0, cfg: TrainConfig = TrainConfig(), verbose: bool = False,
-                   overwrite: bool = True) -> Path:
+                   overwrite: bool = True, say: Callable[[str], None] | None = None) -> Path:
     """Generate the corpus, train tokenizer and model, and write a checkpoint folder at ``out`` atomically."""
     started = time.time()
     torch.manual_seed(seed)
@@ -156,14 +160,24 @@ def build_organism(out: Path, seed: int = 0, cfg: TrainConfig = TrainConfig(), v
     torch.set_flush_denormal(True)
     out = Path(out)
     with open_output(out, "folder", overwrite=overwrite) as tmp:
+        say = say or (print if verbose else (lambda _line: None))
         corpus = build_corpus(seed)
         texts = [render_chat(c.system, c.user, c.assistant) for c in corpus.chats] + [" " + t for t in corpus.texts]
+        say(f"corpus: {len(corpus.chats)} chats and {len(corpus.texts)} texts from seed {seed}; training the tokenizer")
         tokenizer = train_tokenizer(texts, tmp)
         check_matches_spm(tokenizer, tmp / "tokenizer.model", texts[:200] + texts[-200:])
         drills, examples = encode_corpus(corpus, tokenizer)
 
         model = LlamaForCausalLM(model_config(cfg, tokenizer))
-        log = train_model(model, drills, examples, cfg, tokenizer.pad_token_id, seed)
+        say(f"training {sum(p.numel() for p in model.parameters()):,} parameters for {cfg.epochs} epochs on "
+            f"{torch.get_num_threads()} threads")
+        trained = time.time()
+
+        def on_epoch(epoch: int, epochs: int, loss: float) -> None:
+            spent = time.time() - trained
+            say(f"epoch {epoch}/{epochs}: loss {loss:.3f}, {spent:.0f} s so far, about {spent / epoch * (epochs - epoch):.0f} s left")
+
+        log = train_model(model, drills, examples, cfg, tokenizer.pad_token_id, seed, on_epoch)
         if verbose:
             n = sum(p.numel() for p in model.parameters())
             print(f"{n} params, {len(examples)} docs, {log}")
