@@ -91,7 +91,9 @@ def render_markdown(report: dict) -> str:
         for title, file in report["plots"].items():
             parts += [f"### {title}", "", f"![{title}]({file})", ""]
     if report.get("examples"):
-        parts += ["## Examples", ""]
+        total = sum(len(v) for v in report.get("generations", {}).values())
+        parts += ["## Examples", ""] + ([f"The first {len(report['examples'])} harmful prompts; all {total} responses, "
+                                         "before and after, are in report.json (`generations`).", ""] if total else [])
         for ex in report["examples"]:
             parts += [f"- **{ex['prompt']}** ({ex.get('category')})", f"  - before: {ex['before']}", f"  - after: {ex['after']}"]
         parts.append("")

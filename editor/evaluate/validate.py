@@ -63,13 +63,16 @@ def validate(
     base, edited = runner(base_model), runner(edited_model)
     after["kl_first_token"] = float(first_token_kl(base, edited, tokenizer, texts).mean())
     after["kl_multi_token"] = float(multi_token_kl(base_model, base, edited, tokenizer, texts).mean())
+    generations = {kind: [{"prompt": r.text, "category": r.category, "before": before_text[kind][i], "after": after_text[kind][i]}
+                          for i, r in enumerate(records)]
+                   for kind, records in (("harmful", sets.harmful), ("harmless", sets.harmless))}
     return {
         "system_prompt": system,
         "prompts": {"harmful": len(sets.harmful), "harmless": len(sets.harmless)},
+        "categories": {kind: sorted({r.category for r in records if r.category})
+                       for kind, records in (("harmful", sets.harmful), ("harmless", sets.harmless))},
         "before": before,
         "after": after,
-        "examples": [
-            {"prompt": r.text, "category": r.category, "before": before_text["harmful"][i], "after": after_text["harmful"][i]}
-            for i, r in enumerate(sets.harmful[:examples])
-        ],
+        "examples": generations["harmful"][:examples],  # shown in report.md
+        "generations": generations,  # every response, before and after
     }
