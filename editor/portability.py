@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -81,11 +83,26 @@ FORMATS: dict[str, tuple[str, Callable]] = {
 
 def edit_carriers(edit: Edit, layout: ModelLayout, gain_of: Callable[[str], torch.Tensor] | None = None) -> dict[str, Carrier]:
     """For one edit on one model: can each format carry it exactly? Runs the same checks that refuse to write it."""
-    found: dict[str, Carrier] = {}
-    for fmt, (artifact, check) in FORMATS.items():
+    refused: dict[str, str] = {}
+    for fmt, (_artifact, check) in FORMATS.items():
         try:
             check(edit, layout, gain_of)
-            found[fmt] = Carrier(artifact, "this edit", True, "")
         except SteerfoldError as exc:
-            found[fmt] = Carrier(artifact, "this edit", False, str(exc))
-    return found
+            refused[fmt] = str(exc)
+    exact = [fmt for fmt in FORMATS if fmt not in refused]
+    return {fmt: Carrier(artifact, "this edit", fmt not in refused, with_remedy(refused[fmt], exact) if fmt in refused else "")
+            for fmt, (artifact, _check) in FORMATS.items()}
+
+
+NAMES_A_FORMAT = re.compile(r"--format \w+|merged checkpoint|control vector|\bLoRA\b")
+
+
+def with_remedy(reason: str, exact: list[str]) -> str:
+    """A refusal whose advice names other formats gets advice from this edit's own table instead (a check alone
+    cannot know which of the others can carry the edit)."""
+    cause, sep, advice = reason.rpartition(": ")
+    if not sep or not NAMES_A_FORMAT.search(advice):
+        return reason
+    if not exact:
+        return f"{cause}: no artifact can carry this edit exactly; apply it at run time"
+    return f"{cause}: use " + " or ".join(f"--format {fmt}" for fmt in exact)

@@ -95,3 +95,20 @@ def test_steering_defaults_to_the_recorded_layer(tmp_path):
     unrecorded = run_cli("edit", folder, "--direction", write_direction(tmp_path / "u.safetensors"), "--out", tmp_path / "n",
                          "--steer", "1")
     assert_refused(unrecorded, tmp_path / "n", "--layers")
+
+
+@pytest.mark.parametrize("args", [("--steer", "2", "--layers", "2"), ("--norm-preserving",), ()])
+def test_a_refusal_never_advises_a_format_that_cannot_carry_the_edit(tmp_path, args):
+    import re
+
+    base = save_tiny_model(build_tiny_model("llama"), tmp_path / "base")
+    result = run_cli("edit", base, "--direction", write_direction(tmp_path / "d.safetensors"), "--out", tmp_path / "o",
+                     "--format", "cvec" if not args or args[0] != "--steer" else "lora", *args)
+    table = [line.split(None, 3) for line in result.output.splitlines() if line.startswith("  ")]
+    exact = {"merged" if "merged" in row[1] else "lora" if "PEFT" in row[1] else "cvec" for row in table if row[0] == "yes"}
+    for row in table:
+        if row[0] == "no":
+            advice = row[-1].rpartition(": ")[2]
+            advised = set(re.findall(r"--format (\w+)", advice))
+            advised |= {fmt for words, fmt in (("merged checkpoint", "merged"), ("control vector", "cvec")) if words in advice}
+            assert advised <= exact, row
