@@ -109,6 +109,7 @@ def cli() -> None:
 @click.option("--steer", type=float, default=None, metavar="COEF", help="Steer instead of ablating: add COEF × the direction (as stored) at each of --layers; folded into the bias of the layer's last writer, or written as a control vector. Default layers: the layer the file records.")
 @click.option("--condition", type=click.Path(path_type=Path), default=None, metavar="FILE", help="Conditional map instead of ablation: w ↦ w + α r̂ (ĉ · w), r = --direction, c = FILE's direction (when c is present, add r).")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="α of --condition.")
+@click.option("--condition-category", default=None, metavar="NAME", help="Use one harm category of a per-category --condition file (directions.NAME, at --layer).")
 @click.option("--subspace", is_flag=True, help="Remove the span of the direction file's basis (fit --method inlp: its nullspace projection; or pca with --pca-components > 1) instead of one direction.")
 @click.option("--norm-preserving", is_flag=True, help="Ablation only, merged only: after the projection, rescale each weight column (what one input feature writes), embedding row and bias to its original norm.")
 @click.option("--attention-kernel", default=None, metavar="PEAK,PEAK_WEIGHT,MIN_WEIGHT,FALLOFF", help=f"Per-layer weight of attention writers, multiplying --scale or --alpha: w(l) = MIN_WEIGHT + (PEAK_WEIGHT − MIN_WEIGHT)·max(0, 1 − |l − PEAK| / FALLOFF) ({LAYER_INDEX_HELP}). Default: 1.")
@@ -124,7 +125,8 @@ def cli() -> None:
 @click.option("--base-model-id", default=None, metavar="OWNER/NAME", help="Hub id to record as the base (card metadata, adapter config) when MODEL_DIR is a local folder; found by itself for a Hub id or a folder in the Hub cache.")
 @click.option("--allow-noop", is_flag=True, help="Accept an edit that changes no writer measurably, or a kernel peak outside the model's layer indices.")
 def edit(model_dir: Path, direction: Path, out: Path, fmt: str, scale: float, steer: float | None, condition: Path | None,
-         alpha: float, subspace: bool, norm_preserving: bool, attention_kernel: str | None, mlp_kernel: str | None, layers: str | None,
+         alpha: float, condition_category: str | None, subspace: bool, norm_preserving: bool, attention_kernel: str | None,
+         mlp_kernel: str | None, layers: str | None,
          layer: int | None, no_embedding: bool, tied_embedding: str, overwrite: bool, allow_pickle: bool,
          max_shard_size: str | None, revision: str | None, base_model_id: str | None, allow_noop: bool) -> None:
     """Fold an edit along a direction into MODEL_DIR's weights (or a LoRA adapter, or a control vector).
@@ -145,7 +147,8 @@ def edit(model_dir: Path, direction: Path, out: Path, fmt: str, scale: float, st
                for flag, text in (("--attention-kernel", attention_kernel), ("--mlp-kernel", mlp_kernel))}
     request = EditRequest(
         model=model_dir, direction=direction, out=out, format=fmt, kind=kind, scale=scale,
-        coefficient=steer if steer is not None else 1.0, condition=condition, alpha=alpha, norm_preserving=norm_preserving,
+        coefficient=steer if steer is not None else 1.0, condition=condition, condition_category=condition_category,
+        alpha=alpha, norm_preserving=norm_preserving,
         attention_kernel=kernels["--attention-kernel"], mlp_kernel=kernels["--mlp-kernel"], layers=layers, layer=layer,
         embedding=not no_embedding, overwrite=overwrite, allow_pickle=allow_pickle, tied_embedding=tied_embedding,
         max_shard_size=max_shard_size, revision=revision, allow_noop=allow_noop,

@@ -57,7 +57,24 @@ def _condition_vector(request: EditRequest, layout: ModelLayout) -> torch.Tensor
     """The condition direction c: a row of a per-layer file is picked like the direction's (--layer or recorded)."""
     assert request.condition is not None
     file = _checked_file(request.condition, layout)
-    return _select(file, request.layer if file.directions is not None else None, f"the condition file {request.condition}")[0]
+    which = f"the condition file {request.condition}"
+    if request.condition_category is not None:
+        return _category_row(file, request.condition_category, request.layer, which)
+    return _select(file, request.layer if file.directions is not None else None, which)[0]
+
+
+def _category_row(file: DirectionFile, category: str, layer: int | None, which: str) -> torch.Tensor:
+    """One harm category's direction (``directions.<category>`` of a per-category file) at layer index ``layer``."""
+    if category not in file.categories:
+        known = ", ".join(sorted(file.categories)) or "none: fit it with --method per-category"
+        raise SteerfoldError(f"{which} has no category '{category}' (categories: {known}): pass one of them to --condition-category")
+    if layer is None:
+        raise SteerfoldError(f"{which}: a category's directions are per layer and record no chosen layer: pass --layer N "
+                             "(layer index: 0 = embedding output, N = output of block N-1)")
+    rows = file.categories[category]
+    if not 0 <= layer < rows.shape[0]:
+        raise SteerfoldError(f"--layer {layer} is out of range: {which} has rows 0..{rows.shape[0] - 1}")
+    return rows[layer]
 
 
 def _select(file: DirectionFile, layer: int | None, which: str) -> tuple[torch.Tensor, int | None]:

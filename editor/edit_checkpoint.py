@@ -75,6 +75,7 @@ class EditRequest:
     scale: float = 1.0
     coefficient: float = 1.0  # steering
     condition: Path | None = None  # conditional
+    condition_category: str | None = None  # conditional: one category of a per-category condition file
     alpha: float = 1.0  # conditional
     norm_preserving: bool = False
     attention_kernel: LayerKernel | None = None
@@ -128,6 +129,8 @@ CONFLICTS: list[tuple[Callable[[EditRequest], bool], str]] = [
     (lambda r: r.kind == "conditional" and r.condition is None, "a conditional edit needs --condition FILE (the direction c)"),
     (lambda r: r.kind != "conditional" and r.condition is not None,
      "a condition file is for conditional edits only: drop --steer, or drop --condition"),
+    (lambda r: r.condition_category is not None and r.condition is None,
+     "--condition-category picks a category of the condition file: add --condition FILE (from fit --method per-category)"),
     (lambda r: r.kind != "conditional" and r.alpha != 1.0, "--alpha is the strength of a conditional map: add --condition FILE or drop --alpha"),
     (lambda r: r.kind not in ("ablation", "subspace") and r.scale != 1.0,
      "--scale is the ablation strength: set the strength of a steering edit with --steer and of a conditional one with --alpha"),
@@ -150,7 +153,8 @@ def check_request(request: EditRequest) -> None:
 # (request field, flag, default): a value equal to its default is left out of the reproduce command.
 FLAGS: list[tuple[str, str, object]] = [
     ("revision", "--revision", None), ("format", "--format", "merged"), ("scale", "--scale", 1.0),
-    ("condition", "--condition", None), ("alpha", "--alpha", 1.0), ("attention_kernel", "--attention-kernel", None),
+    ("condition", "--condition", None), ("condition_category", "--condition-category", None), ("alpha", "--alpha", 1.0),
+    ("attention_kernel", "--attention-kernel", None),
     ("mlp_kernel", "--mlp-kernel", None), ("layers", "--layers", None), ("layer", "--layer", None),
     ("tied_embedding", "--tied-embedding", "untie"), ("base_model_id", "--base-model-id", None),
 ]

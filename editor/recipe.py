@@ -79,6 +79,7 @@ class EditSpec(Strict):
     scale: float = 1.0
     coefficient: float | None = None
     condition: str | None = None
+    condition_category: str | None = None  # one category of a per-category condition file
     alpha: float = 1.0
     norm_preserving: bool = False
     attention_kernel: KernelSpec | None = None

@@ -218,6 +218,7 @@ def edit_request(spec: EditSpec, condition: Path | None, folder: Path, direction
                for name, k in (("attention_kernel", spec.attention_kernel), ("mlp_kernel", spec.mlp_kernel))}
     return EditRequest(model=folder, direction=direction, out=target, format=fmt, kind=spec.kind, scale=spec.scale,
                        coefficient=spec.coefficient if spec.coefficient is not None else 1.0, condition=condition,
+                       condition_category=spec.condition_category,
                        alpha=spec.alpha, norm_preserving=spec.norm_preserving, layers=spec.layers, layer=spec.layer,
                        embedding=spec.embedding, overwrite=True, tied_embedding=spec.tied_embedding, allow_noop=spec.allow_noop,
                        base_model_id=base_model_id,

@@ -97,3 +97,25 @@ def test_an_error_about_a_per_layer_file_names_which_file_it_means(tmp_path):
     save_direction_file(condition, DirectionFile(directions=torch.randn(LAYERS + 1, 64)))
     result = run_cli("edit", base, "--direction", direction, "--condition", condition, "--out", tmp_path / "out")
     assert result.exit_code == 2 and f"the condition file {condition}: " in result.output and "--layer" in result.output
+
+
+def test_one_category_of_a_per_category_file_is_a_condition(tmp_path):
+    from editor.directions import DirectionFile, save_direction_file
+
+    base = save_tiny_model(build_tiny_model("llama"), tmp_path / "base")
+    rows = {name: torch.randn(LAYERS + 1, 64, generator=torch.Generator().manual_seed(seed)) for seed, name in enumerate(("cyber", "weapons"))}
+    per_category = tmp_path / "categories.safetensors"
+    save_direction_file(per_category, DirectionFile(directions=rows["cyber"] + rows["weapons"], categories=rows))
+    single = tmp_path / "weapons.safetensors"
+    save_direction_file(single, DirectionFile(direction=rows["weapons"][2]))
+    refusal = tmp_path / "r.safetensors"
+    save_direction_file(refusal, DirectionFile(directions=torch.randn(LAYERS + 1, 64), metadata={"layer": "2"}))
+    by_category = run_cli("edit", base, "--direction", refusal, "--condition", per_category, "--condition-category", "weapons",
+                          "--layer", "2", "--out", tmp_path / "a")
+    assert by_category.exit_code == 0, by_category.output
+    assert run_cli("edit", base, "--direction", refusal, "--condition", single, "--out", tmp_path / "b").exit_code == 0
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert "--condition-category weapons" in (tmp_path / "a" / "README.md").read_text()
+    missing = run_cli("edit", base, "--direction", refusal, "--condition", per_category, "--condition-category", "drugs",
+                      "--layer", "2", "--out", tmp_path / "c")
+    assert missing.exit_code == 2 and "cyber, weapons" in missing.output
