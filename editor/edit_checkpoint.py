@@ -122,32 +122,45 @@ class EditSummary:
     carriers: dict[str, Carrier] = field(default_factory=dict)
 
 
-# Requests that make no sense, as (test, message), checked in order before the direction file is read.
+# Requests that make no sense, as (test, message), checked in order before the direction file is read. A message
+# names options by role ({scale}, {steer}…): each surface a user types (the command line, a recipe) has its words.
 CONFLICTS: list[tuple[Callable[[EditRequest], bool], str]] = [
     (lambda r: not all(math.isfinite(v) for v in (r.scale, r.coefficient, r.alpha)),
-     "--scale, --steer and --alpha take finite numbers: pass e.g. --scale 1.0"),
-    (lambda r: r.kind == "conditional" and r.condition is None, "a conditional edit needs --condition FILE (the direction c)"),
+     "{scale}, {steer} and {alpha} take finite numbers: pass e.g. {scale} 1.0"),
+    (lambda r: r.kind == "conditional" and r.condition is None, "a conditional edit needs {condition} FILE (the direction c)"),
     (lambda r: r.kind != "conditional" and r.condition is not None,
-     "a condition file is for conditional edits only: drop --steer, or drop --condition"),
+     "a condition file is for conditional edits only: {make_conditional}, or drop {condition}"),
     (lambda r: r.condition_category is not None and r.condition is None,
-     "--condition-category picks a category of the condition file: add --condition FILE (from fit --method per-category)"),
-    (lambda r: r.kind != "conditional" and r.alpha != 1.0, "--alpha is the strength of a conditional map: add --condition FILE or drop --alpha"),
+     "{condition_category} picks a category of the condition file: add {condition} FILE (from fit --method per-category)"),
+    (lambda r: r.kind != "conditional" and r.alpha != 1.0, "{alpha} is the strength of a conditional map: add {condition} FILE or drop {alpha}"),
     (lambda r: r.kind not in ("ablation", "subspace") and r.scale != 1.0,
-     "--scale is the ablation strength: set the strength of a steering edit with --steer and of a conditional one with --alpha"),
-    (lambda r: r.norm_preserving and r.kind != "ablation", "--norm-preserving applies to ablations only: drop it, or drop --steer/--condition/--subspace"),
-    (lambda r: r.kind == "subspace" and r.scale != 1.0, "--subspace removes the whole span of the basis: drop --scale"),
+     "{scale} is the ablation strength: set the strength of a steering edit with {steer} and of a conditional one with {alpha}"),
+    (lambda r: r.norm_preserving and r.kind != "ablation", "{norm_preserving} applies to ablations only: drop it, or drop {other_kinds}"),
+    (lambda r: r.kind == "subspace" and r.scale != 1.0, "{subspace} removes the whole span of the basis: drop {scale}"),
     (lambda r: r.kind == "subspace" and r.layer is not None,
-     "--subspace removes the file's basis (fitted at its basis_layer), not a row of its directions: drop --layer"),
+     "{subspace} removes the file's basis (fitted at its basis_layer), not a row of its directions: drop {layer}"),
     (lambda r: r.kind == "steering" and bool(r.kernels()),
-     "kernels weight the writers of an ablation or conditional map; a steering offset is set per layer: use --layers and --steer"),
+     "kernels weight the writers of an ablation or conditional map: drop {kernels}; a steering offset is set per layer "
+     "with {layers} and {steer}"),
 ]
 
+# What each surface calls the options the conflicts name.
+CLI_WORDS = {"scale": "--scale", "steer": "--steer", "alpha": "--alpha", "condition": "--condition",
+             "condition_category": "--condition-category", "norm_preserving": "--norm-preserving", "subspace": "--subspace",
+             "layer": "--layer", "layers": "--layers", "kernels": "--attention-kernel/--mlp-kernel",
+             "other_kinds": "--steer/--condition/--subspace", "make_conditional": "drop --steer/--subspace"}
+RECIPE_WORDS = {"scale": "edit.scale", "steer": "edit.coefficient", "alpha": "edit.alpha", "condition": "edit.condition",
+                "condition_category": "edit.condition_category", "norm_preserving": "edit.norm_preserving",
+                "subspace": "edit.kind: subspace", "layer": "edit.layer", "layers": "edit.layers",
+                "kernels": "edit.attention_kernel/edit.mlp_kernel", "other_kinds": "edit.kind (set it to ablation)",
+                "make_conditional": "set edit.kind: conditional"}
 
-def check_request(request: EditRequest) -> None:
-    """Refuse the first conflict of ``CONFLICTS`` the request has."""
+
+def check_request(request: EditRequest, words: dict[str, str] = CLI_WORDS) -> None:
+    """Refuse the first conflict of ``CONFLICTS`` the request has, in the words of the surface the user typed."""
     for conflict, message in CONFLICTS:
         if conflict(request):
-            raise SteerfoldError(message)
+            raise SteerfoldError(message.format(**words))
 
 
 # (request field, flag, default): a value equal to its default is left out of the reproduce command.
@@ -157,6 +170,12 @@ FLAGS: list[tuple[str, str, object]] = [
     ("attention_kernel", "--attention-kernel", None),
     ("mlp_kernel", "--mlp-kernel", None), ("layers", "--layers", None), ("layer", "--layer", None),
     ("tied_embedding", "--tied-embedding", "untie"), ("base_model_id", "--base-model-id", None),
+    ("max_shard_size", "--max-shard-size", None),
+]
+# Boolean options, as (request field, flag, the value that adds the flag).
+SWITCHES: list[tuple[str, str, bool]] = [
+    ("embedding", "--no-embedding", False), ("norm_preserving", "--norm-preserving", True),
+    ("allow_noop", "--allow-noop", True), ("allow_pickle", "--allow-pickle", True),
 ]
 
 
@@ -176,9 +195,7 @@ def reproduce_command(request: EditRequest) -> str:
         if value != default:
             parts += [flag, _flag_value(value)]
     parts += ["--subspace"] if request.kind == "subspace" else []
-    parts += ["--no-embedding"] if not request.embedding else []
-    parts += ["--norm-preserving"] if request.norm_preserving else []
-    parts += ["--allow-noop"] if request.allow_noop else []
+    parts += [flag for name, flag, adds in SWITCHES if getattr(request, name) == adds]
     return " ".join(parts)
 
 

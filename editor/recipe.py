@@ -231,8 +231,25 @@ def load_recipe(path: str | Path) -> Recipe:
         if prompt_set.file and not (path.parent / prompt_set.file).is_file() and not Path(prompt_set.file).is_file():
             raise SteerfoldError(f"{path}: prompts.{name}.file: {prompt_set.file} does not exist: fix the path "
                                  "(relative paths are read from the recipe's folder)")
+    check_edit(recipe, path)
     condition = recipe.edit.condition
     if condition and not (path.parent / condition).is_file() and not Path(condition).is_file():
         raise SteerfoldError(f"{path}: edit.condition: {condition} does not exist: fix the path "
                              "(relative paths are read from the recipe's folder)")
     return recipe
+
+
+def check_edit(recipe: Recipe, path: Path) -> None:
+    """The edit's conflicts (the rules ``steerfold edit`` applies), refused when the recipe is loaded and by
+    ``--dry-run``, before any stage runs, in the recipe's own keys."""
+    from editor.edit_checkpoint import RECIPE_WORDS, check_request
+    from editor.run import edit_request
+
+    condition = Path(recipe.edit.condition) if recipe.edit.condition else None
+    for fmt in recipe.export.formats:
+        request = edit_request(recipe.edit, condition, Path("model"), Path("direction"), Path("out"), fmt,
+                               recipe.export.max_shard_size)
+        try:
+            check_request(request, RECIPE_WORDS)
+        except SteerfoldError as exc:
+            raise SteerfoldError(f"{path}: {exc}") from None

@@ -110,3 +110,26 @@ def test_a_recipes_allow_noop_reaches_the_edit_request(tmp_path):
 
     request = edit_request(EditSpec(allow_noop=True), None, tmp_path, tmp_path / "d.safetensors", tmp_path / "out", "merged", None)
     assert request.allow_noop and not edit_request(EditSpec(), None, tmp_path, tmp_path / "d", tmp_path / "o", "merged", None).allow_noop
+
+
+def test_an_edit_conflict_is_refused_at_load_and_by_dry_run_in_the_recipes_keys(tmp_path):
+    from editor.recipe import load_recipe
+
+    recipe = write(tmp_path, BASE + "fit: {method: diff_in_means}\nedit:\n  kind: steering\n  coefficient: 2\n"
+                              "  norm_preserving: true\n  scale: 0.5\n")
+    with pytest.raises(SteerfoldError, match="edit.scale is the ablation strength.*edit.coefficient"):
+        load_recipe(recipe)
+    result = CliRunner().invoke(cli, ["run", str(recipe), "--dry-run"])
+    assert result.exit_code == 2 and "edit.scale" in result.output and "--scale" not in result.output, result.output
+    kept = write(tmp_path, BASE + "fit: {method: diff_in_means}\nedit:\n  kind: steering\n  coefficient: 2\n  norm_preserving: true\n")
+    with pytest.raises(SteerfoldError, match="edit.norm_preserving applies to ablations only"):
+        load_recipe(kept)
+
+
+def test_the_reproduce_command_keeps_every_option_that_changes_the_output(tmp_path):
+    from editor.edit_checkpoint import EditRequest, reproduce_command
+
+    command = reproduce_command(EditRequest(model="m", direction=tmp_path / "d", out=tmp_path / "o", max_shard_size="1GB",
+                                            allow_pickle=True, allow_noop=True, embedding=False))
+    for flag in ("--max-shard-size 1GB", "--allow-pickle", "--allow-noop", "--no-embedding"):
+        assert flag in command, command
