@@ -94,14 +94,19 @@ def edit_carriers(edit: Edit, layout: ModelLayout, gain_of: Callable[[str], torc
             for fmt, (artifact, _check) in FORMATS.items()}
 
 
-NAMES_A_FORMAT = re.compile(r"--format \w+|merged checkpoint|control vector|\bLoRA\b")
+FORMAT_WORDS = {"merged checkpoint": "merged", "control vector": "cvec", "LoRA": "lora"}
+
+
+def advised_formats(advice: str) -> set[str]:
+    """The formats a piece of advice names (``--format X``, or in words)."""
+    return set(re.findall(r"--format (\w+)", advice)) | {fmt for words, fmt in FORMAT_WORDS.items() if words in advice}
 
 
 def with_remedy(reason: str, exact: list[str]) -> str:
-    """A refusal whose advice names other formats gets advice from this edit's own table instead (a check alone
-    cannot know which of the others can carry the edit)."""
+    """A refusal whose advice names a format that cannot carry this edit either gets advice from this edit's own
+    table instead (a check alone cannot know which of the others can carry the edit); other advice is kept."""
     cause, sep, advice = reason.rpartition(": ")
-    if not sep or not NAMES_A_FORMAT.search(advice):
+    if not sep or advised_formats(advice) <= set(exact):
         return reason
     if not exact:
         return f"{cause}: no artifact can carry this edit exactly; apply it at run time"
