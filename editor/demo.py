@@ -117,9 +117,7 @@ def _demo_into(tmp: Path, checkpoint: Path, say: Callable[[str], None]) -> dict:
 
     report.update({
         "base": str(checkpoint),
-        "edit": {"kind": "ablation", "method": "difference of means", "scale": 1.0, "layers": merged.layers,
-                 "direction_layer": fit.chosen.layer, "position": fit.chosen.position,
-                 "untied_output_head": merged.details.get("untied_output_head", False)},
+        "edit": merged.described,  # what the `steerfold edit` card says about it
         "selection": [row.as_dict() for row in fit.table],
         "selection_baseline": fit.baseline,
         "projections": json.loads(fit.file.metadata["projections"]),

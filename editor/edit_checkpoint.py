@@ -120,6 +120,7 @@ class EditSummary:
     direction_layer: int | None
     details: dict = field(default_factory=dict)
     carriers: dict[str, Carrier] = field(default_factory=dict)
+    described: dict = field(default_factory=dict)  # the edit as the card describes it (``card_edit``)
 
 
 # Requests that make no sense, as (test, message), checked in order before the direction file is read. A message
@@ -295,9 +296,10 @@ def run_edit(request: EditRequest, say: Say = lambda _line: None) -> EditSummary
                 with held():
                     started.writer.cancel()
             raise
+        described = card_edit(request, edit, layout, metadata, source_layer, details)
         write_card(tmp, CARD_OF_FORMAT[request.format], title=f"{base.label} (steerfold edit)", base_model=base.repo_id,
-                   base_label=base.label, edit=card_edit(request, edit, layout, metadata, source_layer, details),
+                   base_label=base.label, edit=described,
                    direction_metadata=metadata, license=base_license(folder.path), reproduce=reproduce_command(request),
                    rank=details.get("rank", 1))
         write_checksums(tmp, known=details.pop("digests", None))
-    return EditSummary(request.out, request.format, layout, edit.layers, source_layer, details, carriers)
+    return EditSummary(request.out, request.format, layout, edit.layers, source_layer, details, carriers, described)

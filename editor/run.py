@@ -311,6 +311,7 @@ def _run_stages(recipe: Recipe, recipe_path: Path, out: Path, folder: Path, judg
     edit = recipe.edit
     export_keys: dict[str, str] = {}
     requests: dict[str, EditRequest] = {}
+    edits: dict[str, dict] = {}  # by format: the edit as its card describes it (tied head, post-norm, kernels…)
     condition = edit_condition_path(edit, recipe_path.parent)
     condition_hash = hashlib.sha256(condition.read_bytes()).hexdigest() if condition else None
     for fmt in recipe.export.formats:
@@ -318,7 +319,16 @@ def _run_stages(recipe: Recipe, recipe_path: Path, out: Path, folder: Path, judg
         target = out / fmt
         request = requests[fmt] = edit_request(edit, condition, folder, direction_path, target, fmt, recipe.export.max_shard_size,
                                                recorded_base.repo_id)
-        stage(state, f"export:{fmt}", key, lambda t=target: (t / "SHA256SUMS").is_file(), lambda r=request: run_edit(r, say), say)
+        described = out / ".cache" / f"export-{key}.json"
+
+        def do_export(r=request, described=described) -> None:
+            summary = run_edit(r, say)
+            with replace_file(described) as tmp:  # what the export's card says, for the report stage's cards
+                tmp.write_text(json.dumps(summary.described, default=str))
+
+        stage(state, f"export:{fmt}", key, lambda t=target, d=described: (t / "SHA256SUMS").is_file() and d.is_file(),
+              do_export, say)
+        edits[fmt] = json.loads(described.read_text())
 
     report: dict = {}
     if recipe.validate_ is not None:
@@ -344,12 +354,7 @@ def _run_stages(recipe: Recipe, recipe_path: Path, out: Path, folder: Path, judg
 
     metadata = load_direction_file(direction_path).metadata
     report.update({"recipe": recipe.name, "base": recipe.model.path, "revision": recipe.model.revision,
-                   "edit": {"kind": edit.kind, "method": metadata.get("method", fit.method),
-                            "scale": requests[recipe.export.formats[0]].strength, "layers": edit.layers or "all",
-                            "direction_layer": edit.layer if edit.layer is not None else metadata.get("layer"),
-                            "position": metadata.get("position"), "untied_output_head": False,
-                            "norm_preserving": edit.norm_preserving, "kernels": requests[recipe.export.formats[0]].kernels()},
-                   })
+                   "edit": edits[recipe.export.formats[0]]})
     if "selection" in metadata:
         report["selection"] = json.loads(metadata["selection"])
         report["selection_baseline"] = json.loads(metadata.get("selection_baseline", "{}"))
@@ -357,8 +362,9 @@ def _run_stages(recipe: Recipe, recipe_path: Path, out: Path, folder: Path, judg
     def do_report() -> None:
         write_report(out, report)
         for fmt in recipe.export.formats:
-            write_card(out / fmt, CARD_OF_FORMAT[fmt], plots_from=out, title=recipe.name, base_model=recorded_base.repo_id, base_label=recorded_base.label,
-                       edit=report["edit"], direction_metadata=metadata, report=report, reproduce=f"steerfold run {recipe_path.name}")
+            write_card(out / fmt, CARD_OF_FORMAT[fmt], plots_from=out, title=recipe.name, base_model=recorded_base.repo_id,
+                       base_label=recorded_base.label, edit=edits[fmt], direction_metadata=metadata, report=report,
+                       reproduce=f"steerfold run {recipe_path.name}")
             write_checksums(out / fmt)
 
     if "before" in report:

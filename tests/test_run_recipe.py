@@ -76,3 +76,36 @@ def test_a_changed_threshold_rechecks_the_cached_figures_and_every_threshold_is_
     assert "[validate] cached" in " ".join(lines)
     assert any(line.startswith("[thresholds] met: harmful_refusal") for line in lines)
     assert any(line.startswith("[thresholds] NOT met: kl_first_token") for line in lines)
+
+
+def test_a_run_card_of_a_tied_post_norm_model_keeps_both_caveats(tmp_path):
+    """`steerfold run` rewrites each export's card with the validation table; it must still say what `steerfold edit`
+    says: the untied output head and the post-norm fold."""
+    import shutil
+
+    from conftest import build_tiny_model, save_tiny_model
+    from editor.organism import SHIPPED_CHECKPOINT
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(SHIPPED_CHECKPOINT))
+    model = save_tiny_model(build_tiny_model("gemma2", head_dim=16, tie_word_embeddings=True, vocab_size=vocab),
+                            tmp_path / "gemma2")
+    for item in SHIPPED_CHECKPOINT.iterdir():
+        if item.name.startswith(("tokenizer", "chat_template")):
+            shutil.copy(item, model / item.name)
+    recipe = tmp_path / "tied.yaml"
+    recipe.write_text(f"""name: tied post-norm
+model: {model}
+prompts:
+  harmful: {{organism: harmful/train, count: 4}}
+  harmful_test: {{organism: harmful/test, count: 4}}
+  harmless_test: {{organism: harmless/test, count: 4}}
+fit: {{method: persona_vector, persona: "You are a pirate.", prompts: harmful, max_new_tokens: 4}}
+edit: {{kind: ablation, layer: 2}}
+validate: {{max_new_tokens: 4}}
+export: {{formats: [merged]}}
+""")
+    run_recipe(recipe, tmp_path / "run", say=quiet)
+    card = (tmp_path / "run" / "merged" / "README.md").read_text()
+    assert "## Validation" in card and "| metric | before | after |" in card  # the card the run stage rewrote
+    assert "own unedited copy" in card and "g ⊙ r" in card, card
