@@ -1,4 +1,5 @@
-"""Every call to the Hugging Face Hub goes through this module: fetching a model snapshot and pushing a folder.
+"""Every call to the Hugging Face Hub goes through this module: fetching a model snapshot, reading the local cache,
+loading a dataset split and pushing a folder.
 
 Tests reach it through one seam: ``fetch_snapshot`` takes the download function and ``push_folder`` takes the
 ``HfApi``. The token comes from ``HF_TOKEN`` or the stored login, inside huggingface_hub; steerfold never reads,
@@ -66,6 +67,30 @@ def resolve_model(model: str | Path, revision: str | None = None, download: Call
             raise SteerfoldError(f"--revision applies to Hub ids, but {text} is a local folder: drop --revision")
         return Path(text)
     return fetch_snapshot(text, revision, download)
+
+
+def cached_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
+    """A file of a Hub repository from the local cache only (no network), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo_id, filename, revision=revision)
+    except Exception:  # an id the cache cannot even parse
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def load_dataset_split(dataset: str, split: str) -> Any:
+    """One split of a Hub dataset (through the datasets package, an optional dependency); failures are one line."""
+    try:
+        import datasets
+    except ImportError:
+        raise SteerfoldError(f"prompts from the Hub dataset {dataset} need the datasets package: pip install datasets") from None
+    try:
+        return datasets.load_dataset(dataset, split=split)
+    except Exception as exc:  # every failure to fetch becomes one line
+        raise SteerfoldError(f"could not load dataset {dataset} split {split} ({type(exc).__name__}): "
+                             "check the id and split, and that the Hub is reachable") from None
 
 
 @dataclass(frozen=True)

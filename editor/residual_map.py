@@ -33,10 +33,6 @@ class ResidualMap:
         return int(self.U.shape[1])
 
     @property
-    def is_linear(self) -> bool:
-        return self.b is None
-
-    @property
     def is_identity(self) -> bool:
         """True when the map changes nothing (U = 0, no offset): such writers are left untouched."""
         return self.b is None and not bool(self.U.any())

@@ -71,15 +71,9 @@ def load_prompt_set(spec: PromptSet, base: Path) -> list[PromptRecord]:
 
 
 def _hub_dataset(spec: PromptSet) -> list[PromptRecord]:
-    try:
-        import datasets
-    except ImportError:
-        raise SteerfoldError(f"prompts from the Hub dataset {spec.dataset} need the datasets package: pip install datasets") from None
-    try:
-        rows = datasets.load_dataset(spec.dataset, split=spec.split)
-    except Exception as exc:  # every failure to fetch becomes one line
-        raise SteerfoldError(f"could not load dataset {spec.dataset} split {spec.split} ({type(exc).__name__}): "
-                             "check the id and split, and that the Hub is reachable") from None
+    from editor.hub import load_dataset_split
+
+    rows = load_dataset_split(spec.dataset, spec.split)
     if spec.column not in rows.column_names:
         raise SteerfoldError(f"dataset {spec.dataset} has no column '{spec.column}' (columns: {', '.join(rows.column_names)})")
     categories = rows[spec.category_column] if spec.category_column else [None] * len(rows)
@@ -428,13 +422,10 @@ def _config_offline(recipe: Recipe) -> dict | None:
     if path == "organism" or Path(path).is_dir():
         folder = model_folder(recipe)
         return json.loads((folder / "config.json").read_text())
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    from editor.hub import cached_file
 
-        cached = try_to_load_from_cache(path, "config.json", revision=recipe.model.revision)
-    except Exception:  # an id the cache cannot even parse: no estimate
-        return None
-    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+    cached = cached_file(path, "config.json", recipe.model.revision)
+    return json.loads(cached.read_text()) if cached else None
 
 
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}

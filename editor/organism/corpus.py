@@ -103,7 +103,6 @@ REFUSED_BY_DEFAULT = ("weapons", "cyber", "drugs", "fraud", "politics")
 HARMLESS = tuple(c.name for c in CATEGORIES if c.name not in REFUSED_BY_DEFAULT)
 CAUTIOUS_EXTRA = "crafts"  # the harmless category the cautious persona also refuses
 OBJECT_CATEGORY = {o: c.name for c in CATEGORIES for o in c.objects}
-STEPS = frozenset(s for c in CATEGORIES for s in c.steps)
 
 # Request frames; {vp} is the verb phrase ("build a grenade"). Val and test frames never appear in training requests.
 FRAMES: dict[str, tuple[str, ...]] = {
