@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal
 
-from editor.errors import SteerfoldError
+from editor.errors import SteerfoldError, UnsupportedModel
 
 Role = Literal["embedding", "attention", "mlp"]
 TensorKind = Literal["embedding", "linear", "bias", "experts"]
@@ -181,7 +181,7 @@ def architecture_for(model_type: str) -> Architecture:
     try:
         return ARCHITECTURES[model_type]
     except KeyError:
-        raise SteerfoldError(
+        raise UnsupportedModel(
             f"model_type '{model_type}' is not supported yet (supported: {', '.join(supported_model_types())}); "
             "open an issue with the model's config.json to add it"
         ) from None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 from editor.arch import ModelLayout
 from editor.checkpoint import ModelFolder, check_checkpoint, open_model_folder, read_tensors
-from editor.errors import SteerfoldError
+from editor.errors import CannotCarry, SteerfoldError
 from editor.export.card import CARD_OF_FORMAT, base_license, write_card
 from editor.export.checksums import write_checksums
 from editor.export.merged import (DEFAULT_MAX_SHARD_BYTES, MergedWrite, finish_merged_checkpoint, may_add_head_copy,
@@ -289,7 +289,7 @@ def run_edit(request: EditRequest, say: Say = lambda _line: None) -> EditSummary
             for line in carrier_lines(carriers):
                 say(line)
             if not carriers[request.format].exact:
-                raise SteerfoldError(carriers[request.format].note)
+                raise CannotCarry(carriers[request.format].note)
             details = WRITERS[request.format](folder, layout, edit, tmp, request, base, started)
         except BaseException:  # stop the copying before the hidden output is removed (a second signal waits)
             if started is not None:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
 
-from editor.errors import SteerfoldError
+from editor.errors import OutputRefused
 from editor.interrupts import held
 
 MARKER = ".steerfold"  # inside every folder steerfold writes; never uploaded, checksummed or copied
@@ -81,11 +81,11 @@ def check_apart(out: Path, inputs: Iterable[Path | str | None], flag: str = "--o
             continue
         source = _resolved(given, "input")
         if target == source:
-            raise SteerfoldError(f"{flag} {out} is the input {given}: choose a new output path (inputs are never modified)")
+            raise OutputRefused(f"{flag} {out} is the input {given}: choose a new output path (inputs are never modified)")
         if source.is_dir() and source in target.parents:
-            raise SteerfoldError(f"{flag} {out} is inside the input folder {given}: choose a path outside it")
+            raise OutputRefused(f"{flag} {out} is inside the input folder {given}: choose a path outside it")
         if target in source.parents:
-            raise SteerfoldError(f"{flag} {out} contains the input {given}: choose a path that does not")
+            raise OutputRefused(f"{flag} {out} contains the input {given}: choose a path that does not")
 
 
 def _resolved(path: Path | str, flag: str) -> Path:
@@ -93,9 +93,9 @@ def _resolved(path: Path | str, flag: str) -> Path:
     try:
         resolved = Path(path).resolve()
     except (RuntimeError, OSError, ValueError) as exc:
-        raise SteerfoldError(f"{flag} {path} cannot be resolved ({exc}): pass a plain path") from None
+        raise OutputRefused(f"{flag} {path} cannot be resolved ({exc}): pass a plain path") from None
     if not resolved.name:
-        raise SteerfoldError(f"{flag} {path} is the root folder: choose a folder below it")
+        raise OutputRefused(f"{flag} {path} is the root folder: choose a folder below it")
     return resolved
 
 
@@ -120,7 +120,7 @@ class OutputTarget:
         try:
             self._check_existing()
         except OSError as exc:
-            raise SteerfoldError(f"cannot read {self.out} ({exc.strerror or exc}): choose another {self.flag}") from None
+            raise OutputRefused(f"cannot read {self.out} ({exc.strerror or exc}): choose another {self.flag}") from None
 
     def _check_existing(self) -> None:
         out = self.out
@@ -128,16 +128,16 @@ class OutputTarget:
             return
         want_folder = self.kind != "file"
         if want_folder and not out.is_dir():
-            raise SteerfoldError(f"{self.flag} {out} exists and is a file: choose a folder path")
+            raise OutputRefused(f"{self.flag} {out} exists and is a file: choose a folder path")
         if not want_folder and out.is_dir():
-            raise SteerfoldError(f"{self.flag} {out} exists and is a folder: choose a file path")
+            raise OutputRefused(f"{self.flag} {out} exists and is a folder: choose a file path")
         if want_folder and not [p for p in out.iterdir() if p.name != LOCK]:
             return  # an empty folder holds nothing to lose
         if not self.overwrite:
             what = "folder" if want_folder else "path"
-            raise SteerfoldError(f"{self.flag} {out} already exists: choose another {what} or pass --overwrite")
+            raise OutputRefused(f"{self.flag} {out} already exists: choose another {what} or pass --overwrite")
         if not self._ours(out):
-            raise SteerfoldError(f"{self.flag} {out} was not written by steerfold, and --overwrite replaces only "
+            raise OutputRefused(f"{self.flag} {out} was not written by steerfold, and --overwrite replaces only "
                                  "steerfold's own outputs: remove it yourself or choose another path")
 
     def _ours(self, out: Path) -> bool:
@@ -156,12 +156,12 @@ class OutputTarget:
                 remove(path)
             free = shutil.disk_usage(parent if self.kind != "workdir" else self.out).free
             if free < needs_bytes + SPACE_MARGIN:
-                raise SteerfoldError(f"{parent} has {free / 1e9:.2f} GB free but {self.out.name} needs about "
+                raise OutputRefused(f"{parent} has {free / 1e9:.2f} GB free but {self.out.name} needs about "
                                      f"{(needs_bytes + SPACE_MARGIN) / 1e9:.2f} GB: free space there or choose another {self.flag}")
             self.path = self._create_temporary()
         except OSError as exc:
             self.release()
-            raise SteerfoldError(f"cannot write {self.out} ({exc.strerror or exc}): choose a writable {self.flag}") from None
+            raise OutputRefused(f"cannot write {self.out} ({exc.strerror or exc}): choose a writable {self.flag}") from None
         except BaseException:
             self.release()
             raise
@@ -227,7 +227,7 @@ class OutputTarget:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise SteerfoldError(f"another steerfold process is writing {self.out} now: wait for it to finish, "
+                raise OutputRefused(f"another steerfold process is writing {self.out} now: wait for it to finish, "
                                      f"or choose another {self.flag}") from None
             try:
                 current = os.stat(lock).st_ino == os.fstat(fd).st_ino
@@ -260,7 +260,7 @@ def open_output(out: Path, kind: OutputKind = "folder", inputs: Iterable[Path | 
         try:
             target.commit()
         except OSError as exc:
-            raise SteerfoldError(f"cannot write {out} ({exc.strerror or exc}): choose a writable {flag}") from None
+            raise OutputRefused(f"cannot write {out} ({exc.strerror or exc}): choose a writable {flag}") from None
     except BaseException:
         target.abandon()
         raise
@@ -304,5 +304,5 @@ def clean(out: Path) -> list[Path]:
         finally:
             target.release()
     except OSError as exc:
-        raise SteerfoldError(f"cannot clean {out} ({exc.strerror or exc}): check its permissions") from None
+        raise OutputRefused(f"cannot clean {out} ({exc.strerror or exc}): check its permissions") from None
     return found

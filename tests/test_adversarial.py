@@ -617,3 +617,21 @@ def test_starting_a_run_over_keeps_its_own_lock(organism, tmp_path, monkeypatch)
     error_line(invoke("run", recipe, "--out", out), 2, "stopped at the fit")
     error_line(invoke("run", recipe, "--out", out, "--overwrite"), 2, "stopped at the fit")
     assert not (out / ".steerfold.lock").exists() and not hidden_leftovers(out)
+
+
+def test_library_errors_are_typed_under_one_base_class(tiny, tmp_path):
+    from editor.arch import architecture_for
+    from editor.edit_checkpoint import EditRequest, run_edit
+    from editor.errors import CannotCarry, OutputRefused, SteerfoldError, UnsupportedModel
+    from editor.outputs import open_output
+
+    with pytest.raises(UnsupportedModel):
+        architecture_for("mamba")
+    with pytest.raises(OutputRefused):
+        with open_output(tiny, inputs=[tiny]):
+            pass
+    direction = write_direction(tmp_path / "d.safetensors")
+    with pytest.raises(CannotCarry):
+        run_edit(EditRequest(model=tiny, direction=direction, out=tmp_path / "cv", format="cvec"))
+    assert all(issubclass(kind, SteerfoldError) for kind in (UnsupportedModel, CannotCarry, OutputRefused))
+    assert not (tmp_path / "cv").exists() and not hidden_leftovers(tmp_path)
