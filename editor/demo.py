@@ -19,7 +19,7 @@ from editor.directions import save_direction_file
 from editor.edit_checkpoint import EditRequest, run_edit
 from editor.edits import ablation_edit, steering_edit
 from editor.evaluate.behaviour import chat_texts, refusal, respond
-from editor.evaluate.report import before_after_rows, write_report
+from editor.evaluate.report import console_lines, write_report
 from editor.evaluate.validate import EvalSets, validate
 from editor.export.card import write_card
 from editor.export.checksums import write_checksums
@@ -134,12 +134,9 @@ def _demo_into(tmp: Path, checkpoint: Path, say: Callable[[str], None]) -> dict:
 
 
 def print_summary(report: dict, say: Callable[[str], None] = print) -> None:
-    """The before/after table the demo ends with."""
-    rows = before_after_rows(report)
-    width = max(len(r[0]) for r in rows)
-    say(f"{'metric':<{width}}  {'before':>8}  {'after':>8}")
-    for metric, before, after in rows:
-        say(f"{metric:<{width}}  {before:>8}  {after:>8}")
+    """The before/after table the demo ends with, then what steering with the compliant persona did."""
+    for line in console_lines(report):
+        say(line)
     persona = report["persona"]
-    say(f"{'compliant-persona steering (harmful refusal)':<{width}}  {100 * persona['base_harmful_refusal']:>7.1f}%  "
+    say(f"compliant-persona steering (harmful refusal)  {100 * persona['base_harmful_refusal']:>7.1f}%  "
         f"{100 * persona['steered_harmful_refusal']:>7.1f}%")

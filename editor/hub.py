@@ -169,7 +169,8 @@ def check_recorded_base(folder: Path) -> None:
             raise SteerfoldError(f"{folder} is an adapter whose base is the local path {recorded}, which no one else has: "
                                  "export it again with --base-model-id OWNER/NAME (the base's Hub id)")
     card = folder / "README.md"
-    if card.is_file() and card.read_text().startswith("---") and "\nbase_model:" not in card.read_text().split("\n---", 1)[0]:
+    text = card.read_text() if card.is_file() else ""
+    if text.startswith("---") and "\nbase_model:" not in text.split("\n---", 1)[0]:
         raise SteerfoldError(f"{folder}'s card names no Hub base model (it was made from a local folder): export it again "
                              "with --base-model-id OWNER/NAME (the base's Hub id)")
 

@@ -3,11 +3,11 @@
 - An output is never equal to, inside, or a parent of any input (model, direction, condition, prompts, recipe,
   base), after resolving symlinks.
 - ``--overwrite`` replaces only what steerfold wrote before: a folder holding ``MARKER`` (or a run folder), or a
-  file the caller recognises (a direction file records ``steerfold_version``); an empty folder may be used as is.
+  file the caller recognises (a direction file records ``format_version``); an empty folder may be used as is.
 - Before any compute: the output location must be writable (the temporary output is created at once) and have
   room for an estimate of the output's size.
-- One process at a time writes an output: an exclusive lock beside it (``.NAME.lock``) makes a second one fail at
-  once.
+- One process at a time writes an output: an exclusive lock (``.NAME.lock`` beside it, ``LOCK`` inside a run
+  folder) makes a second one fail at once.
 - Output is written beside the destination under a hidden name (``.NAME.tmp-XXXXXXXX``) and renamed into place
   only when complete, with the permissions the user's umask gives (as ``cp`` would). Leftovers of a killed run
   are recognised by that name and removed by the next run on the same output, or by ``steerfold clean OUT``.
@@ -27,6 +27,7 @@ from editor.errors import OutputRefused
 from editor.interrupts import held
 
 MARKER = ".steerfold"  # inside every folder steerfold writes; never uploaded, checksummed or copied
+RUN_STATE = ".steerfold-run.json"  # what a run folder has finished (``editor.run``)
 OutputKind = Literal["folder", "file", "workdir"]  # workdir: a folder written in place (a run folder)
 LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-[A-Za-z0-9_]{8}$")
 SPACE_MARGIN = 1 << 20
@@ -38,10 +39,10 @@ def _umask() -> int:
     return mask
 
 
-def shared_mode(path: Path) -> None:
+def shared_mode(path: Path, umask: int | None = None) -> None:
     """Give a file or folder made private by ``tempfile`` the mode the user's umask gives new ones."""
     base = 0o777 if path.is_dir() else 0o666
-    path.chmod(base & ~_umask())
+    path.chmod(base & ~(_umask() if umask is None else umask))
 
 
 LOCK = ".steerfold.lock"  # a workdir's lock, inside it (its parent may be a read-only mount point)
@@ -154,9 +155,10 @@ class OutputTarget:
             inside = leftovers_inside(self.out) if self.kind == "workdir" and self._ours(self.out) else []
             for path in leftovers(self.out) + inside:
                 remove(path)
-            free = shutil.disk_usage(parent if self.kind != "workdir" else self.out).free
+            where = self.out if self.kind == "workdir" else parent
+            free = shutil.disk_usage(where).free
             if free < needs_bytes + SPACE_MARGIN:
-                raise OutputRefused(f"{parent} has {free / 1e9:.2f} GB free but {self.out.name} needs about "
+                raise OutputRefused(f"{where} has {free / 1e9:.2f} GB free but {self.out.name} needs about "
                                      f"{(needs_bytes + SPACE_MARGIN) / 1e9:.2f} GB: free space there or choose another {self.flag}")
             self.path = self._create_temporary()
         except OSError as exc:
@@ -188,9 +190,10 @@ class OutputTarget:
             return
         if self.kind == "folder":
             (self.path / MARKER).write_text("written by steerfold; --overwrite may replace this folder\n")
+            umask = _umask()
             for path in self.path.rglob("*"):  # some libraries write private files (e.g. safetensors' save)
                 if not path.is_symlink():
-                    shared_mode(path)
+                    shared_mode(path, umask)
         self.check_existing()  # something outside steerfold may have appeared at the path meanwhile
         with held():
             if self.kind == "file":
@@ -204,7 +207,6 @@ class OutputTarget:
                 except BaseException:
                     old.rename(self.out)
                     raise
-                self._temporary = None
                 remove(old)
             else:
                 self.path.rename(self.out)
@@ -290,7 +292,7 @@ def clean(out: Path) -> list[Path]:
     out = _resolved(out, "OUT")
     if not out.parent.is_dir():
         return []
-    run_folder = out.is_dir() and ((out / ".steerfold-run.json").is_file()
+    run_folder = out.is_dir() and ((out / RUN_STATE).is_file()
                                    or (is_steerfold_folder(out) and not (out / "SHA256SUMS").is_file()))
     target = OutputTarget(out, "workdir" if run_folder else "folder", overwrite=True, flag="OUT", recognise=None)
     try:

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from editor.errors import SteerfoldError
+from editor.outputs import RUN_STATE
 from editor.prompts import PromptRecord, load_prompts
 from editor.recipe import EditSpec, FitSpec, PromptSet, Recipe
 
 if TYPE_CHECKING:  # imported lazily at run time: torch-heavy
     from editor.edit_checkpoint import EditRequest
 
-STATE = ".steerfold-run.json"
 Say = Callable[[str], None]
 
 
@@ -107,7 +107,7 @@ class RunState:
 
     @classmethod
     def open(cls, out: Path) -> "RunState":
-        file = out / STATE
+        file = out / RUN_STATE
         data = json.loads(file.read_text()) if file.is_file() else {}
         return cls(file, data.get("done", {}), data.get("timings", {}))
 
@@ -123,7 +123,7 @@ def is_run_folder(out: Path) -> bool:
     """A folder ``steerfold run`` made (what --resume continues and --overwrite may empty)."""
     from editor.outputs import is_steerfold_folder
 
-    return (out / STATE).is_file() or is_steerfold_folder(out)
+    return (out / RUN_STATE).is_file() or is_steerfold_folder(out)
 
 
 def check_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -147,8 +147,7 @@ def recipe_base(recipe: Recipe, folder: Path):
     """The base the recipe's artifacts record: model.base_model_id, the Hub id in model.path, or the cache folder's."""
     from editor.hub import identify_base
 
-    model = "organism" if recipe.model.path == "organism" else recipe.model.path
-    return identify_base(model, folder, recipe.model.base_model_id, recipe.model.revision)
+    return identify_base(recipe.model.path, folder, recipe.model.base_model_id, recipe.model.revision)
 
 
 def recipe_inputs(recipe: Recipe, recipe_path: Path, folder: Path, judge: Path | None) -> list[Path | None]:
@@ -406,7 +405,7 @@ def plan_recipe(recipe_path: Path, out: Path) -> list[str]:
         if spec.dataset:
             lines.append(f"download: dataset {spec.dataset} split {spec.split}")
         lines.append(f"prompts {name}: {source}" + (f", first {spec.count}" if spec.count else ""))
-    state = RunState.open(out) if (out / STATE).is_file() else None
+    state = RunState.open(out) if (out / RUN_STATE).is_file() else None
     stages = ["fit"] + [f"export:{f}" for f in recipe.export.formats] + (["validate"] if recipe.validate_ else []) + ["report"]
     stages += ["push"] if recipe.push else []
     for name in stages:
