@@ -65,6 +65,10 @@ def resolve_model(model: str | Path, revision: str | None = None, download: Call
     if Path(text).exists() or not looks_like_repo_id(text):
         if revision is not None and Path(text).exists():
             raise SteerfoldError(f"--revision applies to Hub ids, but {text} is a local folder: drop --revision")
+        from editor.gguf import convert_gguf, is_gguf_input
+
+        if is_gguf_input(text):  # a GGUF file: its float32 conversion, cached
+            return convert_gguf(text)
         return Path(text)
     return fetch_snapshot(text, revision, download)
 
