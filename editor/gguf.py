@@ -184,6 +184,7 @@ def convert_gguf(path: str | Path, cache_root: str | Path | None = None, say: Ca
     work = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}.", suffix=".tmp", dir=target.parent))
     try:
         _write_conversion(gguf, work, template)
+        _shared_modes(work)
         try:
             work.rename(target)
         except OSError:
@@ -223,6 +224,7 @@ def _write_conversion(gguf: Path, out: Path, template: str | None) -> None:
     _save_state(state, out, save_file)
     config = json.loads(model.config.to_json_string(use_diff=False))
     config.pop("quantization_config", None)
+    config.pop("_name_or_path", None)  # the folder the GGUF was loaded from
     config["dtype"] = "float32"
     config["architectures"] = config.get("architectures") or [type(model).__name__]
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -235,6 +237,15 @@ def _write_conversion(gguf: Path, out: Path, template: str | None) -> None:
     tokenizer.save_pretrained(out)
     if template and not _has_chat_template(out):
         (out / "chat_template.jinja").write_text(template)
+
+
+def _shared_modes(folder: Path) -> None:
+    """The modes the user's umask gives new files, for a folder that tempfile (and safetensors) made private."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _save_state(state: dict, out: Path, save_file) -> None:

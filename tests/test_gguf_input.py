@@ -5,6 +5,7 @@ GGUF; bad files are one line and leave nothing in the cache."""
 from __future__ import annotations
 
 import json
+import os
 
 import gguf
 import numpy as np
@@ -119,10 +120,14 @@ def test_converted_folder_is_the_gguf_model(tied, tiny_gguf, tmp_path):
     folder = convert_gguf(source, cache_root=tmp_path / "cache", say=said.append)
     assert folder.parent == tmp_path / "cache" / "gguf" and len(folder.name) == 64
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no temporary left beside it
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # not tempfile's private mode
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     assert len(said) == 1 and "dequantized" in said[0] and "float32" in said[0] and "MB" in said[0]
 
     config = json.loads((folder / "config.json").read_text())
-    assert config["model_type"] == "qwen2" and "quantization_config" not in config
+    assert config["model_type"] == "qwen2" and "quantization_config" not in config and "_name_or_path" not in config
     assert config["tie_word_embeddings"] is tied
     with safe_open(str(folder / "model.safetensors"), "pt") as weights:
         assert ("lm_head.weight" in weights.keys()) is not tied
