@@ -135,8 +135,8 @@ def edit(model_dir: Path, direction: Path, out: Path, fmt: str, scale: float, st
     conditional map, or with --subspace the removal of the file's basis. Before any output appears, it prints which artifacts can carry the edit exactly, and refuses a --format
     that cannot. MODEL_DIR is a local checkpoint folder or a Hub id (fetched through huggingface_hub's cache).
     """
-    from editor.edit_checkpoint import EditRequest, run_edit
-    from editor.kernels import LayerKernel
+    from editor.artifacts.export import EditRequest, run_edit
+    from editor.edit.kernels import LayerKernel
 
     chosen = [flag for flag, given in (("--steer", steer is not None), ("--condition", condition is not None),
                                        ("--subspace", subspace)) if given]
@@ -168,9 +168,9 @@ def edit(model_dir: Path, direction: Path, out: Path, fmt: str, scale: float, st
 @click.option("--revision", default=None, help="Revision when MODEL_DIR is a Hub id.")
 def inspect(model_dir: str, as_json: bool, allow_pickle: bool, revision: str | None) -> None:
     """Show MODEL_DIR's residual writers and which artifacts can carry which edit exactly."""
-    from editor.checkpoint import check_checkpoint, open_model_folder
+    from editor.models.checkpoint import check_checkpoint, open_model_folder
     from editor.hub import resolve_model
-    from editor.portability import carriers
+    from editor.artifacts.formats import carriers
 
     folder = open_model_folder(resolve_model(model_dir, revision), allow_pickle=allow_pickle)
     layout = check_checkpoint(folder)
@@ -216,7 +216,7 @@ def inspect(model_dir: str, as_json: bool, allow_pickle: bool, revision: str | N
 @click.argument("folder", type=click.Path(path_type=Path))
 def verify(folder: Path) -> None:
     """Re-check FOLDER's SHA256SUMS and shard index; exit 1 on any mismatch."""
-    from editor.export.checksums import SUMS, verify as verify_folder
+    from editor.artifacts.checksums import SUMS, verify as verify_folder
 
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: pass a folder written by steerfold")
@@ -259,7 +259,7 @@ def push(folder: Path, repo_id: str, private: bool, revision: str | None, create
 def clean(out: Path) -> None:
     """Remove what an interrupted or killed run left at OUT: hidden temporaries beside it (.OUT.tmp-*, .OUT.old-*,
     its lock) and, in a steerfold run folder, inside it. Nothing else is touched."""
-    from editor.outputs import clean as clean_output
+    from editor.artifacts.outputs import clean as clean_output
 
     removed = clean_output(out)
     for path in removed:
@@ -276,7 +276,7 @@ def clean(out: Path) -> None:
 def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: bool) -> None:
     """Run every stage of a RECIPE (YAML): fit, export, validate, report, push."""
     from editor.interrupts import load_torch
-    from editor.run import ThresholdFailure, plan_recipe, run_recipe
+    from editor.pipeline.run import ThresholdFailure, plan_recipe, run_recipe
 
     out = out or Path("runs") / recipe.stem
     if dry_run:
@@ -293,7 +293,7 @@ def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: 
         click.echo(f"interrupted: finished stages are kept; run again with --resume --out {out}", err=True)
         raise SystemExit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPT)
     if "after" in report:
-        from editor.evaluate.report import console_lines, unmoved_warning
+        from editor.validation.report import console_lines, unmoved_warning
 
         for line in console_lines(report):
             click.echo(line)
@@ -321,8 +321,8 @@ def _metavar(annotation) -> str:
 
 
 def _fit_option_flags(function):
-    """One --flag per FitOptions field (editor/methods/options.py, which recipes share); values are checked there."""
-    from editor.methods.options import FitOptions
+    """One --flag per FitOptions field (editor/directions/methods/options.py, which recipes share); values are checked there."""
+    from editor.directions.methods.options import FitOptions
 
     for name, field in reversed(list(FitOptions.model_fields.items())):
         default = "" if field.default is None else f" [default: {field.default}]"
@@ -356,20 +356,20 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
     from editor.interrupts import load_torch
 
     load_torch()
-    from editor.directions import is_direction_file
+    from editor.directions.file import is_direction_file
     from editor.errors import SteerfoldError
-    from editor.methods.options import parse_fit_options
-    from editor.outputs import check_apart, open_output
+    from editor.directions.methods.options import parse_fit_options
+    from editor.artifacts.outputs import check_apart, open_output
 
     given = {name: value for name, value in options.items() if value is not None}
     if "persona" in given:
         given.setdefault("method", "persona_vector")
     fit_options = parse_fit_options(given)
 
-    from editor.directions import save_direction_file
-    from editor.fit import FitInputs, check_prompt_sets, is_fit_report, report_path, run_fit, write_fit_report
+    from editor.directions.file import save_direction_file
+    from editor.directions.fit import FitInputs, check_prompt_sets, is_fit_report, report_path, run_fit, write_fit_report
     from editor.hub import resolve_model
-    from editor.models import load_model, load_tokenizer
+    from editor.models.loading import load_model, load_tokenizer
 
     check_prompt_sets(fit_options, harmful is not None, harmless is not None, prompts is not None)
     folder = resolve_model(model_dir, revision)
@@ -415,11 +415,11 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
     from editor.interrupts import load_torch
 
     load_torch()
-    from editor.evaluate.report import console_lines, unmoved_warning, write_report
-    from editor.evaluate.validate import EvalSets, validate as run_validation
+    from editor.validation.report import console_lines, unmoved_warning, write_report
+    from editor.validation.validate import EvalSets, validate as run_validation
     from editor.hub import resolve_model
-    from editor.models import check_compatible, load_model, load_tokenizer
-    from editor.outputs import open_output
+    from editor.models.loading import check_compatible, load_model, load_tokenizer
+    from editor.artifacts.outputs import open_output
 
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {max_new_tokens} must be at least 1: pass e.g. --max-new-tokens 48")
@@ -428,7 +428,7 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
         sets = EvalSets(_records(harmful), _records(harmless))
         check = None
         if coherence == "organism":
-            from editor.organism import coherent_compliance as check
+            from editor.research.organism import coherent_compliance as check
         check_compatible(edited, base_folder)
         base_model, edited_model = load_model(base_folder), load_model(edited, base=base_folder)
         report = run_validation(base_model, edited_model, load_tokenizer(base_folder), sets, system, check, max_new_tokens)
@@ -451,7 +451,7 @@ def demo(out: Path, overwrite: bool) -> None:
     from editor.interrupts import load_torch
 
     load_torch()
-    from editor.demo import print_summary, run_demo
+    from editor.pipeline.demo import print_summary, run_demo
 
     start = time.perf_counter()
     report = run_demo(out, overwrite, say=click.echo)
@@ -473,7 +473,7 @@ def organism_build(out: Path, seed: int, overwrite: bool) -> None:
     from editor.interrupts import load_torch
 
     load_torch()
-    from editor.organism import build_organism
+    from editor.research.organism import build_organism
 
     path = build_organism(out, seed=seed, overwrite=overwrite, say=lambda line: click.echo(line, err=True))
     click.echo(f"wrote {path}")

@@ -8,12 +8,12 @@ class SteerfoldError(Exception):
 
 
 class UnsupportedModel(SteerfoldError):
-    """The model's architecture is not in steerfold's table (``editor.arch``)."""
+    """The model's architecture is not in steerfold's table (``editor.models.arch``)."""
 
 
 class CannotCarry(SteerfoldError):
-    """The chosen artifact format cannot carry the edit exactly (``editor.portability``)."""
+    """The chosen artifact format cannot carry the edit exactly (``editor.artifacts.formats``)."""
 
 
 class OutputRefused(SteerfoldError):
-    """The output path breaks the rule for writing outputs, or cannot be written (``editor.outputs``)."""
+    """The output path breaks the rule for writing outputs, or cannot be written (``editor.artifacts.outputs``)."""

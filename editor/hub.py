@@ -65,7 +65,7 @@ def resolve_model(model: str | Path, revision: str | None = None, download: Call
     if Path(text).exists() or not looks_like_repo_id(text):
         if revision is not None and Path(text).exists():
             raise SteerfoldError(f"--revision applies to Hub ids, but {text} is a local folder: drop --revision")
-        from editor.gguf import convert_gguf, is_gguf_input
+        from editor.models.gguf import convert_gguf, is_gguf_input
 
         if is_gguf_input(text):  # a GGUF file: its float32 conversion, cached
             return convert_gguf(text)
@@ -142,7 +142,7 @@ class PlannedFile:
 def plan_push(folder: Path) -> list[PlannedFile]:
     """Every file that a push of ``folder`` uploads (hidden files and folders excluded), once ``steerfold verify``
     finds the folder intact: a tampered or incomplete artifact is never uploaded."""
-    from editor.export.checksums import verify
+    from editor.artifacts.checksums import verify
 
     if not folder.is_dir():
         raise SteerfoldError(f"{folder} is not a folder: pass a folder written by steerfold")

@@ -42,7 +42,7 @@ def _record(row: dict, where: str) -> PromptRecord:
 def load_prompts(path: str | Path) -> list[PromptRecord]:
     """Read a prompt file: ``.jsonl``/``.json`` lines, ``.csv`` with a header, otherwise one prompt a line.
 
-    >>> records = load_prompts("editor/organism/data/harmful_test.jsonl")
+    >>> records = load_prompts("editor/research/organism/data/harmful_test.jsonl")
     >>> sorted({r.category for r in records})
     ['cyber', 'drugs', 'fraud', 'politics', 'weapons']
     """

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from cli import cli
 from conftest import build_tiny_model, save_tiny_model, write_direction
-from editor.export.card import render_card
+from editor.artifacts.card import render_card
 
 
 def front_matter(text: str) -> dict:
@@ -51,8 +51,8 @@ def test_cards_render_a_report_table_and_every_kind():
 
 
 def test_report_plots_are_drawn_and_embedded(tmp_path):
-    from editor.evaluate.report import write_report
-    from editor.export.card import write_card
+    from editor.validation.report import write_report
+    from editor.artifacts.card import write_card
 
     report = {
         "prompts": {"harmful": 2, "harmless": 2},
@@ -89,14 +89,14 @@ def test_post_norm_card_says_the_fold_is_an_exact_removal(tmp_path):
 def test_cards_can_describe_every_edit_kind():
     from typing import get_args
 
-    from editor.edit_checkpoint import EditKind
-    from editor.export.card import MAP_TEXT, VERBS
+    from editor.artifacts.export import EditKind
+    from editor.artifacts.card import MAP_TEXT, VERBS
 
     assert set(VERBS) == set(MAP_TEXT) == set(get_args(EditKind))
 
 
 def test_a_wheel_carries_the_card_templates_and_the_organism(tmp_path):
-    """A non-editable install finds the templates under share/steerfold/model_cards (editor/export/card.py)."""
+    """A non-editable install finds the templates under share/steerfold/model_cards (editor/artifacts/card.py)."""
     import shutil
     import subprocess
     import sys
@@ -114,14 +114,14 @@ def test_a_wheel_carries_the_card_templates_and_the_organism(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("steerfold-*.whl"))).namelist()
     for kind in ("merged", "adapter", "cvec"):
         assert any(n.endswith(f"data/share/steerfold/model_cards/{kind}.md.j2") for n in names), kind
-    assert "editor/organism/checkpoint/model.safetensors" in names and "editor/organism/data/harmful_test.jsonl" in names
+    assert "editor/research/organism/checkpoint/model.safetensors" in names and "editor/research/organism/data/harmful_test.jsonl" in names
 
 
 
 def test_artifacts_of_a_local_folder_record_no_absolute_path_and_push_refuses_them(tmp_path):
     import json
 
-    from editor.models import load_model
+    from editor.models.loading import load_model
 
     folder = save_tiny_model(build_tiny_model("llama"), tmp_path / "base")
     direction = write_direction(tmp_path / "d.safetensors")

@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from conftest import (LAYERS, LORA_REFUSED, build_tiny_model, logits, random_direction, random_tokens, run_cli,
                       save_tiny_model, write_direction)
-from editor.edits import ablation_edit, conditional_edit, fold_model, runtime_hooks
-from editor.residual_map import conditional_map
+from editor.edit.edits import ablation_edit, conditional_edit, fold_model, runtime_hooks
+from editor.edit.maps import conditional_map
 from editor.errors import SteerfoldError
 
 TOLERANCE = 1e-4
@@ -89,7 +89,7 @@ def test_post_norm_is_refused(tmp_path):
 
 
 def test_an_error_about_a_per_layer_file_names_which_file_it_means(tmp_path):
-    from editor.directions import DirectionFile, save_direction_file
+    from editor.directions.file import DirectionFile, save_direction_file
 
     base = save_tiny_model(build_tiny_model("llama"), tmp_path / "base")
     direction = write_direction(tmp_path / "r.safetensors")
@@ -100,7 +100,7 @@ def test_an_error_about_a_per_layer_file_names_which_file_it_means(tmp_path):
 
 
 def test_one_category_of_a_per_category_file_is_a_condition(tmp_path):
-    from editor.directions import DirectionFile, save_direction_file
+    from editor.directions.file import DirectionFile, save_direction_file
 
     base = save_tiny_model(build_tiny_model("llama"), tmp_path / "base")
     rows = {name: torch.randn(LAYERS + 1, 64, generator=torch.Generator().manual_seed(seed)) for seed, name in enumerate(("cyber", "weapons"))}

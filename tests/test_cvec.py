@@ -10,9 +10,9 @@ import torch
 
 from conftest import (HIDDEN, LAYERS, build_tiny_model, logits, random_direction, random_tokens, residual_states,
                       run_cli, save_tiny_model, write_direction)
-from editor.edits import runtime_hooks, steering_edit
+from editor.edit.edits import runtime_hooks, steering_edit
 from editor.errors import SteerfoldError
-from editor.export.cvec import CVEC_FILE, llama_cpp_block
+from editor.artifacts.cvec import CVEC_FILE, llama_cpp_block
 
 TOLERANCE = 1e-4
 
@@ -28,7 +28,7 @@ def read_control_vector(path) -> tuple[dict, dict[str, np.ndarray], dict[str, tu
 
 
 def test_block_numbering_is_layer_index_minus_one():
-    """direction.N is added to the output of block N (0-based) = layer index N + 1 (see editor/export/cvec.py)."""
+    """direction.N is added to the output of block N (0-based) = layer index N + 1 (see editor/artifacts/cvec.py)."""
     assert [llama_cpp_block(layer, 12) for layer in range(2, 13)] == list(range(1, 12))
     for layer in (0, 1, 13):  # embedding; block 0's output (would be direction.0, which llama.cpp refuses); beyond
         with pytest.raises(SteerfoldError, match=f"cannot carry layer index {layer}"):

@@ -7,10 +7,10 @@ from click.testing import CliRunner
 
 from cli import cli
 from conftest import build_tiny_model, random_direction, save_tiny_model, write_direction
-from editor.edit_checkpoint import run_edit
-from editor.kernels import LayerKernel
-from editor.recipe import load_recipe
-from editor.run import edit_condition_path, edit_request
+from editor.artifacts.export import run_edit
+from editor.edit.kernels import LayerKernel
+from editor.pipeline.recipe import load_recipe
+from editor.pipeline.run import edit_condition_path, edit_request
 
 BASE = """model: organism
 prompts:

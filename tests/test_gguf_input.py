@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
-import editor.gguf as gguf_input
+import editor.models.gguf as gguf_input
 from cli import cli
 from editor.errors import SteerfoldError
-from editor.gguf import convert_gguf, is_gguf_input
+from editor.models.gguf import convert_gguf, is_gguf_input
 from editor.hub import resolve_model
 
 LAYERS = 2

@@ -10,9 +10,9 @@ from transformers import AutoModelForCausalLM
 
 from conftest import (build_tiny_model, logits, random_direction, random_tokens, run_cli, save_tiny_model, write_direction,
                       )
-from editor.edits import ablation_edit, fold_model, runtime_hooks
+from editor.edit.edits import ablation_edit, fold_model, runtime_hooks
 from editor.errors import SteerfoldError
-from editor.kernels import LayerKernel, kernel_weights
+from editor.edit.kernels import LayerKernel, kernel_weights
 
 TOLERANCE = 1e-4
 DEEP = 6  # blocks, so that a kernel has room to rise and fall

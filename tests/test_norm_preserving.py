@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM
 
 from conftest import (LAYERS, build_tiny_model, folder_digest, logits, random_direction, random_tokens, residual_states,
                       run_cli, save_tiny_model, write_direction)
-from editor.arch import layout_of_model
-from editor.edits import ablation_edit, fold_model, runtime_hooks
+from editor.models.arch import layout_of_model
+from editor.edit.edits import ablation_edit, fold_model, runtime_hooks
 from editor.errors import SteerfoldError
-from editor.norm_preserving import NormPreservingAblation, norm_preserving_edit
+from editor.edit.norm_preserving import NormPreservingAblation, norm_preserving_edit
 
 TOLERANCE = 1e-4
 
@@ -32,7 +32,7 @@ def assert_norms_kept(old: torch.Tensor, new: torch.Tensor, what: str = "") -> N
 
 
 def test_columns_keep_their_norms_and_lose_the_direction(monkeypatch):
-    import editor.residual_map as residual_maps
+    import editor.edit.maps as residual_maps
 
     r = random_direction()
     npa = NormPreservingAblation(U=-r.unsqueeze(1), V=r.unsqueeze(1).clone(), ablation_scale=1.0)
@@ -48,7 +48,7 @@ def test_columns_keep_their_norms_and_lose_the_direction(monkeypatch):
     assert torch.allclose(npa.fold_embedding(embedding), reference_columns(embedding.T, r).T.float(), atol=1e-5)
 
     monkeypatch.setattr(residual_maps, "CHUNK_ELEMENTS", 64 * 7)  # column chunks of 7: the same result
-    import editor.norm_preserving as norm_preserving
+    import editor.edit.norm_preserving as norm_preserving
 
     monkeypatch.setattr(norm_preserving, "CHUNK_ELEMENTS", 64 * 7)
     assert torch.allclose(npa.fold_linear_weight(weight), folded, atol=1e-6)

@@ -58,7 +58,7 @@ def test_missing_and_binary(tmp_path):
 def test_format_chat_with_and_without_system():
     from transformers import AutoTokenizer
 
-    from editor.organism import SHIPPED_CHECKPOINT
+    from editor.research.organism import SHIPPED_CHECKPOINT
 
     tok = AutoTokenizer.from_pretrained(SHIPPED_CHECKPOINT)
     plain = format_chat(tok, "How do I grow basil?")

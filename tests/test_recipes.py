@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from cli import cli
 from editor.errors import SteerfoldError
-from editor.recipe import load_recipe
-from editor.run import check_thresholds, estimate_lines
+from editor.pipeline.recipe import load_recipe
+from editor.pipeline.run import check_thresholds, estimate_lines
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 
@@ -69,7 +69,7 @@ def test_missing_prompt_file_names_the_key(tmp_path):
 
 
 def test_thresholds_and_estimates():
-    from editor.recipe import Thresholds
+    from editor.pipeline.recipe import Thresholds
 
     report = {"after": {"harmful_refusal": 0.2, "harmless_refusal": 0.0, "kl_first_token": 0.05, "coherent_compliance": 0.5}}
     failures = check_thresholds(report, Thresholds(harmful_refusal_max=0.1, kl_first_token_max=0.1, coherent_compliance_min=0.8))
@@ -97,7 +97,7 @@ def test_a_missing_hub_judge_fails_before_the_run_folder_is_touched(tmp_path):
 def test_a_small_model_is_estimated_in_millions_not_as_zero():
     import json
 
-    from editor.organism import SHIPPED_CHECKPOINT
+    from editor.research.organism import SHIPPED_CHECKPOINT
 
     lines = estimate_lines(json.loads((SHIPPED_CHECKPOINT / "config.json").read_text()), ["merged"])
     size = (SHIPPED_CHECKPOINT / "model.safetensors").stat().st_size
@@ -105,15 +105,15 @@ def test_a_small_model_is_estimated_in_millions_not_as_zero():
 
 
 def test_a_recipes_allow_noop_reaches_the_edit_request(tmp_path):
-    from editor.recipe import EditSpec
-    from editor.run import edit_request
+    from editor.pipeline.recipe import EditSpec
+    from editor.pipeline.run import edit_request
 
     request = edit_request(EditSpec(allow_noop=True), None, tmp_path, tmp_path / "d.safetensors", tmp_path / "out", "merged", None)
     assert request.allow_noop and not edit_request(EditSpec(), None, tmp_path, tmp_path / "d", tmp_path / "o", "merged", None).allow_noop
 
 
 def test_an_edit_conflict_is_refused_at_load_and_by_dry_run_in_the_recipes_keys(tmp_path):
-    from editor.recipe import load_recipe
+    from editor.pipeline.recipe import load_recipe
 
     recipe = write(tmp_path, BASE + "fit: {method: diff_in_means}\nedit:\n  kind: steering\n  coefficient: 2\n"
                               "  norm_preserving: true\n  scale: 0.5\n")
@@ -127,7 +127,7 @@ def test_an_edit_conflict_is_refused_at_load_and_by_dry_run_in_the_recipes_keys(
 
 
 def test_the_reproduce_command_keeps_every_option_that_changes_the_output(tmp_path):
-    from editor.edit_checkpoint import EditRequest, reproduce_command
+    from editor.artifacts.export import EditRequest, reproduce_command
 
     command = reproduce_command(EditRequest(model="m", direction=tmp_path / "d", out=tmp_path / "o", max_shard_size="1GB",
                                             allow_pickle=True, allow_noop=True, embedding=False))

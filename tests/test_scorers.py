@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from editor.errors import SteerfoldError
-from editor.methods.contrast import Contrast, weighted_mean
-from editor.methods.options import ScorerName
-from editor.methods.scorers import SCORERS, Judge, confidence_weights, marker_scorer, refusal_confidence
+from editor.directions.methods.contrast import Contrast, weighted_mean
+from editor.directions.methods.options import ScorerName
+from editor.directions.methods.scorers import SCORERS, Judge, confidence_weights, marker_scorer, refusal_confidence
 from editor.prompts import PromptRecord
 
 
 @pytest.fixture(scope="module")
 def organism():
-    from editor.models import load_model, load_tokenizer
-    from editor.organism import SHIPPED_CHECKPOINT
+    from editor.models.loading import load_model, load_tokenizer
+    from editor.research.organism import SHIPPED_CHECKPOINT
 
     return load_model(SHIPPED_CHECKPOINT), load_tokenizer(SHIPPED_CHECKPOINT)
 
@@ -72,7 +72,7 @@ def test_marker_scorer_and_the_registry_of_scorers():
 
 
 def test_judge_model_votes_are_seeded_and_in_range(organism):
-    from editor.organism import load_split
+    from editor.research.organism import load_split
 
     model, tokenizer = organism
     records = load_split("harmful", "val")[:3] + load_split("harmless", "train")[:3]
@@ -90,9 +90,9 @@ def test_judge_model_votes_are_seeded_and_in_range(organism):
 
 
 def test_refusal_confidence_scores_the_models_own_greedy_responses(organism):
-    from editor.evaluate.behaviour import chat_texts
-    from editor.generate import greedy_generate
-    from editor.organism import load_split
+    from editor.validation.behaviour import chat_texts
+    from editor.activations.generate import greedy_generate
+    from editor.research.organism import load_split
 
     model, tokenizer = organism
     harmful, harmless = load_split("harmful", "val")[:4], load_split("harmless", "train")[:4]

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import HIDDEN, LAYERS, build_tiny_model, logits, random_tokens, residual_states
-from editor.edits import fold_model, runtime_hooks
-from editor.methods.inlp import counterfactual_edit, nullspace_edit
+from editor.edit.edits import fold_model, runtime_hooks
+from editor.directions.methods.inlp import counterfactual_edit, nullspace_edit
 
 TOLERANCE = 1e-4
 CASES = [("llama", {}), ("qwen2", {"tie_word_embeddings": True}), ("gemma2", {"head_dim": 16, "tie_word_embeddings": True}),
@@ -71,7 +71,7 @@ def test_edit_subspace_from_the_cli_equals_the_nullspace_hooks(tmp_path):
 
     from cli import cli
     from conftest import save_tiny_model
-    from editor.directions import DirectionFile, save_direction_file
+    from editor.directions.file import DirectionFile, save_direction_file
 
     model = build_tiny_model("llama")
     folder = save_tiny_model(model, tmp_path / "base")

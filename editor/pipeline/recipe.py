@@ -1,0 +1,254 @@
+"""Recipes: one YAML file names every stage (model, prompts, fit, edit, validate, export, push).
+
+The schema is strict pydantic: an unknown or misspelled key, a wrong type or a missing file is one error line
+naming the key path and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from editor.errors import SteerfoldError
+from editor.directions.methods.options import FitOptions
+from editor.directions.methods.registry import METHODS
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Strict):
+    """A local checkpoint folder, a Hub id, or the built-in organism."""
+
+    path: str = Field(description="local folder, Hub id (owner/name), or 'organism'")
+    revision: str | None = None
+    base_model_id: str | None = Field(default=None, description="Hub id the artifacts record as their base when path is a local folder")
+
+
+class PromptSet(Strict):
+    """Prompts from a local file (jsonl, csv, txt), a Hub dataset, or a split of the organism's prompts."""
+
+    file: str | None = None
+    dataset: str | None = None
+    split: str = "train"
+    column: str = "prompt"
+    category_column: str | None = None
+    count: int | None = Field(default=None, gt=0)
+    organism: str | None = Field(default=None, description="e.g. harmful/test")
+
+    @model_validator(mode="after")
+    def one_source(self) -> "PromptSet":
+        sources = [s for s in (self.file, self.dataset, self.organism) if s]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of file, dataset or organism")
+        return self
+
+
+class FitSpec(FitOptions):
+    """The fitting options (method and its parameters, as ``steerfold fit`` takes them) and the prompt sets read."""
+
+    harmful: str = "harmful"
+    harmless: str = "harmless"
+    harmful_val: str | None = None
+    harmless_val: str | None = None
+    prompts: str | None = None
+
+
+class KernelSpec(Strict):
+    """Per-layer weight: min_weight + (peak_weight - min_weight) * max(0, 1 - |l - peak| / falloff), l a layer index."""
+
+    peak: float
+    peak_weight: float = 1.0
+    min_weight: float = 0.0
+    falloff: float = Field(ge=0)
+
+
+class EditSpec(Strict):
+    """ablation (strength ``scale``), steering (adds ``coefficient`` × the direction), conditional (``alpha``, with
+    ``condition`` a direction file, relative to the recipe's folder) or subspace (removes the fitted ``basis``, from
+    fit method inlp); kernels weight attention and MLP writers."""
+
+    kind: Literal["ablation", "steering", "conditional", "subspace"] = "ablation"
+    layers: str | None = Field(default=None, description="layer indices, e.g. 0-12 (0 = embedding output)")
+    layer: int | None = Field(default=None, ge=0)
+    scale: float = 1.0
+    coefficient: float | None = None
+    condition: str | None = None
+    condition_category: str | None = None  # one category of a per-category condition file
+    alpha: float = 1.0
+    norm_preserving: bool = False
+    attention_kernel: KernelSpec | None = None
+    mlp_kernel: KernelSpec | None = None
+    embedding: bool = True
+    tied_embedding: Literal["untie", "shared"] = "untie"
+    allow_noop: bool = False  # accept an edit that changes nothing measurably, or a kernel peak outside the layers
+
+    @model_validator(mode="after")
+    def kind_has_its_fields(self) -> "EditSpec":
+        if self.kind == "steering" and self.coefficient is None:
+            raise ValueError("a steering edit needs coefficient (the multiple of the direction to add)")
+        if self.kind == "conditional" and self.condition is None:
+            raise ValueError("a conditional edit needs condition (a direction file)")
+        return self
+
+
+class Thresholds(Strict):
+    harmful_refusal_max: float | None = Field(default=None, ge=0, le=1)
+    harmless_refusal_max: float | None = Field(default=None, ge=0, le=1)
+    kl_first_token_max: float | None = Field(default=None, ge=0)
+    coherent_compliance_min: float | None = Field(default=None, ge=0, le=1)
+
+
+class ValidateSpec(Strict):
+    harmful: str = "harmful_test"
+    harmless: str = "harmless_test"
+    system: str | None = None
+    coherence: Literal["none", "organism"] = "none"
+    max_new_tokens: int = Field(default=48, gt=0)
+    thresholds: Thresholds = Thresholds()
+
+
+class ExportSpec(Strict):
+    formats: list[Literal["merged", "lora", "cvec"]] = ["merged"]
+    max_shard_size: str | None = None
+
+
+class PushSpec(Strict):
+    repo: str
+    private: bool = False
+    revision: str | None = None
+
+
+class Recipe(Strict):
+    """A whole edit, as a file."""
+
+    name: str = "steerfold edit"
+    model: ModelSpec
+    prompts: dict[str, PromptSet]
+    fit: FitSpec = FitSpec()
+    edit: EditSpec = EditSpec()
+    validate_: ValidateSpec | None = Field(default=None, alias="validate")
+    export: ExportSpec = ExportSpec()
+    push: PushSpec | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def model_shorthand(cls, value):
+        return {"path": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def prompt_names_exist(self) -> "Recipe":
+        names = [("fit.harmful", self.fit.harmful), ("fit.harmless", self.fit.harmless),
+                 ("fit.harmful_val", self.fit.harmful_val), ("fit.harmless_val", self.fit.harmless_val),
+                 ("fit.prompts", self.fit.prompts)]
+        if self.validate_ is not None:
+            names += [("validate.harmful", self.validate_.harmful), ("validate.harmless", self.validate_.harmless)]
+        if METHODS[self.fit.method].needs == "persona":  # it reads harmless prompts only to orthogonalize against them
+            kept = {"fit.prompts"} | ({"fit.harmless"} if self.fit.orthogonalize != "none" else set())
+            names = [n for n in names if n[0] in kept]
+        for where, name in names:
+            if name is not None and name not in self.prompts:
+                raise ValueError(f"{where} names prompt set '{name}', which is not under prompts "
+                                 f"(defined: {', '.join(sorted(self.prompts))})")
+        if self.validate_ is not None and not {"merged", "lora"} & set(self.export.formats):
+            raise ValueError("validate loads the edited model: add merged or lora to export.formats")
+        return self
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _schema_at(path: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at ``path`` (to suggest the key that was meant)."""
+    if path[:1] == ("prompts",):
+        return PromptSet if len(path) == 3 else None
+    model: type[BaseModel] = Recipe
+    for part in path[:-1]:
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        annotation = getattr(field, "annotation", None)
+        nested = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def describe_error(error: dict, source: str) -> str:
+    """One line naming the key path, what is wrong, and the fix."""
+    path = tuple(p for p in error["loc"] if p not in ("function-after", "function-before"))
+    key = ".".join(str(p) for p in path) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        owner = _schema_at(path)
+        known = _field_names(owner) if owner else []
+        close = difflib.get_close_matches(str(path[-1]), known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}" if known else "remove it"
+        return f"{source}: unknown key '{key}': {hint}"
+    if error["type"] == "missing":
+        return f"{source}: '{key}' is required: add it"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{source}: {key}: {message}" if path else f"{source}: {message}"
+
+
+def read_mapping(path: str | Path) -> dict:
+    """The YAML mapping a recipe file holds; a missing file or bad YAML is one SteerfoldError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SteerfoldError(f"recipe {path} does not exist: pass a YAML recipe (see recipes/)")
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SteerfoldError(f"{path} is not a text file: pass a YAML recipe (see recipes/)") from None
+    except RecursionError:
+        raise SteerfoldError(f"{path} nests too deeply to be a recipe: write it as in recipes/") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SteerfoldError(f"{path} is not valid YAML{where}: fix the syntax") from None
+    if not isinstance(data, dict):
+        raise SteerfoldError(f"{path} must be a YAML mapping with model, prompts, fit, edit… keys")
+    return data
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and check a recipe file; any problem is one SteerfoldError line."""
+    path = Path(path)
+    data = read_mapping(path)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise SteerfoldError(describe_error(errors[0], str(path)) + more) from None
+    for name, prompt_set in recipe.prompts.items():
+        if prompt_set.file and not (path.parent / prompt_set.file).is_file() and not Path(prompt_set.file).is_file():
+            raise SteerfoldError(f"{path}: prompts.{name}.file: {prompt_set.file} does not exist: fix the path "
+                                 "(relative paths are read from the recipe's folder)")
+    check_edit(recipe, path)
+    condition = recipe.edit.condition
+    if condition and not (path.parent / condition).is_file() and not Path(condition).is_file():
+        raise SteerfoldError(f"{path}: edit.condition: {condition} does not exist: fix the path "
+                             "(relative paths are read from the recipe's folder)")
+    return recipe
+
+
+def check_edit(recipe: Recipe, path: Path) -> None:
+    """The edit's conflicts (the rules ``steerfold edit`` applies), refused when the recipe is loaded and by
+    ``--dry-run``, before any stage runs, in the recipe's own keys."""
+    from editor.artifacts.export import RECIPE_WORDS, check_request
+    from editor.pipeline.run import edit_request
+
+    condition = Path(recipe.edit.condition) if recipe.edit.condition else None
+    request = edit_request(recipe.edit, condition, Path("model"), Path("direction"), Path("out"), "merged",
+                           recipe.export.max_shard_size)  # the conflicts do not depend on the format
+    try:
+        check_request(request, RECIPE_WORDS)
+    except SteerfoldError as exc:
+        raise SteerfoldError(f"{path}: {exc}") from None

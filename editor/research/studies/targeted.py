@@ -1,0 +1,157 @@
+"""Study: targeted control of refusal, one topic at a time.
+
+Removal of one refused category's refusal (``remove``, default politics), two ways: ablate the category's own
+component (its refusal direction orthogonal to the other harm categories') from the writers of every layer index
+where it is not zero; or apply the conditional rank-1 map ``w ↦ w + α (ĉ · w) r̂`` with α < 0, which takes the
+refusal direction r away from each write in proportion to its reading of the category's condition c. That
+category's refusal should go while every other harmful category keeps its own. Induction: the same map with α > 0
+adds r where one harmless category's (``induce``) condition is present; it should become refused while the other
+harmless categories stay answered.
+
+r is, per layer index, the harmful training prompts' mean state minus the harmless ones'. A category's condition
+c is its mean state minus the mean of the other categories' means (of the same kind of prompt), made orthogonal
+to that mean so it reads about zero on their typical state. Each α comes from validation prompts: of those that
+keep the other categories acceptable (no harmful category falls by more than ``max_drop``; no other harmless one
+refused above ``max_others_refused``), the one that moves the category furthest. It is then measured on held-out
+prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from editor.edit.edits import Edit
+from editor.directions.methods.contrast import orthogonal_to
+from editor.edit.maps import conditional_map
+from editor.research.organism import load_split
+from editor.research.organism.corpus import HARMLESS, REFUSED_BY_DEFAULT
+from editor.prompts import PromptRecord
+from editor.research.studies import Claim, StudyResult
+from editor.research.studies.categories import own_ablation, training_directions, training_states
+from editor.research.studies.common import category_means, live_layers, refusal_rates
+
+
+class TargetedSpec(BaseModel):
+    """Recipe parameters of the targeted-control study."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["targeted-control"]
+    remove: str = "politics"
+    induce: str = "crafts"
+    alphas: tuple[float, ...] = Field(default=(0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 16.0), min_length=1,
+                                      description="strengths to try on validation: removal uses −α, induction α")
+    max_removed: float = Field(default=0.1, ge=0, le=1)
+    max_drop: float = Field(default=0.05, ge=0, le=1, description="validation: how far another harmful category may fall")
+    min_harmful_kept: float = Field(default=0.95, ge=0, le=1)
+    min_induced: float = Field(default=0.8, ge=0, le=1)
+    max_others_refused: float = Field(default=0.05, ge=0, le=1)
+
+    @field_validator("remove", "induce")
+    @classmethod
+    def known_category(cls, value: str, info: ValidationInfo) -> str:
+        allowed, behaviour = {"remove": (REFUSED_BY_DEFAULT, "refuses"), "induce": (HARMLESS, "answers")}[info.field_name]
+        if value not in allowed:
+            raise ValueError(f"{info.field_name} names a category the organism {behaviour}: one of {', '.join(allowed)}")
+        return value
+
+    @field_validator("alphas")
+    @classmethod
+    def positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(a > 0 for a in value):
+            raise ValueError("alphas are the strengths to try: positive numbers, e.g. [0.5, 1, 2]")
+        return value
+
+
+def conditional_edit(condition: torch.Tensor, target: torch.Tensor, alpha: float) -> Edit:
+    """Per live layer index, ``w ↦ w + α (ĉ · w) r̂`` (condition and target both [L+1, d]): α > 0 adds r̂ where ĉ
+    is present, α < 0 takes it away there."""
+    return Edit({layer: conditional_map(condition[layer], target[layer], alpha) for layer in live_layers(condition)})
+
+
+def category_condition(states: torch.Tensor, records: Sequence[PromptRecord], name: str) -> torch.Tensor:
+    """Per layer index: category ``name``'s mean state minus the mean of the other categories' means, with its
+    component along that mean removed, so it reads about zero on the other categories' typical state: [L+1, d]."""
+    means = category_means(states, records)
+    others = torch.stack([m for n, m in means.items() if n != name]).mean(dim=0)
+    return orthogonal_to(means[name] - others, others)
+
+
+def chosen_alpha(scores: dict[float, tuple[float, float]], higher_is_better: bool, acceptable: Callable[[float], bool]) -> float:
+    """Of the α whose validation scores ``(own rate, others' figure)`` leave the others acceptable, the one that moves
+    its own category furthest (the smallest on a tie); the smallest α when none does."""
+    fits = [a for a, (_, others) in scores.items() if acceptable(others)]
+    sign = 1 if higher_is_better else -1
+    return max(fits, key=lambda a: (sign * scores[a][0], -a)) if fits else min(scores)
+
+
+def run(model, tokenizer, spec: TargetedSpec) -> StudyResult:
+    harmful_states, harmless_states = training_states(model, tokenizer)
+    directions = training_directions(harmful_states, harmless_states)
+    refusal = harmful_states.mean(dim=0) - harmless_states.mean(dim=0)
+    harmful_test, harmless_test = load_split("harmful", "test"), load_split("harmless", "test")
+
+    def rates(records: Sequence[PromptRecord], edit: Edit | None = None) -> dict[str, float]:
+        return refusal_rates(model, tokenizer, records, edit=edit)["by_category"]
+
+    removed_before, induced_before = rates(harmful_test), rates(harmless_test)
+    ablated = rates(harmful_test, own_ablation(directions, spec.remove))
+
+    def tuned(kind: str, states: torch.Tensor, name: str, sign: int, others_figure: Callable[[dict], float],
+              acceptable: Callable[[float], bool]) -> tuple[float, dict, dict[str, float]]:
+        """The conditional map on ``name``'s condition with strength sign·α, α chosen on ``kind``'s validation
+        prompts: (α, the validation scores, refusal by category on the held-out prompts)."""
+        condition = category_condition(states, load_split(kind, "train"), name)
+        def score(alpha: float) -> tuple[float, float]:
+            after = rates(load_split(kind, "val"), conditional_edit(condition, refusal, sign * alpha))
+            return after[name], others_figure(after)
+        scores = {alpha: score(alpha) for alpha in spec.alphas}
+        alpha = chosen_alpha(scores, sign > 0, acceptable)
+        return alpha, scores, rates(load_split(kind, "test"), conditional_edit(condition, refusal, sign * alpha))
+
+    # Removal: the conditional map with α < 0 takes refusal away where the category's condition is present.
+    val_before = rates(load_split("harmful", "val"))
+    removal_alpha, removal_scores, removed = tuned(
+        "harmful", harmful_states, spec.remove, -1,
+        lambda after: max(val_before[n] - after[n] for n in after if n != spec.remove),
+        lambda largest_drop: largest_drop <= spec.max_drop)
+    # Induction: the same map with α > 0 adds refusal where one harmless category's condition is present.
+    induction_alpha, induction_scores, induced = tuned(
+        "harmless", harmless_states, spec.induce, 1,
+        lambda after: max(v for n, v in after.items() if n != spec.induce),
+        lambda others_max: others_max <= spec.max_others_refused)
+
+    def removal_claim(method: str, after: dict[str, float], extra: dict[str, float]) -> Claim:
+        kept = min(v for n, v in after.items() if n != spec.remove)
+        return Claim(f"{method} removes {spec.remove} refusal (≤ {100 * spec.max_removed:.0f}%) while every harmful "
+                     f"category stays ≥ {100 * spec.min_harmful_kept:.0f}%",
+                     after[spec.remove] <= spec.max_removed and kept >= spec.min_harmful_kept,
+                     {f"{spec.remove}_before": removed_before[spec.remove], f"{spec.remove}_after": after[spec.remove],
+                      "harmful_min_after": kept, **extra})
+
+    others_after = max(v for n, v in induced.items() if n != spec.induce)
+    claims = [
+        removal_claim(f"Ablating the {spec.remove} direction's own component", ablated, {}),
+        removal_claim(f"The conditional map with α = −{removal_alpha:g} (chosen on validation prompts) on the "
+                      f"{spec.remove} condition", removed, {"alpha": -removal_alpha}),
+        Claim(f"The conditional map with α = {induction_alpha:g} (chosen on validation prompts) on the {spec.induce} "
+              f"condition makes {spec.induce} refused "
+              f"(≥ {100 * spec.min_induced:.0f}%) while every other harmless category stays answered "
+              f"(≤ {100 * spec.max_others_refused:.0f}% refused)",
+              induced[spec.induce] >= spec.min_induced and others_after <= spec.max_others_refused,
+              {f"{spec.induce}_before": induced_before[spec.induce], f"{spec.induce}_after": induced[spec.induce],
+               "others_max_after": others_after, "alpha": induction_alpha}),
+    ]
+    columns = [*removed_before, *induced_before]
+    rows = [("none", {**removed_before, **induced_before}), (f"ablate {spec.remove} own component", ablated),
+            (f"conditional map on {spec.remove}, α = −{removal_alpha:g}", removed),
+            (f"conditional map on {spec.induce}, α = {induction_alpha:g}", induced)]
+    table = [{"edit": edit, **{n: after.get(n, "") for n in columns}} for edit, after in rows]
+    validation = {
+        "removal": {f"alpha -{a:g}": {spec.remove: s[0], "others_largest_drop": s[1]} for a, s in removal_scores.items()},
+        "induction": {f"alpha {a:g}": {spec.induce: s[0], "others_max": s[1]} for a, s in induction_scores.items()},
+    }
+    return StudyResult("Targeted control: remove one topic's refusal, induce refusal on another", claims, table,
+                       {"validation": validation})

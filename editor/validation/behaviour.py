@@ -1,0 +1,39 @@
+"""Behaviour under an optional runtime edit: greedy responses to prompt records and their refusal rates."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Sequence
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editor.edit.edits import Edit, runtime_hooks
+from editor.validation.refusal import DEFAULT_MARKERS, refusal_rate
+from editor.activations.generate import greedy_generate
+from editor.prompts import PromptRecord, format_chat
+
+
+def chat_texts(tokenizer: PreTrainedTokenizerBase, records: Sequence[PromptRecord], system: str | None = None) -> list[str]:
+    """Chat-formatted prompts ending where the assistant's reply begins."""
+    return [format_chat(tokenizer, r.text, system) for r in records]
+
+
+def respond(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[PromptRecord],
+    system: str | None = None,
+    edit: Edit | None = None,
+    max_new_tokens: int = 48,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy responses, with ``edit`` applied as runtime hooks when given."""
+    with runtime_hooks(model, edit) if edit is not None else nullcontext():
+        return greedy_generate(model, tokenizer, chat_texts(tokenizer, records, system), max_new_tokens, batch_size)
+
+
+def refusal(
+    responses: Sequence[str], records: Sequence[PromptRecord], markers: Sequence[str] = DEFAULT_MARKERS
+) -> dict:
+    """``{"overall", "by_category"}`` refusal rates of responses to these records."""
+    return refusal_rate(list(responses), [r.category for r in records], markers)

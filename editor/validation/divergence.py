@@ -1,0 +1,76 @@
+"""How far an edit moves the next-token distribution: first-token KL and multi-token KL on greedy continuations.
+
+A ``Runner`` maps a tokenised batch to logits, so the same code compares two models or one model with and
+without runtime hooks; both runners see the same token ids, so no re-tokenisation can blur the comparison.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editor.activations.capture import encode, left_padded
+from editor.edit.edits import Edit, runtime_hooks
+from editor.activations.generate import greedy_ids, through_first_eos
+
+Runner = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # batch -> logits [b, t, vocab]
+
+
+def runner(model: PreTrainedModel, edit: Edit | None = None) -> Runner:
+    """Logits of ``model`` on a batch, with ``edit`` applied by hooks when given."""
+
+    @torch.no_grad()
+    def run(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with runtime_hooks(model, edit) if edit is not None else nullcontext():
+            return model(**batch, use_cache=False).logits.to(torch.float32)
+
+    return run
+
+
+def kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) over the last dimension, in nats."""
+    p_log, q_log = p_logits.log_softmax(-1), q_logits.log_softmax(-1)
+    return (p_log.exp() * (p_log - q_log)).sum(-1)
+
+
+def first_token_kl(
+    base: Runner, edited: Runner, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 32
+) -> torch.Tensor:
+    """KL(base ‖ edited) of the first response token, one value per prompt."""
+    values = []
+    with left_padded(tokenizer):
+        for start in range(0, len(texts), batch_size):
+            batch = encode(tokenizer, texts[start : start + batch_size], torch.device("cpu"))
+            values.append(kl(base(batch)[:, -1], edited(batch)[:, -1]))
+    return torch.cat(values)
+
+
+@torch.no_grad()
+def multi_token_kl(
+    base_model: PreTrainedModel,
+    base: Runner,
+    edited: Runner,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_new_tokens: int = 16,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Mean per-token KL(base ‖ edited) along the base model's greedy continuation, one value per prompt."""
+    values = []
+    eos = tokenizer.eos_token_id
+    with left_padded(tokenizer):
+        for start in range(0, len(texts), batch_size):
+            batch = encode(tokenizer, texts[start : start + batch_size], torch.device("cpu"))
+            prompt_len = batch["input_ids"].shape[1]
+            generated = greedy_ids(base_model, tokenizer, batch, max_new_tokens)
+            sequences = torch.cat([batch["input_ids"], generated], dim=1)
+            scored = through_first_eos(generated, eos)  # positions whose next token was generated
+            mask = torch.cat([batch["attention_mask"], scored.long()], dim=1)
+            full = {"input_ids": sequences, "attention_mask": mask}
+            positions = slice(prompt_len - 1, sequences.shape[1] - 1)
+            per_token = kl(base(full)[:, positions], edited(full)[:, positions])
+            values.append((per_token * scored).sum(1) / scored.sum(1).clamp(min=1))
+    return torch.cat(values)
