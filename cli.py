@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -100,63 +101,65 @@ def cli() -> None:
     """Fit residual-stream directions and fold edits along them into weights, LoRA adapters or control vectors."""
 
 
+def _edit_option_flags(function):
+    """One option per EditSpec field that has a flag (editor/edit/spec.py, which recipes share), plus a switch for
+    each edit kind no field's flag picks (--subspace); values are checked there."""
+    from typing import get_args, get_origin
+
+    from editor.edit.spec import EditSpec
+    from editor.options import words_of
+
+    options = []
+    for name, info in EditSpec.model_fields.items():
+        words = words_of(EditSpec, name)
+        flags = {flag for field in EditSpec.model_fields for flag in [words_of(EditSpec, field).flag] if flag}
+        options += [click.option(flag, f"kind_{kind}", is_flag=True, default=None, help=words.kind_help.get(kind))
+                    for kind, flag in words.kinds.items() if flag not in flags]
+        if not words.flag:
+            continue
+        kwargs: dict = {"default": None, "help": words.help, "required": info.is_required()}
+        if info.annotation is bool:
+            kwargs.update(is_flag=True, flag_value=not info.default)
+        else:
+            choices = [a for a in (info.annotation, *get_args(info.annotation)) if get_origin(a) is Literal]
+            kwargs["type"] = click.Choice(get_args(choices[0])) if choices else _click_type(info.annotation)
+            kwargs["metavar"] = words.metavar
+            kwargs["show_default"] = info.default is not None and not info.is_required()
+            kwargs["default"] = info.default if kwargs["show_default"] else None
+        options.append(click.option(words.flag, name, **kwargs))
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _click_type(annotation):
+    """The click type of an EditSpec field: paths, numbers, else text (kernels and sizes are parsed by the spec)."""
+    from typing import get_args
+
+    kinds = set(get_args(annotation)) | {annotation}
+    if Path in kinds:
+        return click.Path(path_type=Path)
+    return next((t for t in (int, float) if t in kinds), str)
+
+
 @cli.command()
 @click.argument("model_dir")
-@click.option("--direction", "direction", required=True, type=click.Path(path_type=Path), help="Direction file (.safetensors with 'direction' or 'directions').")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (written atomically).")
-@click.option("--format", "fmt", type=click.Choice(["merged", "lora", "cvec"]), default="merged", show_default=True, help="Merged checkpoint, PEFT LoRA adapter, or llama.cpp GGUF control vector (steering only; layer index l is written as direction.{l-1}).")
-@click.option("--scale", type=float, default=1.0, show_default=True, help="Ablation strength λ (1 = remove the direction fully).")
-@click.option("--steer", type=float, default=None, metavar="COEF", help="Steer instead of ablating: add COEF × the direction (as stored) at each of --layers; folded into the bias of the layer's last writer, or written as a control vector. Default layers: the layer the file records.")
-@click.option("--condition", type=click.Path(path_type=Path), default=None, metavar="FILE", help="Conditional map instead of ablation: w ↦ w + α r̂ (ĉ · w), r = --direction, c = FILE's direction (when c is present, add r).")
-@click.option("--alpha", type=float, default=1.0, show_default=True, help="α of --condition.")
-@click.option("--condition-category", default=None, metavar="NAME", help="Use one harm category of a per-category --condition file (directions.NAME, at --layer).")
-@click.option("--subspace", is_flag=True, help="Remove the span of the direction file's basis (fit --method inlp: its nullspace projection; or pca with --pca-components > 1) instead of one direction.")
-@click.option("--norm-preserving", is_flag=True, help="Ablation only, merged only: after the projection, rescale each weight column (what one input feature writes), embedding row and bias to its original norm.")
-@click.option("--attention-kernel", default=None, metavar="PEAK,PEAK_WEIGHT,MIN_WEIGHT,FALLOFF", help=f"Per-layer weight of attention writers, multiplying --scale or --alpha: w(l) = MIN_WEIGHT + (PEAK_WEIGHT − MIN_WEIGHT)·max(0, 1 − |l − PEAK| / FALLOFF) ({LAYER_INDEX_HELP}). Default: 1.")
-@click.option("--mlp-kernel", default=None, metavar="PEAK,PEAK_WEIGHT,MIN_WEIGHT,FALLOFF", help="Per-layer weight of MLP writers, same formula; the embedding (layer index 0) follows it. Default: 1.")
-@click.option("--layers", default=None, help=f"Layer indices to edit, e.g. 0-4,10 (inclusive; {LAYER_INDEX_HELP}). Default: all (with --steer, the layer the file records).")
-@click.option("--layer", type=int, default=None, help=f"Row of a 'directions' file to use ({LAYER_INDEX_HELP}). Default: the layer the file records.")
-@click.option("--no-embedding", is_flag=True, help="Leave the embedding (layer index 0) unedited.")
-@click.option("--tied-embedding", type=click.Choice(["untie", "shared"]), default="untie", show_default=True, help="With tied embeddings: give the output head an unedited copy, or edit the shared matrix.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-@click.option("--allow-pickle", is_flag=True, help="Accept pickled pytorch_model.bin weights (they can run code when loaded).")
-@click.option("--max-shard-size", default=None, help="Largest output shard, e.g. 5GB or 500MB (default 5GB).")
-@click.option("--revision", default=None, help="Revision (branch, tag or commit) when MODEL_DIR is a Hub id.")
-@click.option("--base-model-id", default=None, metavar="OWNER/NAME", help="Hub id to record as the base (card metadata, adapter config) when MODEL_DIR is a local folder; found by itself for a Hub id or a folder in the Hub cache.")
-@click.option("--allow-noop", is_flag=True, help="Accept an edit that changes no writer measurably, or a kernel peak outside the model's layer indices.")
-def edit(model_dir: Path, direction: Path, out: Path, fmt: str, scale: float, steer: float | None, condition: Path | None,
-         alpha: float, condition_category: str | None, subspace: bool, norm_preserving: bool, attention_kernel: str | None,
-         mlp_kernel: str | None, layers: str | None,
-         layer: int | None, no_embedding: bool, tied_embedding: str, overwrite: bool, allow_pickle: bool,
-         max_shard_size: str | None, revision: str | None, base_model_id: str | None, allow_noop: bool) -> None:
+@_edit_option_flags
+def edit(model_dir: str, **options) -> None:
     """Fold an edit along a direction into MODEL_DIR's weights (or a LoRA adapter, or a control vector).
 
     The edit is the ablation of the direction, or with --steer a constant offset along it, with --condition a
-    conditional map, or with --subspace the removal of the file's basis. Before any output appears, it prints which artifacts can carry the edit exactly, and refuses a --format
-    that cannot. MODEL_DIR is a local checkpoint folder or a Hub id (fetched through huggingface_hub's cache).
+    conditional map, or with --subspace the removal of the file's basis. Before any output appears, it prints which
+    artifacts can carry the edit exactly, and refuses a --format that cannot. MODEL_DIR is a local checkpoint folder,
+    a .gguf file or a Hub id (fetched through huggingface_hub's cache).
     """
-    from editor.artifacts.export import EditRequest, run_edit
-    from editor.edit.kernels import LayerKernel
+    from editor.artifacts.export import run_edit
+    from editor.edit.spec import spec_from_cli
 
-    chosen = [flag for flag, given in (("--steer", steer is not None), ("--condition", condition is not None),
-                                       ("--subspace", subspace)) if given]
-    if len(chosen) > 1:
-        raise UserError(f"{' and '.join(chosen)} each name a different edit: pass one of them")
-    kind = {"--steer": "steering", "--condition": "conditional", "--subspace": "subspace"}[chosen[0]] if chosen else "ablation"
-    kernels = {flag: LayerKernel.parse(text, flag) if text else None
-               for flag, text in (("--attention-kernel", attention_kernel), ("--mlp-kernel", mlp_kernel))}
-    request = EditRequest(
-        model=model_dir, direction=direction, out=out, format=fmt, kind=kind, scale=scale,
-        coefficient=steer if steer is not None else 1.0, condition=condition, condition_category=condition_category,
-        alpha=alpha, norm_preserving=norm_preserving,
-        attention_kernel=kernels["--attention-kernel"], mlp_kernel=kernels["--mlp-kernel"], layers=layers, layer=layer,
-        embedding=not no_embedding, overwrite=overwrite, allow_pickle=allow_pickle, tied_embedding=tied_embedding,
-        max_shard_size=max_shard_size, revision=revision, allow_noop=allow_noop,
-        base_model_id=base_model_id,
-    )
-    summary = run_edit(request, say=click.echo)
+    spec = spec_from_cli({"model": model_dir, **options})
+    summary = run_edit(spec, say=click.echo)
     layers_text = _ranges(summary.layers)
-    click.echo(f"wrote {summary.format} {summary.out} ({summary.layout.model_type}, layer indices {layers_text}, {request.describe()})")
+    click.echo(f"wrote {summary.format} {summary.out} ({summary.layout.model_type}, layer indices {layers_text}, {spec.describe()})")
     if summary.details.get("untied_output_head"):
         click.echo("note: the tied output head was given its own unedited copy of the embedding (tie_word_embeddings=false)")
 
@@ -170,11 +173,15 @@ def inspect(model_dir: str, as_json: bool, allow_pickle: bool, revision: str | N
     """Show MODEL_DIR's residual writers and which artifacts can carry which edit exactly."""
     from editor.models.checkpoint import check_checkpoint, open_model_folder
     from editor.hub import resolve_model
-    from editor.artifacts.formats import carriers
+    from editor.artifacts.formats import portability_table
+    from editor.interrupts import load_torch
+    from editor.models.checkpoint import read_tensors
 
     folder = open_model_folder(resolve_model(model_dir, revision), allow_pickle=allow_pickle)
     layout = check_checkpoint(folder)
-    table = carriers(layout)
+    load_torch()
+    gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
+    table = portability_table(layout, gains.__getitem__)
     info = {
         "model_type": layout.model_type,
         "num_hidden_layers": layout.num_layers,

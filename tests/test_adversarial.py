@@ -621,7 +621,8 @@ def test_starting_a_run_over_keeps_its_own_lock(organism, tmp_path, monkeypatch)
 
 def test_library_errors_are_typed_under_one_base_class(tiny, tmp_path):
     from editor.models.arch import architecture_for
-    from editor.artifacts.export import EditRequest, run_edit
+    from editor.artifacts.export import run_edit
+    from editor.edit.spec import EditSpec
     from editor.errors import CannotCarry, OutputRefused, SteerfoldError, UnsupportedModel
     from editor.artifacts.outputs import open_output
 
@@ -632,6 +633,6 @@ def test_library_errors_are_typed_under_one_base_class(tiny, tmp_path):
             pass
     direction = write_direction(tmp_path / "d.safetensors")
     with pytest.raises(CannotCarry):
-        run_edit(EditRequest(model=tiny, direction=direction, out=tmp_path / "cv", format="cvec"))
+        run_edit(EditSpec(model=str(tiny), direction=direction, out=tmp_path / "cv", format="cvec"))
     assert all(issubclass(kind, SteerfoldError) for kind in (UnsupportedModel, CannotCarry, OutputRefused))
     assert not (tmp_path / "cv").exists() and not hidden_leftovers(tmp_path)

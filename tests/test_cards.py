@@ -89,7 +89,7 @@ def test_post_norm_card_says_the_fold_is_an_exact_removal(tmp_path):
 def test_cards_can_describe_every_edit_kind():
     from typing import get_args
 
-    from editor.artifacts.export import EditKind
+    from editor.edit.spec import EditKind
     from editor.artifacts.card import MAP_TEXT, VERBS
 
     assert set(VERBS) == set(MAP_TEXT) == set(get_args(EditKind))

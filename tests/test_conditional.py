@@ -9,7 +9,9 @@ from transformers import AutoModelForCausalLM
 
 from conftest import (LAYERS, LORA_REFUSED, build_tiny_model, logits, random_direction, random_tokens, run_cli,
                       save_tiny_model, write_direction)
-from editor.edit.edits import ablation_edit, conditional_edit, fold_model, runtime_hooks
+from editor.edit.edits import ablation_edit, conditional_edit
+from editor.edit.fold import fold_model
+from editor.edit.hooks import runtime_hooks
 from editor.edit.maps import conditional_map
 from editor.errors import SteerfoldError
 

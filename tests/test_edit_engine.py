@@ -20,7 +20,9 @@ from transformers import AutoModelForCausalLM
 from cli import cli
 from conftest import (LAYERS, LORA_REFUSED, build_tiny_model, folder_digest, random_direction, random_tokens, residual_states,
                       save_tiny_model, write_direction)
-from editor.edit.edits import ablation_edit, fold_model, runtime_hooks
+from editor.edit.edits import ablation_edit
+from editor.edit.fold import fold_model
+from editor.edit.hooks import runtime_hooks
 
 TOLERANCE = 1e-4
 
@@ -195,7 +197,7 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     folder = tmp_path / "base"
     model.save_pretrained(folder, max_shard_size="100KB")  # several shards, so the failure is mid-write
     assert len(list(folder.glob("*.safetensors"))) > 1
-    import editor.edit.edits as edits
+    import editor.edit.fold as edits
 
     real_fold, calls = edits.fold_tensor, []
 

@@ -10,7 +10,8 @@ from conftest import build_tiny_model, random_direction, save_tiny_model, write_
 from editor.artifacts.export import run_edit
 from editor.edit.kernels import LayerKernel
 from editor.pipeline.recipe import load_recipe
-from editor.pipeline.run import edit_condition_path, edit_request
+from editor.pipeline.recipe import edit_spec
+from editor.pipeline.run import edit_condition_path
 
 BASE = """model: organism
 prompts:
@@ -37,8 +38,8 @@ def test_steering_to_a_control_vector_validates_and_plans(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("extra,message", [
-    ("edit: {kind: steering}\n", "edit: a steering edit needs coefficient"),
-    ("edit: {kind: conditional}\n", "edit: a conditional edit needs condition"),
+    ("edit: {kind: steering}\n", "a steering edit needs edit.coefficient"),
+    ("edit: {kind: conditional}\n", "a conditional edit needs edit.condition"),
     ("edit: {attention_kernel: {peak: 2, falloff: -1}}\n", "edit.attention_kernel.falloff"),
     ("edit: {mlp_kernal: {peak: 2, falloff: 1}}\n", "unknown key 'edit.mlp_kernal': did you mean 'mlp_kernel'?"),
     ("edit: {attention_kernel: {peak: 2, falloff: 1, slope: 3}}\n", "unknown key 'edit.attention_kernel.slope'"),
@@ -53,7 +54,7 @@ def test_edit_mistakes_are_one_line(tmp_path, extra, message):
 
 
 def test_recipe_edit_becomes_the_cli_request(tmp_path):
-    """edit_request maps every EditSpec field onto EditRequest; the request then runs like `steerfold edit`."""
+    """edit_spec maps every field of a recipe's edit section onto the EditSpec; the request then runs like `steerfold edit`."""
     model = build_tiny_model("llama")
     folder = save_tiny_model(model, tmp_path / "base")
     write_direction(tmp_path / "c.safetensors", random_direction(seed=11))
@@ -63,7 +64,7 @@ def test_recipe_edit_becomes_the_cli_request(tmp_path):
     condition = edit_condition_path(spec, path.parent)
     assert condition == tmp_path / "c.safetensors"
     direction = write_direction(tmp_path / "d.safetensors", random_direction())
-    request = edit_request(spec, condition, folder, direction, tmp_path / "m", "lora", None)
+    request = edit_spec(spec, condition, folder, direction, tmp_path / "m", "lora", None)
     assert (request.kind, request.alpha, request.layers) == ("conditional", 0.5, "1-3")
     assert request.attention_kernel == LayerKernel(2, 1, 0.25, 1) and request.mlp_kernel is None
     lines: list[str] = []
@@ -75,5 +76,5 @@ def test_recipe_edit_becomes_the_cli_request(tmp_path):
 
 def test_steering_recipe_spec_maps_its_coefficient(tmp_path):
     spec = load_recipe(write(tmp_path, "edit: {kind: steering, coefficient: 3, layers: '2'}\n")).edit
-    request = edit_request(spec, None, tmp_path, tmp_path / "d.safetensors", tmp_path / "o", "cvec", None)
+    request = edit_spec(spec, None, tmp_path, tmp_path / "d.safetensors", tmp_path / "o", "cvec", None)
     assert (request.kind, request.coefficient, request.strength, request.format) == ("steering", 3.0, 3.0, "cvec")

@@ -10,7 +10,9 @@ from transformers import AutoModelForCausalLM
 
 from conftest import (build_tiny_model, logits, random_direction, random_tokens, run_cli, save_tiny_model, write_direction,
                       )
-from editor.edit.edits import ablation_edit, fold_model, runtime_hooks
+from editor.edit.edits import ablation_edit
+from editor.edit.fold import fold_model
+from editor.edit.hooks import runtime_hooks
 from editor.errors import SteerfoldError
 from editor.edit.kernels import LayerKernel, kernel_weights
 

@@ -12,7 +12,9 @@ from transformers import AutoModelForCausalLM
 from conftest import (LAYERS, build_tiny_model, folder_digest, logits, random_direction, random_tokens, residual_states,
                       run_cli, save_tiny_model, write_direction)
 from editor.models.arch import layout_of_model
-from editor.edit.edits import ablation_edit, fold_model, runtime_hooks
+from editor.edit.edits import ablation_edit
+from editor.edit.fold import fold_model
+from editor.edit.hooks import runtime_hooks
 from editor.errors import SteerfoldError
 from editor.edit.norm_preserving import NormPreservingAblation, norm_preserving_edit
 

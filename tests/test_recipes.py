@@ -105,11 +105,11 @@ def test_a_small_model_is_estimated_in_millions_not_as_zero():
 
 
 def test_a_recipes_allow_noop_reaches_the_edit_request(tmp_path):
-    from editor.pipeline.recipe import EditSpec
-    from editor.pipeline.run import edit_request
+    from editor.edit.spec import RecipeEdit
+    from editor.pipeline.recipe import edit_spec
 
-    request = edit_request(EditSpec(allow_noop=True), None, tmp_path, tmp_path / "d.safetensors", tmp_path / "out", "merged", None)
-    assert request.allow_noop and not edit_request(EditSpec(), None, tmp_path, tmp_path / "d", tmp_path / "o", "merged", None).allow_noop
+    request = edit_spec(RecipeEdit(allow_noop=True), None, tmp_path, tmp_path / "d.safetensors", tmp_path / "out", "merged", None)
+    assert request.allow_noop and not edit_spec(RecipeEdit(), None, tmp_path, tmp_path / "d", tmp_path / "o", "merged", None).allow_noop
 
 
 def test_an_edit_conflict_is_refused_at_load_and_by_dry_run_in_the_recipes_keys(tmp_path):
@@ -127,9 +127,9 @@ def test_an_edit_conflict_is_refused_at_load_and_by_dry_run_in_the_recipes_keys(
 
 
 def test_the_reproduce_command_keeps_every_option_that_changes_the_output(tmp_path):
-    from editor.artifacts.export import EditRequest, reproduce_command
+    from editor.edit.spec import EditSpec, reproduce_command
 
-    command = reproduce_command(EditRequest(model="m", direction=tmp_path / "d", out=tmp_path / "o", max_shard_size="1GB",
+    command = reproduce_command(EditSpec(model="m", direction=tmp_path / "d", out=tmp_path / "o", max_shard_size="1GB",
                                             allow_pickle=True, allow_noop=True, embedding=False))
     for flag in ("--max-shard-size 1GB", "--allow-pickle", "--allow-noop", "--no-embedding"):
         assert flag in command, command

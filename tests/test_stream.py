@@ -11,9 +11,11 @@ from safetensors import safe_open
 
 from cli import cli
 from conftest import LAYERS, build_tiny_model, random_direction, write_direction
-from editor.edit.edits import ablation_edit, fold_model
+from editor.edit.edits import ablation_edit
+from editor.edit.fold import fold_model
 from editor.errors import SteerfoldError
-from editor.artifacts.safetensors_io import parse_size, read_header
+from editor.artifacts.safetensors_io import read_header
+from editor.edit.spec import parse_size
 
 
 def load_all(folder):
@@ -156,7 +158,7 @@ def test_folding_into_a_used_buffer_is_the_fresh_fold(model_type):
     """The streamed export folds into reused buffers: for every edited tensor (fused experts and biases
     included) the result equals the fold into fresh memory, whatever the buffer held before."""
     from editor.models.arch import layout_of_model
-    from editor.edit.edits import fold_tensor
+    from editor.edit.fold import fold_tensor
 
     model = build_tiny_model(model_type).to(torch.bfloat16)
     layout = layout_of_model(model)

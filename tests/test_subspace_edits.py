@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from conftest import HIDDEN, LAYERS, build_tiny_model, logits, random_tokens, residual_states
-from editor.edit.edits import fold_model, runtime_hooks
-from editor.directions.methods.inlp import counterfactual_edit, nullspace_edit
+from editor.edit.fold import fold_model
+from editor.edit.hooks import runtime_hooks
+from editor.edit.edits import counterfactual_edit, subspace_edit
 
 TOLERANCE = 1e-4
 CASES = [("llama", {}), ("qwen2", {"tie_word_embeddings": True}), ("gemma2", {"head_dim": 16, "tie_word_embeddings": True}),
@@ -30,7 +31,7 @@ def orthonormal_basis(k: int = 3, seed: int = 7) -> torch.Tensor:
 def test_nullspace_projection_folds_exactly_and_leaves_nothing_in_the_subspace(model_type, extra):
     model = build_tiny_model(model_type, **extra)
     basis, ids = orthonormal_basis(), random_tokens()
-    edit = nullspace_edit(basis, range(LAYERS + 1))
+    edit = subspace_edit(basis, range(LAYERS + 1))
     with runtime_hooks(model, edit):
         reference = logits(model, ids)
     folded = copy.deepcopy(model)
@@ -83,7 +84,7 @@ def test_edit_subspace_from_the_cli_equals_the_nullspace_hooks(tmp_path):
                                           "--subspace", "--format", fmt, "--out", str(tmp_path / out)])
         assert result.exit_code == 0, result.output
     ids = random_tokens()
-    with runtime_hooks(model, nullspace_edit(basis, range(LAYERS + 1))):
+    with runtime_hooks(model, subspace_edit(basis, range(LAYERS + 1))):
         reference = logits(model, ids)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), tmp_path / "a").eval()

@@ -19,7 +19,6 @@ CHECKOUT_TEMPLATES = Path(__file__).resolve().parents[2] / "model_cards"
 INSTALLED_TEMPLATES = Path(sys.prefix) / "share" / "steerfold" / "model_cards"
 TEMPLATES = CHECKOUT_TEMPLATES if CHECKOUT_TEMPLATES.is_dir() else INSTALLED_TEMPLATES
 KINDS = ("merged", "adapter", "cvec")
-CARD_OF_FORMAT = {"merged": "merged", "lora": "adapter", "cvec": "cvec"}  # --format → card template
 VERBS = {"ablation": "ablated", "steering": "added as a steering offset", "conditional": "added conditionally",
          "subspace": "removed with its whole fitted subspace"}
 # The map each edit kind applies, in words (``scale`` is λ, the steering coefficient, or α).

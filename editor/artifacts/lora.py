@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from editor.models.arch import ModelLayout
 from editor.models.checkpoint import ModelFolder, read_tensors
-from editor.edit.edits import Edit, lora_pair, lora_rank
+from editor.edit.edits import Edit
+from editor.edit.lora import lora_pair, lora_rank
 from editor.errors import SteerfoldError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -439,18 +439,3 @@ def write_index(dest: Path, weight_map: dict[str, str], total_size: int) -> None
     """``model.safetensors.index.json`` with the total size and the sorted weight map."""
     index = {"metadata": {"total_size": total_size, "format": "pt"}, "weight_map": dict(sorted(weight_map.items()))}
     (dest / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-def parse_size(text: str) -> int:
-    """``5GB``, ``500MB``, ``2GiB`` or a byte count → bytes."""
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-    cleaned = text.strip().upper().replace(" ", "")
-    number = cleaned.rstrip("KMGTIB")
-    unit = cleaned[len(number):]
-    try:
-        value = float(number)
-    except ValueError:
-        value = -1
-    if unit not in units or value <= 0:
-        raise SteerfoldError(f"--max-shard-size '{text}' is not a size: write e.g. 5GB, 500MB or 2GiB")
-    return int(value * units[unit])

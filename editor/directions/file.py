@@ -9,7 +9,7 @@ Two optional tensors extend the format; readers that do not know them ignore the
 ``direction`` or ``directions``, so any file loads in any version:
 
 - ``basis`` [k, hidden]: orthonormal rows spanning a subspace (INLP, or PCA with several components), fitted at
-  metadata ``basis_layer`` and ``basis_position``; removing it is ``editor.directions.methods.inlp.nullspace_edit``
+  metadata ``basis_layer`` and ``basis_position``; removing it is ``editor.directions.methods.inlp.subspace_edit``
   (``steerfold edit --subspace``). ``direction``/``directions`` then hold the first basis row (scaled as above):
   for INLP the classifier normal a counterfactual reflection uses.
 - ``directions.<category>`` [L+1, hidden], one per harm category (method ``per_category``; metadata

@@ -1,4 +1,4 @@
-"""Building the edit a ``steerfold edit`` request describes: the direction (and condition) file checked against
+"""Building the edit an ``EditSpec`` describes: the direction (and condition) file checked against
 the model, the layers and kernel weights, one builder per edit kind. Imports torch, so ``run_edit`` loads it only
 once the shards are being copied."""
 
@@ -12,33 +12,32 @@ import torch
 
 from editor.models.arch import ModelLayout, Role
 from editor.directions.file import DirectionFile, check_hidden_size, load_direction_file
-from editor.artifacts.export import EditRequest, parse_layers
-from editor.edit.edits import Edit, ablation_edit, conditional_edit, steering_edit
+from editor.edit.edits import Edit, ablation_edit, conditional_edit, steering_edit, subspace_edit
 from editor.errors import SteerfoldError
 from editor.edit.kernels import kernel_weights
-from editor.directions.methods.inlp import nullspace_edit
+from editor.edit.spec import EditSpec, parse_layers
 from editor.edit.norm_preserving import norm_preserving_edit
 
 
-def edit_layers(request: EditRequest, layout: ModelLayout, source_layer: int | None) -> list[int]:
+def edit_layers(spec: EditSpec, layout: ModelLayout, source_layer: int | None) -> list[int]:
     """The layer indices to edit: --layers, or all of them (steering: the layer the direction was fitted at)."""
-    if request.kind == "steering" and request.layers is None:
+    if spec.kind == "steering" and spec.layers is None:
         if source_layer is None:
             raise SteerfoldError("the direction file records no layer to steer at: pass --layers (e.g. --layers 4)")
         layers = [source_layer]
     else:
-        layers = parse_layers(request.layers, layout.num_layers)
-    if not request.embedding:
+        layers = parse_layers(spec.layers, layout.num_layers)
+    if not spec.embedding:
         layers = [layer for layer in layers if layer != 0]
     if not layers:
         raise SteerfoldError("no layer left to edit: widen --layers or drop --no-embedding")
     return layers
 
 
-def check_kernel_peaks(request: EditRequest, layout: ModelLayout) -> None:
+def check_kernel_peaks(spec: EditSpec, layout: ModelLayout) -> None:
     """Refuse a kernel whose peak lies outside the model's layer indices: every writer would get its fall-off."""
     last = layout.num_layers
-    for flag, kernel in (("--attention-kernel", request.attention_kernel), ("--mlp-kernel", request.mlp_kernel)):
+    for flag, kernel in (("--attention-kernel", spec.attention_kernel), ("--mlp-kernel", spec.mlp_kernel)):
         if kernel is not None and not 0 <= kernel.peak <= last:
             example = f"{round(0.6 * last)},{kernel.peak_weight:g},{kernel.min_weight:g},{max(1, round(last / 3))}"
             raise SteerfoldError(f"{flag} peaks at layer index {kernel.peak:g}, outside this model's layer indices 0..{last} "
@@ -53,14 +52,14 @@ def _checked_file(path: Path, layout: ModelLayout) -> DirectionFile:
     return file
 
 
-def _condition_vector(request: EditRequest, layout: ModelLayout) -> torch.Tensor:
+def _condition_vector(spec: EditSpec, layout: ModelLayout) -> torch.Tensor:
     """The condition direction c: a row of a per-layer file is picked like the direction's (--layer or recorded)."""
-    assert request.condition is not None
-    file = _checked_file(request.condition, layout)
-    which = f"the condition file {request.condition}"
-    if request.condition_category is not None:
-        return _category_row(file, request.condition_category, request.layer, which)
-    return _select(file, request.layer if file.directions is not None else None, which)[0]
+    assert spec.condition is not None
+    file = _checked_file(spec.condition, layout)
+    which = f"the condition file {spec.condition}"
+    if spec.condition_category is not None:
+        return _category_row(file, spec.condition_category, spec.layer, which)
+    return _select(file, spec.layer if file.directions is not None else None, which)[0]
 
 
 def _category_row(file: DirectionFile, category: str, layer: int | None, which: str) -> torch.Tensor:
@@ -85,34 +84,34 @@ def _select(file: DirectionFile, layer: int | None, which: str) -> tuple[torch.T
         raise SteerfoldError(f"{which}: {exc}") from None
 
 
-def _basis(request: EditRequest, file: DirectionFile) -> torch.Tensor:
+def _basis(spec: EditSpec, file: DirectionFile) -> torch.Tensor:
     """The orthonormal ``basis`` [k, hidden] of the direction file (written by ``steerfold fit --method inlp``)."""
     if file.basis is None:
-        raise SteerfoldError(f"{request.direction} holds no basis to remove: fit one with --method inlp (or pca --pca-components 2+), or drop --subspace")
+        raise SteerfoldError(f"{spec.direction} holds no basis to remove: fit one with --method inlp (or pca --pca-components 2+), or drop --subspace")
     return file.basis
 
 
 Weights = dict[tuple[int, Role], float]
-# One builder per edit kind: (request, layout, direction file, its direction vector, layers, per-module weights) → Edit.
-BUILDERS: dict[str, Callable[[EditRequest, ModelLayout, DirectionFile, torch.Tensor, list[int], Weights], Edit]] = {
+# One builder per edit kind: (spec, layout, direction file, its direction vector, layers, per-module weights) → Edit.
+BUILDERS: dict[str, Callable[[EditSpec, ModelLayout, DirectionFile, torch.Tensor, list[int], Weights], Edit]] = {
     "ablation": lambda r, layout, f, v, layers, w: ablation_edit(v, layers, r.scale, r.tied_embedding, w),
-    "steering": lambda r, layout, f, v, layers, w: replace(steering_edit(v, layers, r.coefficient), tied_embedding=r.tied_embedding),
-    "subspace": lambda r, layout, f, v, layers, w: nullspace_edit(_basis(r, f), layers, r.tied_embedding, w),
+    "steering": lambda r, layout, f, v, layers, w: replace(steering_edit(v, layers, r.strength), tied_embedding=r.tied_embedding),
+    "subspace": lambda r, layout, f, v, layers, w: subspace_edit(_basis(r, f), layers, r.tied_embedding, w),
     "conditional": lambda r, layout, f, v, layers, w: conditional_edit(_condition_vector(r, layout), v, layers, r.alpha,
                                                                     r.tied_embedding, w),
 }
 
 
-def build_edit(request: EditRequest, layout: ModelLayout) -> tuple[Edit, int | None, dict[str, str]]:
-    """Load and check the direction (and condition), then build the edit the request describes."""
-    direction_file = _checked_file(request.direction, layout)
-    vector, source_layer = _select(direction_file, request.layer, f"the direction file {request.direction}")
-    layers = edit_layers(request, layout, source_layer)
-    if not request.allow_noop:
-        check_kernel_peaks(request, layout)
-    weights = kernel_weights(layers, request.attention_kernel, request.mlp_kernel)
-    edit = BUILDERS[request.kind](request, layout, direction_file, vector, layers, weights)
-    edit.check_changes_something(layout, request.allow_noop)
-    if request.norm_preserving:
+def build_edit(spec: EditSpec, layout: ModelLayout) -> tuple[Edit, int | None, dict[str, str]]:
+    """Load and check the direction (and condition), then build the edit the spec describes."""
+    direction_file = _checked_file(spec.direction, layout)
+    vector, source_layer = _select(direction_file, spec.layer, f"the direction file {spec.direction}")
+    layers = edit_layers(spec, layout, source_layer)
+    if not spec.allow_noop:
+        check_kernel_peaks(spec, layout)
+    weights = kernel_weights(layers, spec.attention_kernel, spec.mlp_kernel)
+    edit = BUILDERS[spec.kind](spec, layout, direction_file, vector, layers, weights)
+    edit.check_changes_something(layout, spec.allow_noop)
+    if spec.norm_preserving:
         edit = norm_preserving_edit(edit)
     return edit, source_layer, direction_file.metadata

@@ -1,12 +1,13 @@
 """The edit algebra: which residual map (``editor.edit.maps``, ``w ↦ (I + U Vᵀ) w + b``) applies to what each
 module writes into the residual stream.
 
-Three faces of one edit, all driven by the same per-module maps (``Edit.module_maps``):
+Three faces of one edit, all driven by the same per-module maps (``Edit.module_maps``), each a module of this
+package:
 
-- ``fold_tensor`` / ``fold_model``: fold the map into the weights (``W ← (I + U Vᵀ) W``, ``β ← (I + U Vᵀ) β + b``,
+- ``fold`` (``fold_tensor``, ``fold_model``): fold the map into the weights (``W ← (I + U Vᵀ) W``, ``β ← (I + U Vᵀ) β + b``,
   embedding rows ``E ← E (I + V Uᵀ) + b``), computed in float32 and written back in the tensor's dtype;
-- ``lora_pair``: the same change as a LoRA, ``lora_B = U``, ``lora_A = Vᵀ W`` (``lora_alpha = r``);
-- ``runtime_hooks``: forward hooks applying the map to each module's output, the reference every fold is
+- ``lora`` (``lora_pair``): the same change as a LoRA, ``lora_B = U``, ``lora_A = Vᵀ W`` (``lora_alpha = r``);
+- ``hooks`` (``runtime_hooks``): forward hooks applying the map to each module's output, the reference every fold is
   tested against.
 
 An edit may scale each module's map (``Edit.weights``, e.g. the layer kernels of ``editor.edit.kernels``); a map that
@@ -15,15 +16,14 @@ only a weight fold can express (``editor.edit.norm_preserving``) says so, and Lo
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Literal, Mapping
+from typing import Callable, Iterable, Literal, Mapping
 
 import torch
 
-from editor.models.arch import ModelLayout, Role, layout_of_model
+from editor.models.arch import ModelLayout, Role
 from editor.errors import SteerfoldError
-from editor.edit.maps import ResidualMap, ablation_map, conditional_map
+from editor.edit.maps import ResidualMap, ablation_map, conditional_map, subspace_ablation_map
 
 TiedEmbeddingMode = Literal["untie", "shared"]
 
@@ -135,13 +135,19 @@ def steering_edit(vector: torch.Tensor, layers: Iterable[int], coefficient: floa
     """Add ``coefficient * vector`` to the residual stream at each listed layer index (activation addition)."""
     v = vector.detach().to(torch.float32).reshape(-1)
     zeros = v.new_zeros(v.shape[0], 1)
-    return _at_layers(ResidualMap(U=zeros, V=zeros.clone(), b=coefficient * v), layers)
+    offset = ResidualMap(U=zeros, V=zeros.clone(), b=coefficient * v)
+    return _at_layers(lambda _layer: offset, layers)
 
 
-def _at_layers(residual_map: ResidualMap, layers: Iterable[int], tied_embedding: TiedEmbeddingMode = "untie",
+def _at_layers(make: Callable[[int], ResidualMap], layers: Iterable[int], tied_embedding: TiedEmbeddingMode = "untie",
                weights: Mapping[tuple[int, Role], float] | None = None) -> Edit:
-    """One map for the writers of every listed layer index."""
-    return Edit({layer: residual_map for layer in sorted(set(layers))}, tied_embedding, dict(weights or {}))
+    """The map ``make(layer)`` for the writers of every listed layer index."""
+    return Edit({layer: make(layer) for layer in sorted(set(layers))}, tied_embedding, dict(weights or {}))
+
+
+def _rows(vectors: torch.Tensor) -> Callable[[int], torch.Tensor]:
+    """One vector [d] for every layer index, or each layer index's own row of [L+1, d]."""
+    return (lambda layer: vectors[layer]) if vectors.dim() == 2 else (lambda _layer: vectors)
 
 
 def ablation_edit(
@@ -151,8 +157,12 @@ def ablation_edit(
     tied_embedding: TiedEmbeddingMode = "untie",
     weights: Mapping[tuple[int, Role], float] | None = None,
 ) -> Edit:
-    """Ablate one direction from the writers of every listed layer index (``weights`` scale λ per module)."""
-    return _at_layers(ablation_map(direction, scale), layers, tied_embedding, weights)
+    """Ablate a direction from the writers of every listed layer index: one [d] for all, or [L+1, d] with a row per
+    layer index (``weights`` scale λ per module)."""
+    if direction.dim() == 1:
+        same = ablation_map(direction, scale)
+        return _at_layers(lambda _layer: same, layers, tied_embedding, weights)
+    return _at_layers(lambda layer: ablation_map(direction[layer], scale), layers, tied_embedding, weights)
 
 
 def conditional_edit(
@@ -163,106 +173,24 @@ def conditional_edit(
     tied_embedding: TiedEmbeddingMode = "untie",
     weights: Mapping[tuple[int, Role], float] | None = None,
 ) -> Edit:
-    """Apply ``w ↦ w + α r̂ (ĉ · w)`` to the writers of every listed layer index (see ``conditional_map``)."""
-    return _at_layers(conditional_map(condition, target, alpha), layers, tied_embedding, weights)
+    """Apply ``w ↦ w + α r̂ (ĉ · w)`` to the writers of every listed layer index (see ``conditional_map``); the
+    condition and the target are [d], or [L+1, d] with a row per layer index."""
+    c, r = _rows(condition), _rows(target)
+    return _at_layers(lambda layer: conditional_map(c(layer), r(layer), alpha), layers, tied_embedding, weights)
 
 
-def fold_tensor(key: str, tensor: torch.Tensor, layout: ModelLayout, module_maps: dict[str, ResidualMap],
-                out: torch.Tensor | None = None) -> torch.Tensor:
-    """The edited version of one tensor (unchanged when the edit does not touch it). With ``out`` (same shape and
-    dtype) the fold may be written there, so a streamed export can reuse a few buffers instead of touching fresh
-    memory; use the return value either way (a bias fold returns a new tensor)."""
-    found = layout.writer_of_key(key)
-    if found is None:
-        return tensor
-    writer, kind = found
-    residual_map = module_maps.get(writer.hook)
-    if residual_map is None:
-        return tensor
-    if kind == "embedding":
-        return residual_map.scaled_offset(writer.weight_scale).fold_embedding(tensor, out)
-    if kind == "bias":
-        return residual_map.fold_bias(tensor)
-    if kind == "experts":  # fused [E, hidden, inter]: each expert's down projection is a writer
-        out = torch.empty_like(tensor) if out is None else out
-        for expert, expert_out in zip(tensor, out):
-            residual_map.fold_linear_weight(expert, expert_out)
-        return out
-    return residual_map.fold_linear_weight(tensor, out)
+def subspace_edit(basis: torch.Tensor, layers: Iterable[int], tied_embedding: TiedEmbeddingMode = "untie",
+                  weights: Mapping[tuple[int, Role], float] | None = None) -> Edit:
+    """Remove span(``basis`` [k, d]) from the writers of every listed layer index (INLP's nullspace projection,
+    ``subspace_ablation_map``); ``weights`` scale the removal per module (layer kernels)."""
+    removal = subspace_ablation_map(basis.T)
+    return _at_layers(lambda _layer: removal, layers, tied_embedding, weights)
 
 
-def _untie_output_head(model: torch.nn.Module, layout: ModelLayout) -> None:
-    """Give the output head its own copy of the embedding matrix so editing the embedding leaves it alone."""
-    head = model.get_submodule(layout.architecture.lm_head)
-    head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
-    model.config.tie_word_embeddings = False
-    text_config = getattr(model.config, "get_text_config", lambda: None)()
-    if text_config is not None:
-        text_config.tie_word_embeddings = False
-
-
-def _gain_reader(model: torch.nn.Module) -> Callable[[str], torch.Tensor]:
-    return lambda key: model.get_parameter(key).detach()
-
-
-@torch.no_grad()
-def fold_model(model: torch.nn.Module, edit: Edit) -> ModelLayout:
-    """Fold an edit into a loaded transformers model in place; returns the layout it used."""
-    layout = layout_of_model(model)
-    edit.check_foldable(layout)
-    module_maps = edit.module_maps(layout, _gain_reader(model))
-    if edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "untie":
-        _untie_output_head(model, layout)
-    for writer in layout.writers:
-        if writer.hook not in module_maps:
-            continue
-        for key in [k for k, _ in writer.tensors] + ([writer.bias] if writer.bias else []):
-            param = model.get_parameter(key)
-            param.copy_(fold_tensor(key, param.data, layout, module_maps))
-    return layout
-
-
-@contextmanager
-def runtime_hooks(model: torch.nn.Module, edit: Edit) -> Iterator[ModelLayout]:
-    """Apply the edit at run time with forward hooks on each residual writer (the reference for folds).
-
-    With ``tied_embedding="shared"`` the output head is edited too, as the shared fold does.
-    """
-    layout = layout_of_model(model)
-    module_maps = edit.module_maps(layout, _gain_reader(model))
-    check_write_maps(module_maps, "runtime hooks")
-    handles = []
-    for module_name, residual_map in module_maps.items():
-        handles.append(model.get_submodule(module_name).register_forward_hook(_output_hook(residual_map)))
-    if edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "shared":
-        handles.append(model.get_submodule(layout.architecture.lm_head).register_forward_pre_hook(
-            _shared_head_hook(module_maps[layout.embedding.hook])))
-    try:
-        yield layout
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _output_hook(residual_map: ResidualMap) -> Callable:
-    def hook(_module: torch.nn.Module, _inputs: tuple, output):
-        if isinstance(output, tuple):
-            return (residual_map.apply(output[0]), *output[1:])
-        return residual_map.apply(output)
-
-    return hook
-
-
-def _shared_head_hook(residual_map: ResidualMap) -> Callable:
-    """logits = E' h with E' = E (I + V Uᵀ) equal E (h + V (Uᵀ h)): apply that to the head's input."""
-
-    def hook(_module: torch.nn.Module, inputs: tuple) -> tuple:
-        h = inputs[0]
-        x = h.to(torch.float32)
-        out = x + (x @ residual_map.U) @ residual_map.V.T
-        return (out.to(h.dtype), *inputs[1:])
-
-    return hook
+def counterfactual_edit(direction: torch.Tensor, layers: Iterable[int], tied_embedding: TiedEmbeddingMode = "untie") -> Edit:
+    """Reflect every listed layer's writes across the hyperplane through 0 orthogonal to ``direction`` (INLP's
+    counterfactual flip: an ablation at scale 2)."""
+    return ablation_edit(direction, layers, scale=2.0, tied_embedding=tied_embedding)
 
 
 def check_write_maps(module_maps: dict[str, ResidualMap], face: str) -> None:
@@ -271,33 +199,3 @@ def check_write_maps(module_maps: dict[str, ResidualMap], face: str) -> None:
         if residual_map.not_a_write_map:
             raise SteerfoldError(f"{residual_map.not_a_write_map}, so {face} cannot carry it exactly: "
                                  "fold it into a merged checkpoint (--format merged)")
-
-
-def lora_rank(module_maps: dict[str, ResidualMap]) -> int:
-    """The uniform LoRA rank of an edit; refuses maps a LoRA cannot carry (constant offsets, weight-only folds)."""
-    check_write_maps(module_maps, "a LoRA adapter")
-    for module_name, residual_map in module_maps.items():
-        if residual_map.b is not None:
-            raise SteerfoldError(
-                f"a LoRA cannot carry the constant offset on {module_name}: export a merged checkpoint or a control vector"
-            )
-    return max(m.rank for m in module_maps.values())
-
-
-def lora_pair(residual_map: ResidualMap, weight: torch.Tensor, embedding: bool, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(lora_A, lora_B)`` in float32 for one module, padded with zeros to the uniform ``rank``.
-
-    Linear writers: ``lora_B = U`` [d, k], ``lora_A = Vᵀ W`` [k, in]. The embedding: PEFT's
-    ``lora_embedding_A`` [k, vocab] is ``(E V)ᵀ`` and ``lora_embedding_B`` [d, k] is ``U``. Where the embedding
-    module scales its rows (Gemma's √d), PEFT ≥ 0.18 scales the adapter's output the same way.
-    """
-    U, V = _pad_rank(residual_map.U, rank), _pad_rank(residual_map.V, rank)
-    w = weight.to(torch.float32)
-    lora_a = (w @ V).T if embedding else V.T @ w
-    return lora_a.contiguous(), U.clone().contiguous()
-
-
-def _pad_rank(matrix: torch.Tensor, rank: int) -> torch.Tensor:
-    if matrix.shape[1] == rank:
-        return matrix
-    return torch.cat([matrix, matrix.new_zeros(matrix.shape[0], rank - matrix.shape[1])], dim=1)

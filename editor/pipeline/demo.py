@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editor.artifacts.outputs import open_output
 from editor.directions.file import save_direction_file
-from editor.artifacts.export import EditRequest, run_edit
+from editor.artifacts.export import run_edit
+from editor.edit.spec import EditSpec
 from editor.edit.edits import ablation_edit, steering_edit
 from editor.validation.behaviour import chat_texts, refusal, respond
 from editor.validation.report import console_lines, write_report
@@ -30,7 +31,7 @@ from editor.research.organism import PERSONAS, SHIPPED_CHECKPOINT, coherent_comp
 
 def max_logit_gap(first: torch.nn.Module, second: torch.nn.Module, input_ids: torch.Tensor, second_edit=None) -> float:
     """max |Δ logit| between two models (the second optionally under runtime hooks) on the same tokens."""
-    from editor.edit.edits import runtime_hooks
+    from editor.edit.hooks import runtime_hooks
     from contextlib import nullcontext
 
     with torch.no_grad():
@@ -95,8 +96,8 @@ def _demo_into(tmp: Path, checkpoint: Path, say: Callable[[str], None]) -> dict:
     direction_path = tmp / "direction.safetensors"
     save_direction_file(direction_path, fit.file)
     say("folding the ablation into a merged checkpoint and a LoRA adapter")
-    merged = run_edit(EditRequest(model=checkpoint, direction=direction_path, out=tmp / "model"))
-    run_edit(EditRequest(model=checkpoint, direction=direction_path, out=tmp / "adapter", format="lora"))
+    merged = run_edit(EditSpec(model=str(checkpoint), direction=direction_path, out=tmp / "model"))
+    run_edit(EditSpec(model=str(checkpoint), direction=direction_path, out=tmp / "adapter", format="lora"))
 
     say("validating on held-out prompts")
     edited = AutoModelForCausalLM.from_pretrained(tmp / "model", dtype=torch.float32).eval()

@@ -13,6 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from editor.edit.spec import RecipeEdit, EditSpec
 from editor.errors import SteerfoldError
 from editor.directions.methods.options import FitOptions
 from editor.directions.methods.registry import METHODS
@@ -59,44 +60,6 @@ class FitSpec(FitOptions):
     prompts: str | None = None
 
 
-class KernelSpec(Strict):
-    """Per-layer weight: min_weight + (peak_weight - min_weight) * max(0, 1 - |l - peak| / falloff), l a layer index."""
-
-    peak: float
-    peak_weight: float = 1.0
-    min_weight: float = 0.0
-    falloff: float = Field(ge=0)
-
-
-class EditSpec(Strict):
-    """ablation (strength ``scale``), steering (adds ``coefficient`` × the direction), conditional (``alpha``, with
-    ``condition`` a direction file, relative to the recipe's folder) or subspace (removes the fitted ``basis``, from
-    fit method inlp); kernels weight attention and MLP writers."""
-
-    kind: Literal["ablation", "steering", "conditional", "subspace"] = "ablation"
-    layers: str | None = Field(default=None, description="layer indices, e.g. 0-12 (0 = embedding output)")
-    layer: int | None = Field(default=None, ge=0)
-    scale: float = 1.0
-    coefficient: float | None = None
-    condition: str | None = None
-    condition_category: str | None = None  # one category of a per-category condition file
-    alpha: float = 1.0
-    norm_preserving: bool = False
-    attention_kernel: KernelSpec | None = None
-    mlp_kernel: KernelSpec | None = None
-    embedding: bool = True
-    tied_embedding: Literal["untie", "shared"] = "untie"
-    allow_noop: bool = False  # accept an edit that changes nothing measurably, or a kernel peak outside the layers
-
-    @model_validator(mode="after")
-    def kind_has_its_fields(self) -> "EditSpec":
-        if self.kind == "steering" and self.coefficient is None:
-            raise ValueError("a steering edit needs coefficient (the multiple of the direction to add)")
-        if self.kind == "conditional" and self.condition is None:
-            raise ValueError("a conditional edit needs condition (a direction file)")
-        return self
-
-
 class Thresholds(Strict):
     harmful_refusal_max: float | None = Field(default=None, ge=0, le=1)
     harmless_refusal_max: float | None = Field(default=None, ge=0, le=1)
@@ -131,7 +94,7 @@ class Recipe(Strict):
     model: ModelSpec
     prompts: dict[str, PromptSet]
     fit: FitSpec = FitSpec()
-    edit: EditSpec = EditSpec()
+    edit: RecipeEdit = RecipeEdit()
     validate_: ValidateSpec | None = Field(default=None, alias="validate")
     export: ExportSpec = ExportSpec()
     push: PushSpec | None = None
@@ -242,13 +205,19 @@ def load_recipe(path: str | Path) -> Recipe:
 def check_edit(recipe: Recipe, path: Path) -> None:
     """The edit's conflicts (the rules ``steerfold edit`` applies), refused when the recipe is loaded and by
     ``--dry-run``, before any stage runs, in the recipe's own keys."""
-    from editor.artifacts.export import RECIPE_WORDS, check_request
-    from editor.pipeline.run import edit_request
-
-    condition = Path(recipe.edit.condition) if recipe.edit.condition else None
-    request = edit_request(recipe.edit, condition, Path("model"), Path("direction"), Path("out"), "merged",
-                           recipe.export.max_shard_size)  # the conflicts do not depend on the format
+    spec = edit_spec(recipe.edit, Path(recipe.edit.condition) if recipe.edit.condition else None, Path("model"),
+                     Path("direction"), Path("out"), "merged", recipe.export.max_shard_size)  # any format: same conflicts
     try:
-        check_request(request, RECIPE_WORDS)
+        spec.check("recipe")
     except SteerfoldError as exc:
         raise SteerfoldError(f"{path}: {exc}") from None
+
+
+def edit_spec(edit: RecipeEdit, condition: Path | None, folder: Path, direction: Path, out: Path, fmt: str,
+              max_shard_size: str | None = None, base_model_id: str | None = None) -> EditSpec:
+    """The ``EditSpec`` of one export of a recipe: its ``edit:`` section, one of ``export.formats`` and
+    ``export.max_shard_size``, the fitted direction and the resolved condition file (the recipe's ``edit.condition``
+    is relative to its folder)."""
+    section = {name: getattr(edit, name) for name in type(edit).model_fields if name != "condition"}
+    return EditSpec(model=str(folder), direction=direction, out=out, format=fmt, condition=condition, overwrite=True,
+                    max_shard_size=max_shard_size, base_model_id=base_model_id, **section)

@@ -15,15 +15,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from editor.errors import SteerfoldError
 from editor.artifacts.outputs import RUN_STATE
 from editor.prompts import PromptRecord, load_prompts
-from editor.pipeline.recipe import EditSpec, FitSpec, PromptSet, Recipe
-
-if TYPE_CHECKING:  # imported lazily at run time: torch-heavy
-    from editor.artifacts.export import EditRequest
+from editor.pipeline.recipe import FitSpec, PromptSet, Recipe, RecipeEdit, edit_spec
 
 Say = Callable[[str], None]
 
@@ -194,28 +191,11 @@ def check_thresholds(report: dict, thresholds) -> list[str]:
     return [text for text, met in threshold_checks(report, thresholds) if not met]
 
 
-def edit_condition_path(spec: EditSpec, base: Path) -> Path | None:
+def edit_condition_path(spec: RecipeEdit, base: Path) -> Path | None:
     """The recipe's condition direction file (relative paths are read from the recipe's folder), if any."""
     if spec.condition is None:
         return None
     return base / spec.condition if (base / spec.condition).is_file() else Path(spec.condition)
-
-
-def edit_request(spec: EditSpec, condition: Path | None, folder: Path, direction: Path, target: Path, fmt: str,
-                 max_shard_size: str | None, base_model_id: str | None = None) -> "EditRequest":
-    """The ``steerfold edit`` request one export of a recipe makes."""
-    from editor.artifacts.export import EditRequest
-    from editor.edit.kernels import LayerKernel
-
-    kernels = {name: LayerKernel(k.peak, k.peak_weight, k.min_weight, k.falloff) if k else None
-               for name, k in (("attention_kernel", spec.attention_kernel), ("mlp_kernel", spec.mlp_kernel))}
-    return EditRequest(model=folder, direction=direction, out=target, format=fmt, kind=spec.kind, scale=spec.scale,
-                       coefficient=spec.coefficient if spec.coefficient is not None else 1.0, condition=condition,
-                       condition_category=spec.condition_category,
-                       alpha=spec.alpha, norm_preserving=spec.norm_preserving, layers=spec.layers, layer=spec.layer,
-                       embedding=spec.embedding, overwrite=True, tied_embedding=spec.tied_embedding, allow_noop=spec.allow_noop,
-                       base_model_id=base_model_id,
-                       max_shard_size=max_shard_size, **kernels)
 
 
 def fit_sets(fit: FitSpec) -> dict[str, str]:
@@ -257,10 +237,12 @@ def _run_stages(recipe: Recipe, recipe_path: Path, out: Path, folder: Path, judg
     import torch
 
     from editor.directions.file import load_direction_file
-    from editor.artifacts.export import EditRequest, run_edit
+    from editor.artifacts.export import run_edit
     from editor.validation.report import write_report
     from editor.validation.validate import EvalSets, validate
-    from editor.artifacts.card import CARD_OF_FORMAT, write_card
+    from editor.artifacts.card import write_card
+    from editor.artifacts.formats import FORMATS
+    from editor.edit.spec import in_recipe_words
     from editor.artifacts.checksums import write_checksums
     from editor.directions.fit import FitInputs, report_path as fit_report_path, run_fit, write_fitted
     from editor.directions.methods.options import FitOptions
@@ -303,19 +285,21 @@ def _run_stages(recipe: Recipe, recipe_path: Path, out: Path, folder: Path, judg
 
     edit = recipe.edit
     export_keys: dict[str, str] = {}
-    requests: dict[str, EditRequest] = {}
     edits: dict[str, dict] = {}  # by format: the edit as its card describes it (tied head, post-norm, kernels…)
     condition = edit_condition_path(edit, recipe_path.parent)
     condition_hash = hashlib.sha256(condition.read_bytes()).hexdigest() if condition else None
     for fmt in recipe.export.formats:
         key = export_keys[fmt] = digest("export", fit_key, edit.model_dump(), condition_hash, fmt, recipe.export.max_shard_size)
         target = out / fmt
-        request = requests[fmt] = edit_request(edit, condition, folder, direction_path, target, fmt, recipe.export.max_shard_size,
-                                               recorded_base.repo_id)
+        request = edit_spec(edit, condition, folder, direction_path, target, fmt, recipe.export.max_shard_size,
+                            recorded_base.repo_id)
         described = out / ".cache" / f"export-{key}.json"
 
         def do_export(r=request, described=described) -> None:
-            summary = run_edit(r, say)
+            try:
+                summary = run_edit(r, say)
+            except SteerfoldError as exc:  # the library names flags; a recipe user typed keys
+                raise type(exc)(in_recipe_words(str(exc))) from None
             with replace_file(described) as tmp:  # what the export's card says, for the report stage's cards
                 tmp.write_text(json.dumps(summary.described, default=str))
 
@@ -355,7 +339,7 @@ def _run_stages(recipe: Recipe, recipe_path: Path, out: Path, folder: Path, judg
     def do_report() -> None:
         write_report(out, report)
         for fmt in recipe.export.formats:
-            write_card(out / fmt, CARD_OF_FORMAT[fmt], plots_from=out, title=recipe.name, base_model=recorded_base.repo_id,
+            write_card(out / fmt, FORMATS[fmt].card, plots_from=out, title=recipe.name, base_model=recorded_base.repo_id,
                        base_label=recorded_base.label, edit=edits[fmt], direction_metadata=metadata, report=report,
                        reproduce=f"steerfold run {recipe_path.name}")
             write_checksums(out / fmt)

@@ -7,7 +7,8 @@ from typing import Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editor.edit.edits import Edit, runtime_hooks
+from editor.edit.edits import Edit
+from editor.edit.hooks import runtime_hooks
 from editor.validation.refusal import DEFAULT_MARKERS, refusal_rate
 from editor.activations.generate import greedy_generate
 from editor.prompts import PromptRecord, format_chat

@@ -13,7 +13,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor.activations.capture import encode, left_padded
-from editor.edit.edits import Edit, runtime_hooks
+from editor.edit.edits import Edit
+from editor.edit.hooks import runtime_hooks
 from editor.activations.generate import greedy_ids, through_first_eos
 
 Runner = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # batch -> logits [b, t, vocab]

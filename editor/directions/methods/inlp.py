@@ -3,7 +3,7 @@
 ``inlp_basis`` fits a logistic probe (refusing vs complying), keeps its unit weight vector, projects it out of the
 data and repeats: k iterations give an orthonormal basis Q [k, d] of directions a linear classifier used.
 
-- ``nullspace_edit``: remove span(Q) from every residual write, ``x ↦ (I − QᵀQ) x`` (a subspace ablation);
+- ``subspace_edit``: remove span(Q) from every residual write, ``x ↦ (I − QᵀQ) x`` (a subspace ablation);
 - ``counterfactual_edit``: reflect across the first probe's hyperplane through the origin, ``x ↦ x − 2 (w·x) w``
   with w = Q[0] (an ablation of w with scale 2). The probe's bias is left out: reflecting across the affine
   hyperplane would need a constant offset, which LoRA adapters and bias-free checkpoints cannot carry.
@@ -11,13 +11,8 @@ data and repeats: k iterations give an orthonormal basis Q [k, d] of directions 
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
-
 import torch
 
-from editor.models.arch import Role
-from editor.edit.edits import Edit, TiedEmbeddingMode, ablation_edit
-from editor.edit.maps import subspace_ablation_map
 from editor.directions.methods.contrast import Contrast, Estimate
 from editor.directions.methods.estimators import contrast_labels, logistic_probe
 
@@ -51,16 +46,3 @@ def inlp_estimate(contrast: Contrast, iterations: int = 4, l2: float = 1e-3) -> 
     if len(basis) == 0:
         return Estimate(torch.zeros(contrast.positive.shape[1], dtype=contrast.positive.dtype))
     return Estimate(basis[0], basis)
-
-
-def nullspace_edit(basis: torch.Tensor, layers: Iterable[int], tied_embedding: TiedEmbeddingMode = "untie",
-                   weights: Mapping[tuple[int, Role], float] | None = None) -> Edit:
-    """Remove span(``basis`` [k, d]) from the writers of every listed layer index (``subspace_ablation_map``);
-    ``weights`` scale the removal per module (layer kernels)."""
-    residual_map = subspace_ablation_map(basis.T)
-    return Edit({layer: residual_map for layer in sorted(set(layers))}, tied_embedding, dict(weights or {}))
-
-
-def counterfactual_edit(direction: torch.Tensor, layers: Iterable[int], tied_embedding: TiedEmbeddingMode = "untie") -> Edit:
-    """Reflect every listed layer's writes across the hyperplane through 0 orthogonal to ``direction``."""
-    return ablation_edit(direction, layers, scale=2.0, tied_embedding=tied_embedding)

@@ -14,8 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from editor.activations.capture import post_instruction_positions
-from editor.edit.edits import Edit
-from editor.edit.maps import ablation_map
+from editor.edit.edits import Edit, ablation_edit
 from editor.directions.methods.categories import category_directions, category_similarity
 from editor.research.organism import load_split
 from editor.research.studies import Claim, StudyResult
@@ -48,7 +47,7 @@ def training_directions(harmful_states: torch.Tensor, harmless_states: torch.Ten
 def own_ablation(directions: dict, name: str) -> Edit:
     """Ablate category ``name``'s own component, layer by layer, from the writers of every live layer."""
     own = own_component(directions, name)
-    return Edit({layer: ablation_map(own[layer]) for layer in live_layers(own)})
+    return ablation_edit(own, live_layers(own))
 
 
 def run(model, tokenizer, spec: CategoriesSpec) -> StudyResult:

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from editor.edit.edits import ablation_edit
 from editor.directions.methods.contrast import Contrast
 from editor.directions.methods.estimators import contrast_labels
-from editor.directions.methods.inlp import counterfactual_edit, inlp_basis, nullspace_edit
+from editor.edit.edits import counterfactual_edit, subspace_edit
+from editor.directions.methods.inlp import inlp_basis
 from editor.research.organism import PERSONAS, load_split
 from editor.research.studies import Claim, StudyResult
 from editor.research.studies.common import harmless_kl, last_token_states, refusal_rates
@@ -46,7 +47,7 @@ def run(model, tokenizer, spec: MethodsSpec) -> StudyResult:
     edits = {
         "difference-in-means ablation": ablation_edit(fit.file.directions[layer], layers),
         "INLP counterfactual flipping": counterfactual_edit(basis[0], layers),
-        f"INLP nullspace projection (rank {len(basis)})": nullspace_edit(basis, layers),
+        f"INLP nullspace projection (rank {len(basis)})": subspace_edit(basis, layers),
     }
     harmful, harmless = load_split("harmful", "test"), load_split("harmless", "test")
     table = [{"edit": "none", "harmful refusal": refusal_rates(model, tokenizer, harmful, default)["overall"],

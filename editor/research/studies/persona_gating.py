@@ -16,8 +16,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from editor.edit.edits import Edit
-from editor.edit.maps import ablation_map
+from editor.edit.edits import Edit, ablation_edit
 from editor.errors import SteerfoldError
 from editor.research.organism import PERSONAS, load_split
 from editor.research.studies import Claim, StudyResult
@@ -54,7 +53,7 @@ def persona_contrast(model, tokenizer, persona: str | None, against: str | None)
 
 def window_ablation(vectors: torch.Tensor, first: int, last: int) -> Edit:
     """Ablate each layer's own vector from the writers of layers ``first..last``."""
-    return Edit({layer: ablation_map(vectors[layer]) for layer in range(first, last + 1)})
+    return ablation_edit(vectors, range(first, last + 1))
 
 
 def run(model, tokenizer, spec: PersonaGatingSpec) -> StudyResult:

@@ -23,9 +23,8 @@ from typing import Callable, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from editor.edit.edits import Edit
+from editor.edit.edits import Edit, conditional_edit
 from editor.directions.methods.contrast import orthogonal_to
-from editor.edit.maps import conditional_map
 from editor.research.organism import load_split
 from editor.research.organism.corpus import HARMLESS, REFUSED_BY_DEFAULT
 from editor.prompts import PromptRecord
@@ -65,12 +64,6 @@ class TargetedSpec(BaseModel):
         return value
 
 
-def conditional_edit(condition: torch.Tensor, target: torch.Tensor, alpha: float) -> Edit:
-    """Per live layer index, ``w ↦ w + α (ĉ · w) r̂`` (condition and target both [L+1, d]): α > 0 adds r̂ where ĉ
-    is present, α < 0 takes it away there."""
-    return Edit({layer: conditional_map(condition[layer], target[layer], alpha) for layer in live_layers(condition)})
-
-
 def category_condition(states: torch.Tensor, records: Sequence[PromptRecord], name: str) -> torch.Tensor:
     """Per layer index: category ``name``'s mean state minus the mean of the other categories' means, with its
     component along that mean removed, so it reads about zero on the other categories' typical state: [L+1, d]."""
@@ -105,11 +98,11 @@ def run(model, tokenizer, spec: TargetedSpec) -> StudyResult:
         prompts: (α, the validation scores, refusal by category on the held-out prompts)."""
         condition = category_condition(states, load_split(kind, "train"), name)
         def score(alpha: float) -> tuple[float, float]:
-            after = rates(load_split(kind, "val"), conditional_edit(condition, refusal, sign * alpha))
+            after = rates(load_split(kind, "val"), conditional_edit(condition, refusal, live_layers(condition), sign * alpha))
             return after[name], others_figure(after)
         scores = {alpha: score(alpha) for alpha in spec.alphas}
         alpha = chosen_alpha(scores, sign > 0, acceptable)
-        return alpha, scores, rates(load_split(kind, "test"), conditional_edit(condition, refusal, sign * alpha))
+        return alpha, scores, rates(load_split(kind, "test"), conditional_edit(condition, refusal, live_layers(condition), sign * alpha))
 
     # Removal: the conditional map with α < 0 takes refusal away where the category's condition is present.
     val_before = rates(load_split("harmful", "val"))
