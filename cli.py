@@ -3,96 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Literal
 
 import click
 
-from editor.errors import SteerfoldError
+from editor.endings import EXIT_INTERRUPT, EXIT_TERMINATED, SteerfoldGroup, Terminated, UserError, run_command
 
-LAYER_INDEX_HELP = "layer index: 0 = embedding output, l = output of decoder block l-1"
-
-
-class UserError(click.ClickException):
-    """A SteerfoldError shown as one line, exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file=None) -> None:  # noqa: D102 - click's interface
-        click.echo(f"error: {self.message}", err=True)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that every output being written is removed, as on Ctrl-C."""
-
-
-def _terminate(_signum, _frame) -> None:
-    raise Terminated()
-
-
-EXIT_BAD_INPUT, EXIT_CRASH, EXIT_INTERRUPT, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 2, 70, 130, 141, 143
-
-
-def crash_log(exc: BaseException) -> Path:
-    """Write the traceback of an unexpected error to a file of its own; returns its path."""
-    import tempfile
-    import time
-    import traceback
-
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        __version__ = version("steerfold")
-    except PackageNotFoundError:
-        __version__ = "(not installed)"
-    path = Path(tempfile.gettempdir()) / f"steerfold-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    path.write_text(f"steerfold {__version__}\ncommand: {' '.join(sys.argv)}\n\n" + "".join(traceback.format_exception(exc)))
-    return path
-
-
-class SteerfoldGroup(click.Group):
-    """Every way a command ends is one line and an exit code: 2 bad input (a SteerfoldError or a usage error), 1 a
-    failed check, 130/143 interrupted (SIGINT/SIGTERM, after removing partial output), 70 an unexpected error
-    (its traceback goes to a crash log)."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except SteerfoldError as exc:
-            raise UserError(str(exc)) from None
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:  # a bare command: its help, as click prints it
-            click.echo(exc.ctx.get_help())
-            code = EXIT_BAD_INPUT
-        except click.UsageError as exc:
-            command = f"{exc.ctx.command_path} --help" if exc.ctx else "steerfold --help"
-            click.echo(f"error: {exc.format_message()} (see {command})", err=True)
-            code = EXIT_BAD_INPUT
-        except click.ClickException as exc:
-            exc.show()
-            code = exc.exit_code
-        except (click.Abort, KeyboardInterrupt) as exc:
-            cause = exc if isinstance(exc, KeyboardInterrupt) else exc.__cause__ or exc.__context__
-            click.echo("interrupted: nothing partial was left at the output", err=True)
-            code = EXIT_TERMINATED if isinstance(cause, Terminated) else EXIT_INTERRUPT
-        except SystemExit:
-            raise
-        except BrokenPipeError:  # the reader went away (e.g. | head): nothing more to say to it
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            code = EXIT_BROKEN_PIPE
-        except Exception as exc:  # a bug: one line, the traceback in a file
-            log = crash_log(exc)
-            click.echo(f"error: steerfold failed unexpectedly ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
-                       f"the traceback is in {log}: please report it with that file", err=True)
-            code = EXIT_CRASH
-        sys.exit(code or 0)
 
 
 @click.group(cls=SteerfoldGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -171,52 +88,11 @@ def edit(model_dir: str, **options) -> None:
 @click.option("--revision", default=None, help="Revision when MODEL_DIR is a Hub id.")
 def inspect(model_dir: str, as_json: bool, allow_pickle: bool, revision: str | None) -> None:
     """Show MODEL_DIR's residual writers and which artifacts can carry which edit exactly."""
-    from editor.models.checkpoint import check_checkpoint, open_model_folder
-    from editor.hub import resolve_model
-    from editor.artifacts.formats import portability_table
-    from editor.interrupts import load_torch
-    from editor.models.checkpoint import read_tensors
+    from editor.models.inspect import inspect_model, inspect_lines
 
-    folder = open_model_folder(resolve_model(model_dir, revision), allow_pickle=allow_pickle)
-    layout = check_checkpoint(folder)
-    load_torch()
-    gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
-    table = portability_table(layout, gains.__getitem__)
-    info = {
-        "model_type": layout.model_type,
-        "num_hidden_layers": layout.num_layers,
-        "hidden_size": layout.hidden_size,
-        "layer_indices": f"0..{layout.num_layers} ({LAYER_INDEX_HELP})",
-        "tied_embeddings": layout.tied_embeddings,
-        "residual_writers": [
-            {"layer": w.layer, "module": w.hook, "role": w.role, "tensors": [k for k, _ in w.tensors], "bias": w.has_bias,
-             "multiplier": w.stream_scale, "post_norm": w.post_norm}
-            for w in layout.writers
-        ],
-        "artifacts": [c.__dict__ for c in table],
-    }
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    click.echo(f"architecture      {layout.model_type}")
-    click.echo(f"layers            {layout.num_layers} blocks, layer indices {info['layer_indices']}")
-    click.echo(f"hidden size       {layout.hidden_size}")
-    click.echo(f"tied embeddings   {'yes' if layout.tied_embeddings else 'no'}")
-    roles: dict[str, list] = {}
-    for w in layout.writers:
-        roles.setdefault(w.role, []).append(w)
-    click.echo("residual writers")
-    for role, writers in roles.items():
-        example = writers[-1]
-        biases = sum(w.has_bias for w in writers)
-        mult = {w.stream_scale for w in writers}
-        extra = f", output × {mult.pop():g}" if mult != {1.0} else ""
-        extra += f", post-norm {example.post_norm.rsplit('.', 2)[-2]}" if example.post_norm else ""
-        tensors = f", {len(example.tensors)} tensors each" if len(example.tensors) > 1 else ""
-        click.echo(f"  {role:<10} {len(writers):>3} × {example.hook} (bias on {biases}{extra}{tensors})")
-    click.echo("what each artifact can carry exactly")
-    for c in table:
-        click.echo(f"  {'yes' if c.exact else 'no ':<4} {c.artifact:<20} {c.edit_kind:<40} {c.note}")
+    info = inspect_model(model_dir, revision, allow_pickle)
+    for line in [json.dumps(info, indent=2)] if as_json else inspect_lines(info):
+        click.echo(line)
 
 
 @cli.command()
@@ -283,7 +159,9 @@ def clean(out: Path) -> None:
 def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: bool) -> None:
     """Run every stage of a RECIPE (YAML): fit, export, validate, report, push."""
     from editor.interrupts import load_torch
-    from editor.pipeline.run import ThresholdFailure, plan_recipe, run_recipe
+    from editor.pipeline.plan import plan_recipe
+    from editor.pipeline.run import run_recipe
+    from editor.pipeline.state import ThresholdFailure
 
     out = out or Path("runs") / recipe.stem
     if dry_run:
@@ -499,28 +377,8 @@ def _ranges(layers: list[int]) -> str:
 
 
 def main() -> None:
-    """The console entry point: SIGTERM cleans up as Ctrl-C does. An interrupted or crashed process ends with
-    ``os._exit`` once its outputs are cleaned up and the streams flushed, so that no worker thread still running
-    into interpreter teardown can abort it (SIGABRT instead of the exit code)."""
-    import signal
-
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        cli()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    for sig in (signal.SIGINT, signal.SIGTERM):  # the outcome is settled: a late signal changes nothing
-        signal.signal(sig, signal.SIG_IGN)
-    if code in (0, 1, EXIT_BAD_INPUT):
-        sys.exit(code)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
-
+    """The console entry point (every ending is one line and an exit code: ``editor.endings``)."""
+    run_command(cli)
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from cli import cli
 from editor.errors import SteerfoldError
 from editor.pipeline.recipe import load_recipe
-from editor.pipeline.run import check_thresholds, estimate_lines
+from editor.pipeline.plan import estimate_lines
+from editor.pipeline.state import check_thresholds
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 

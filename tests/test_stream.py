@@ -93,7 +93,7 @@ def test_sums_are_the_written_bytes_hashed_in_memory(tmp_path, monkeypatch, slow
             return self._sha.hexdigest()
 
     if slow_hasher:
-        monkeypatch.setattr("editor.artifacts.safetensors_io.hashlib.sha256", SlowSha)
+        monkeypatch.setattr("editor.artifacts.shard_writer.hashlib.sha256", SlowSha)
         small_chunks(monkeypatch)
     edit_into_small_shards(tmp_path)
     listed = dict(line.split("  ")[::-1] for line in (tmp_path / "out" / "SHA256SUMS").read_text().splitlines())
@@ -181,7 +181,7 @@ def test_bytes_in_flight_are_bounded_by_the_chunks_across_files(monkeypatch, tmp
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from editor.artifacts.safetensors_io import ALIGN, ChunkPool, OutputFile
+    from editor.artifacts.shard_writer import ALIGN, ChunkPool, OutputFile
 
     gate = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as writer:
@@ -206,7 +206,7 @@ def test_bytes_in_flight_are_bounded_by_the_chunks_across_files(monkeypatch, tmp
 
 def small_chunks(monkeypatch) -> None:
     """Chunks of one block, two of them: every tiny shard spans many chunks and each chunk is reused often."""
-    import editor.artifacts.safetensors_io as stream
+    import editor.artifacts.shard_writer as stream
 
     monkeypatch.setattr(stream, "CHUNK_BYTES", stream.ALIGN)
     monkeypatch.setattr(stream, "CHUNK_COUNT", 2)
@@ -230,7 +230,7 @@ def test_a_file_system_without_direct_io_gets_the_same_files(tmp_path, monkeypat
     import fcntl
     import os
 
-    import editor.artifacts.safetensors_io as stream
+    import editor.artifacts.shard_writer as stream
 
     if not hasattr(os, "O_DIRECT"):
         pytest.skip("this OS has no direct I/O")
@@ -263,7 +263,7 @@ def test_a_file_system_without_direct_io_gets_the_same_files(tmp_path, monkeypat
 def test_a_full_disk_is_one_line_and_no_output(tmp_path, monkeypatch):
     import errno
 
-    import editor.artifacts.safetensors_io as stream
+    import editor.artifacts.shard_writer as stream
 
     model = build_tiny_model("llama").to(torch.bfloat16)
     model.save_pretrained(tmp_path / "base", max_shard_size="60KB")
@@ -336,7 +336,7 @@ def test_a_failed_open_is_one_line_and_no_output(tmp_path, monkeypatch):
     error line, not a traceback, and leaves nothing behind."""
     import errno
 
-    import editor.artifacts.safetensors_io as stream
+    import editor.artifacts.shard_writer as stream
 
     model = build_tiny_model("llama").to(torch.bfloat16)
     model.save_pretrained(tmp_path / "base")

@@ -17,7 +17,8 @@ from editor.models.arch import ModelLayout
 from editor.models.checkpoint import ModelFolder, copy_side_files, read_tensors, update_config
 from editor.edit.spec import DEFAULT_MAX_SHARD_BYTES
 from editor.interrupts import held
-from editor.artifacts.safetensors_io import OutputTensor, ShardWriter, plan_shards, write_index
+from editor.artifacts.safetensors_io import OutputTensor, plan_shards, write_index
+from editor.artifacts.shard_writer import ShardWriter
 
 if TYPE_CHECKING:
     from editor.edit.edits import Edit

@@ -1,0 +1,194 @@
+"""The stages of a recipe run, one method each: fit → export (one per format) → validate → report → push →
+thresholds. Each stage is keyed by a hash of what it reads (``editor.pipeline.state.stage``), so a repeated or
+resumed run skips finished work and recomputes exactly what changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from editor.errors import SteerfoldError
+from editor.pipeline.recipe import Recipe, edit_spec
+from editor.pipeline.run import edit_condition_path, fit_sets, recipe_base
+from editor.pipeline.state import RunState, Say, ThresholdFailure, digest, model_identity, records_hash, stage, threshold_checks
+from editor.prompts import PromptRecord
+
+
+@dataclass
+class RecipeRun:
+    """One run of a recipe in a run folder this process holds: what every stage reads, and what they produced."""
+
+    recipe: Recipe
+    recipe_path: Path
+    out: Path
+    folder: Path
+    judge: Path | None
+    sets: dict[str, list[PromptRecord]]
+    say: Say
+    state: RunState = field(init=False)
+    hashes: dict[str, str] = field(init=False)
+    export_keys: dict[str, str] = field(default_factory=dict)
+    edits: dict[str, dict] = field(default_factory=dict)  # by format: the edit as its card describes it
+    loaded: tuple | None = None  # the base model and tokenizer, once a stage needed them
+
+    def __post_init__(self) -> None:
+        (self.out / ".cache").mkdir(exist_ok=True)
+        self.state = RunState.open(self.out)
+        self.hashes = {name: records_hash(records) for name, records in self.sets.items()}
+        self.base = recipe_base(self.recipe, self.folder)
+
+    def run(self) -> dict:
+        """Every stage in order; returns the report (raises ThresholdFailure when a threshold is not met)."""
+        direction = self.fit()
+        for fmt in self.recipe.export.formats:
+            self.export(fmt, direction)
+        report = self.report(direction, self.validate())
+        self.push()
+        self.check_thresholds(report)
+        return report
+
+    def model(self):
+        """The base model and its tokenizer, loaded once (seeded, so generation is repeatable)."""
+        if self.loaded is None:
+            import torch
+
+            from editor.models.loading import load_model, load_tokenizer
+
+            torch.manual_seed(0)
+            self.loaded = load_model(self.folder), load_tokenizer(self.folder)
+        return self.loaded
+
+    def fit(self) -> Path:
+        """Fit the direction (cached by the model, the fit options, the prompts read and the judge's identity)."""
+        from editor.directions.fit import FitInputs, report_path, run_fit, write_fitted
+        from editor.directions.methods.options import FitOptions
+
+        fit, reads = self.recipe.fit, fit_sets(self.recipe.fit)
+        # a judge's weights decide the fit too: key on its identity (a Hub judge: its snapshot's)
+        judge = model_identity(self.judge) if self.judge and (self.judge / "config.json").is_file() else fit.judge
+        key = digest("fit", model_identity(self.folder), fit.model_dump(), [self.hashes[n] for n in reads.values()], judge)
+        self.fit_key, path = key, self.out / ".cache" / f"direction-{key}.safetensors"
+
+        def work() -> None:
+            model, tokenizer = self.model()
+            options = FitOptions.model_validate(fit.model_dump(include=set(FitOptions.model_fields)))
+            records = {role: self.sets[name] for role, name in reads.items()}
+            fitted = run_fit(FitInputs(model, tokenizer, options, model_name=self.recipe.model.path, **records))
+            for warning in fitted.warnings:
+                self.say(f"[fit] warning: {warning}")
+            write_fitted(path, fitted)
+
+        stage(self.state, "fit", key, path.is_file, work, self.say)
+        shutil.copy2(path, self.out / "direction.safetensors")
+        if report_path(path).is_file():  # e.g. the per-category cosine report
+            shutil.copy2(report_path(path), report_path(self.out / "direction.safetensors"))
+        return path
+
+    def export(self, fmt: str, direction: Path) -> None:
+        """Write one export format with ``steerfold edit``'s job; its card's description is kept for the report."""
+        from editor.artifacts.export import run_edit
+        from editor.artifacts.outputs import replace_file
+        from editor.edit.spec import in_recipe_words
+
+        edit, export = self.recipe.edit, self.recipe.export
+        condition = edit_condition_path(edit, self.recipe_path.parent)
+        condition_hash = hashlib.sha256(condition.read_bytes()).hexdigest() if condition else None
+        key = self.export_keys[fmt] = digest("export", self.fit_key, edit.model_dump(), condition_hash, fmt, export.max_shard_size)
+        target, described = self.out / fmt, self.out / ".cache" / f"export-{key}.json"
+        spec = edit_spec(edit, condition, self.folder, direction, target, fmt, export.max_shard_size, self.base.repo_id)
+
+        def work() -> None:
+            try:
+                summary = run_edit(spec, self.say)
+            except SteerfoldError as exc:  # the library names flags; a recipe user typed keys
+                raise type(exc)(in_recipe_words(str(exc))) from None
+            with replace_file(described) as tmp:  # what the export's card says, for the report stage's cards
+                tmp.write_text(json.dumps(summary.described, default=str))
+
+        stage(self.state, f"export:{fmt}", key, lambda: (target / "SHA256SUMS").is_file() and described.is_file(), work, self.say)
+        self.edits[fmt] = json.loads(described.read_text())
+
+    def validate(self) -> dict:
+        """Validate the merged export (else the adapter) against the base; {} when the recipe does not validate."""
+        spec = self.recipe.validate_
+        if spec is None:
+            return {}
+        from editor.artifacts.outputs import replace_file
+        from editor.models.loading import load_model
+        from editor.validation.validate import EvalSets, validate
+
+        fmt = "merged" if "merged" in self.recipe.export.formats else "lora"  # the recipe schema requires one of them
+        # thresholds only judge the figures: changing one re-checks the cached validation, it does not redo it
+        key = digest("validate", self.export_keys[fmt], spec.model_dump(exclude={"thresholds"}),
+                     self.hashes[spec.harmful], self.hashes[spec.harmless])
+        path = self.out / ".cache" / f"validate-{key}.json"
+
+        def work() -> None:
+            model, tokenizer = self.model()
+            check = None
+            if spec.coherence == "organism":
+                from editor.research.organism import coherent_compliance as check
+            edited = load_model(self.out / fmt, base=self.folder)
+            sets = EvalSets(self.sets[spec.harmful], self.sets[spec.harmless])
+            result = validate(model, edited, tokenizer, sets, spec.system, check, spec.max_new_tokens)
+            with replace_file(path) as tmp:
+                tmp.write_text(json.dumps(result, default=str))
+
+        stage(self.state, "validate", key, path.is_file, work, self.say)
+        return json.loads(path.read_text())
+
+    def report(self, direction: Path, report: dict) -> dict:
+        """The report, its plots and every export's card and checksums (written when the recipe validates)."""
+        from editor.artifacts.card import write_card
+        from editor.artifacts.checksums import write_checksums
+        from editor.artifacts.formats import FORMATS
+        from editor.directions.file import load_direction_file
+        from editor.validation.report import write_report
+
+        recipe, out = self.recipe, self.out
+        metadata = load_direction_file(direction).metadata
+        report.update({"recipe": recipe.name, "base": recipe.model.path, "revision": recipe.model.revision,
+                       "edit": self.edits[recipe.export.formats[0]]})
+        if "selection" in metadata:
+            report["selection"] = json.loads(metadata["selection"])
+            report["selection_baseline"] = json.loads(metadata.get("selection_baseline", "{}"))
+            report["projections"] = json.loads(metadata.get("projections", "{}"))
+        if "before" not in report:
+            return report
+
+        def work() -> None:
+            write_report(out, report)
+            for fmt in recipe.export.formats:
+                write_card(out / fmt, FORMATS[fmt].card, plots_from=out, title=recipe.name, base_model=self.base.repo_id,
+                           base_label=self.base.label, edit=self.edits[fmt], direction_metadata=metadata, report=report,
+                           reproduce=f"steerfold run {self.recipe_path.name}")
+                write_checksums(out / fmt)
+
+        key = digest("report", self.state.done.get("validate"), self.export_keys, recipe.name)
+        stage(self.state, "report", key, lambda: (out / "report.json").is_file(), work, self.say)
+        return json.loads((out / "report.json").read_text())
+
+    def push(self) -> None:
+        """Upload every export (one repository, or one per format: REPO-FORMAT)."""
+        push = self.recipe.push
+        if push is None:
+            return
+        from editor.hub import push_folder
+
+        formats = self.recipe.export.formats
+        for fmt in formats:
+            repo = push.repo if len(formats) == 1 else f"{push.repo}-{fmt}"
+            self.say(f"[push] {self.out / fmt} → {repo}: {push_folder(self.out / fmt, repo, push.private, push.revision)}")
+
+    def check_thresholds(self, report: dict) -> None:
+        """Say every threshold, met or not; raise ThresholdFailure when one is not met (the artifacts are kept)."""
+        spec = self.recipe.validate_
+        checks = threshold_checks(report, spec.thresholds) if spec and "after" in report else []
+        for text, met in checks:
+            self.say(f"[thresholds] {'met' if met else 'NOT met'}: {text}")
+        failures = [text for text, met in checks if not met]
+        if failures:
+            raise ThresholdFailure(f"validation thresholds not met: {'; '.join(failures)} (artifacts kept in {self.out})")
