@@ -1,10 +1,14 @@
-"""steerfold's errors: one base class, whose message is a single line naming the problem and the fix, and a
-subclass per kind of problem, so that callers of the library can tell them apart (the CLI prints any of them and
-exits with code 2)."""
+"""steerfold's errors: one base class, whose message is a single line naming the problem and the fix in the words
+the user typed (a flag, or a recipe key), and a subclass per kind of problem, so that callers of the library can
+tell them apart. The CLI prints any of them as one line and exits with code 2 (``editor.endings``)."""
 
 
 class SteerfoldError(Exception):
-    """Bad input: one line naming the problem and the fix (the CLI prints it and exits with code 2)."""
+    """A problem the user can fix: one line naming it and the fix."""
+
+
+class BadInput(SteerfoldError):
+    """A value, option, prompt file, direction file or checkpoint the user gave is wrong or does not fit."""
 
 
 class UnsupportedModel(SteerfoldError):
@@ -17,3 +21,7 @@ class CannotCarry(SteerfoldError):
 
 class OutputRefused(SteerfoldError):
     """The output path breaks the rule for writing outputs, or cannot be written (``editor.artifacts.outputs``)."""
+
+
+class IOFailure(SteerfoldError):
+    """A file could not be read or written (permissions, a full disk), or the Hub could not be reached."""

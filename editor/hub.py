@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput, IOFailure, SteerfoldError
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "tokenizer*"]
@@ -31,21 +31,21 @@ def _hub_error(exc: Exception, repo_id: str, revision: str | None, fetching: boo
     where = f"{repo_id}" + (f" at revision {revision}" if revision else "")
     nowhere = ", no local folder of that name exists," if fetching else ""
     if isinstance(exc, (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError)):
-        return SteerfoldError(f"{where} is not in the local cache{nowhere} and the Hub cannot be reached (offline): "
+        return IOFailure(f"{where} is not in the local cache{nowhere} and the Hub cannot be reached (offline): "
                               "download it once with network access, or pass a local folder")
     if isinstance(exc, errors.GatedRepoError):
-        return SteerfoldError(f"{where} is gated: accept its terms on the Hub, then log in (hf auth login) or set HF_TOKEN")
+        return BadInput(f"{where} is gated: accept its terms on the Hub, then log in (hf auth login) or set HF_TOKEN")
     if isinstance(exc, errors.RevisionNotFoundError):
-        return SteerfoldError(f"revision {revision} of {repo_id} does not exist: check --revision")
+        return BadInput(f"revision {revision} of {repo_id} does not exist: check --revision")
     if isinstance(exc, errors.RepositoryNotFoundError):
-        return SteerfoldError(f"{repo_id} does not exist or is private{nowhere.rstrip(',')}: check the id, or log in "
+        return BadInput(f"{repo_id} does not exist or is private{nowhere.rstrip(',')}: check the id, or log in "
                               "(hf auth login) or set HF_TOKEN")
     if isinstance(exc, errors.HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
-            return SteerfoldError(f"the Hub refused access to {where} (HTTP {status}): log in (hf auth login) or set HF_TOKEN with write access")
-        return SteerfoldError(f"the Hub answered HTTP {status} for {where}: try again later")
-    return SteerfoldError(f"cannot reach the Hub for {where} ({type(exc).__name__}): check your network, or pass a local folder")
+            return IOFailure(f"the Hub refused access to {where} (HTTP {status}): log in (hf auth login) or set HF_TOKEN with write access")
+        return IOFailure(f"the Hub answered HTTP {status} for {where}: try again later")
+    return IOFailure(f"cannot reach the Hub for {where} ({type(exc).__name__}): check your network, or pass a local folder")
 
 
 def fetch_snapshot(repo_id: str, revision: str | None = None, download: Callable[..., str] | None = None) -> Path:
@@ -64,7 +64,7 @@ def resolve_model(model: str | Path, revision: str | None = None, download: Call
     text = str(model)
     if Path(text).exists() or not looks_like_repo_id(text):
         if revision is not None and Path(text).exists():
-            raise SteerfoldError(f"--revision applies to Hub ids, but {text} is a local folder: drop --revision")
+            raise BadInput(f"--revision applies to Hub ids, but {text} is a local folder: drop --revision")
         from editor.models.gguf import convert_gguf, is_gguf_input
 
         if is_gguf_input(text):  # a GGUF file: its float32 conversion, cached
@@ -89,11 +89,11 @@ def load_dataset_split(dataset: str, split: str) -> Any:
     try:
         import datasets
     except ImportError:
-        raise SteerfoldError(f"prompts from the Hub dataset {dataset} need the datasets package: pip install datasets") from None
+        raise BadInput(f"prompts from the Hub dataset {dataset} need the datasets package: pip install datasets") from None
     try:
         return datasets.load_dataset(dataset, split=split)
     except Exception as exc:  # every failure to fetch becomes one line
-        raise SteerfoldError(f"could not load dataset {dataset} split {split} ({type(exc).__name__}): "
+        raise BadInput(f"could not load dataset {dataset} split {split} ({type(exc).__name__}): "
                              "check the id and split, and that the Hub is reachable") from None
 
 
@@ -124,7 +124,7 @@ def identify_base(model: str | Path, folder: Path, given_id: str | None = None, 
     """The base's Hub identity: ``given_id`` (--base-model-id), the Hub id the user passed, or the cache folder's."""
     if given_id is not None:
         if not REPO_ID.match(given_id):
-            raise SteerfoldError(f"--base-model-id '{given_id}' is not a repository id: write it as owner/name")
+            raise BadInput(f"--base-model-id '{given_id}' is not a repository id: write it as owner/name")
         return BaseModel(given_id, revision, folder)
     if looks_like_repo_id(str(model)):
         return BaseModel(str(model), revision, folder)
@@ -145,11 +145,11 @@ def plan_push(folder: Path) -> list[PlannedFile]:
     from editor.artifacts.checksums import verify
 
     if not folder.is_dir():
-        raise SteerfoldError(f"{folder} is not a folder: pass a folder written by steerfold")
+        raise BadInput(f"{folder} is not a folder: pass a folder written by steerfold")
     problems = verify(folder)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise SteerfoldError(f"{folder} fails steerfold verify: {problems[0]}{more}; re-export it before pushing")
+        raise BadInput(f"{folder} fails steerfold verify: {problems[0]}{more}; re-export it before pushing")
     check_recorded_base(folder)
     files = [
         PlannedFile(p.relative_to(folder).as_posix(), p, p.stat().st_size)
@@ -157,7 +157,7 @@ def plan_push(folder: Path) -> list[PlannedFile]:
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     ]
     if not files:
-        raise SteerfoldError(f"{folder} is empty: nothing to push")
+        raise BadInput(f"{folder} is empty: nothing to push")
     return files
 
 
@@ -170,12 +170,12 @@ def check_recorded_base(folder: Path) -> None:
     if config.is_file():
         recorded = json.loads(config.read_text()).get("base_model_name_or_path")
         if not (isinstance(recorded, str) and REPO_ID.match(recorded)):
-            raise SteerfoldError(f"{folder} is an adapter whose base is the local path {recorded}, which no one else has: "
+            raise BadInput(f"{folder} is an adapter whose base is the local path {recorded}, which no one else has: "
                                  "export it again with --base-model-id OWNER/NAME (the base's Hub id)")
     card = folder / "README.md"
     text = card.read_text() if card.is_file() else ""
     if text.startswith("---") and "\nbase_model:" not in text.split("\n---", 1)[0]:
-        raise SteerfoldError(f"{folder}'s card names no Hub base model (it was made from a local folder): export it again "
+        raise BadInput(f"{folder}'s card names no Hub base model (it was made from a local folder): export it again "
                              "with --base-model-id OWNER/NAME (the base's Hub id)")
 
 
@@ -192,7 +192,7 @@ def push_folder(
     from huggingface_hub import CommitOperationAdd, HfApi
 
     if not REPO_ID.match(repo_id):
-        raise SteerfoldError(f"'{repo_id}' is not a repository id: write it as owner/name")
+        raise BadInput(f"'{repo_id}' is not a repository id: write it as owner/name")
     files = plan_push(folder)
     api = api or HfApi()
     message = commit_message or f"Upload {folder.name} with steerfold"

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput, SteerfoldError
 
 SurfaceName = Literal["cli", "recipe"]
 
@@ -64,4 +64,4 @@ def first_error_line(exc: ValidationError, vocab: dict[str, str], source: str | 
     # "--mlp-kernel '1,2' is not …" when the message starts with the value, else "--layer: Input should be …"
     where = f"{vocab.get(name, name)}{' ' if message.startswith(chr(39)) else ': '}" if name else ""
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return SteerfoldError(f"{source + ': ' if source else ''}{where}{message}{more}")
+    return BadInput(f"{source + ': ' if source else ''}{where}{message}{more}")

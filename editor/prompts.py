@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 
 TEXT_KEYS = ("prompt", "text", "instruction")
 
@@ -30,10 +30,10 @@ class PromptRecord:
 def _record(row: dict, where: str) -> PromptRecord:
     key = next((k for k in TEXT_KEYS if k in row), None)
     if key is None:
-        raise SteerfoldError(f"{where} has no prompt field: name it one of {', '.join(TEXT_KEYS)}")
+        raise BadInput(f"{where} has no prompt field: name it one of {', '.join(TEXT_KEYS)}")
     text, category = row[key], row.get("category")
     if not isinstance(text, str) or not text.strip():
-        raise SteerfoldError(f"{where} has an empty or non-text '{key}': give every row a prompt string")
+        raise BadInput(f"{where} has an empty or non-text '{key}': give every row a prompt string")
     if category is not None and not isinstance(category, str):
         category = str(category)
     return PromptRecord(text=text, category=category or None)
@@ -48,11 +48,11 @@ def load_prompts(path: str | Path) -> list[PromptRecord]:
     """
     path = Path(path)
     if not path.is_file():
-        raise SteerfoldError(f"prompt file {path} not found: check the path")
+        raise BadInput(f"prompt file {path} not found: check the path")
     try:
         raw = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise SteerfoldError(f"{path} is not UTF-8 text: save it as UTF-8 jsonl, csv or txt") from None
+        raise BadInput(f"{path} is not UTF-8 text: save it as UTF-8 jsonl, csv or txt") from None
     suffix = path.suffix.lower()
     records: list[PromptRecord] = []
     if suffix in (".jsonl", ".json"):
@@ -62,27 +62,27 @@ def load_prompts(path: str | Path) -> list[PromptRecord]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                raise SteerfoldError(f"{path}:{n} is not valid JSON: write one JSON object a line (jsonl)") from None
+                raise BadInput(f"{path}:{n} is not valid JSON: write one JSON object a line (jsonl)") from None
             if not isinstance(row, dict):
-                raise SteerfoldError(f"{path}:{n} is not a JSON object: write lines like {{\"prompt\": \"...\"}}")
+                raise BadInput(f"{path}:{n} is not a JSON object: write lines like {{\"prompt\": \"...\"}}")
             records.append(_record(row, f"{path}:{n}"))
     elif suffix == ".csv":
         reader = csv.DictReader(raw.splitlines())
         if not reader.fieldnames or not any(k in reader.fieldnames for k in TEXT_KEYS):
-            raise SteerfoldError(f"{path} has no prompt column: add a header row naming one of {', '.join(TEXT_KEYS)}")
+            raise BadInput(f"{path} has no prompt column: add a header row naming one of {', '.join(TEXT_KEYS)}")
         for n, row in enumerate(reader, 2):
             records.append(_record({k: v for k, v in row.items() if k is not None}, f"{path}:{n}"))
     else:
         records = [PromptRecord(line.strip()) for line in raw.splitlines() if line.strip()]
     if not records:
-        raise SteerfoldError(f"{path} holds no prompts: add at least one")
+        raise BadInput(f"{path} holds no prompts: add at least one")
     return records
 
 
 def format_chat(tokenizer: PreTrainedTokenizerBase, user: str, system: str | None = None) -> str:
     """The chat-formatted prompt string, ending where the assistant's reply begins."""
     if getattr(tokenizer, "chat_template", None) is None:
-        raise SteerfoldError("the tokenizer has no chat template: use a chat (instruct) model or set one")
+        raise BadInput("the tokenizer has no chat template: use a chat (instruct) model or set one")
     messages = ([{"role": "system", "content": system}] if system is not None else []) + [
         {"role": "user", "content": user}
     ]

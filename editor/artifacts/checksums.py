@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput, SteerfoldError
 from editor.artifacts.safetensors_io import read_header
 
 SUMS = "SHA256SUMS"
@@ -43,7 +43,7 @@ def verify(folder: Path) -> list[str]:
     folder = Path(folder)
     sums_path = folder / SUMS
     if not sums_path.is_file():
-        raise SteerfoldError(f"{folder} has no {SUMS}: only folders written by steerfold can be verified")
+        raise BadInput(f"{folder} has no {SUMS}: only folders written by steerfold can be verified")
     try:
         text = sums_path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:

@@ -29,7 +29,7 @@ import numpy as np
 
 from editor.models.arch import ModelLayout
 from editor.edit.edits import Edit
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 
 CVEC_FILE = "control_vector.gguf"
 # HF model_type → llama.cpp architecture name, where they differ (convert_hf_to_gguf.py's choices).
@@ -44,7 +44,7 @@ def llama_cpp_block(layer: int, num_layers: int) -> int:
     have no control-vector tensor.
     """
     if not 2 <= layer <= num_layers:
-        raise SteerfoldError(
+        raise BadInput(
             f"a llama.cpp control vector cannot carry layer index {layer}: direction.N is added to the output of "
             f"block N ≥ 1, which is layer index N + 1, so only layer indices 2..{num_layers} can be steered "
             f"(e.g. --layers 2-{num_layers})"
@@ -56,10 +56,10 @@ def check_cvec_can_carry(edit: Edit, layout: ModelLayout, gain_of=None) -> None:
     """Refuse, before writing anything, an edit that a control vector cannot carry exactly."""
     edit.check_against(layout)
     if not all(residual_map.is_offset_only for residual_map in edit.maps.values()):
-        raise SteerfoldError("a control vector only adds a constant vector, so it cannot carry an ablation or any "
+        raise BadInput("a control vector only adds a constant vector, so it cannot carry an ablation or any "
                              "other map of the residual stream: use --format merged or lora, or steer (--steer)")
     if edit.weights:
-        raise SteerfoldError("a control vector holds one vector per block, not per-writer weights: drop the kernels")
+        raise BadInput("a control vector holds one vector per block, not per-writer weights: drop the kernels")
     for layer in edit.maps:
         llama_cpp_block(layer, layout.num_layers)
 
@@ -80,7 +80,7 @@ def write_control_vector(layout: ModelLayout, edit: Edit, dest: Path) -> dict:
     try:
         import gguf
     except ImportError:
-        raise SteerfoldError("writing a GGUF control vector needs the gguf package: pip install gguf") from None
+        raise BadInput("writing a GGUF control vector needs the gguf package: pip install gguf") from None
     tensors = control_vector_tensors(edit, layout)
     writer = gguf.GGUFWriter(str(dest / CVEC_FILE), arch="controlvector")
     writer.add_string("controlvector.model_hint", GGUF_ARCHITECTURE.get(layout.model_type, layout.model_type))

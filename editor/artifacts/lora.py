@@ -15,7 +15,7 @@ from editor.models.arch import ModelLayout
 from editor.models.checkpoint import ModelFolder, read_tensors
 from editor.edit.edits import Edit
 from editor.edit.lora import lora_pair, lora_rank
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
@@ -31,7 +31,7 @@ def lora_keys(module: str, embedding: bool) -> tuple[str, str]:
 def check_lora_can_carry(edit: Edit, layout: ModelLayout, gain_of=None) -> None:
     """Refuse, before writing anything, an edit that a portable LoRA cannot express exactly."""
     if edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "shared":
-        raise SteerfoldError(
+        raise BadInput(
             "a LoRA on the embedding cannot also edit the tied output head: use --tied-embedding untie "
             "(the adapter then edits the input embedding only) or --format merged"
         )
@@ -41,12 +41,12 @@ def check_lora_can_carry(edit: Edit, layout: ModelLayout, gain_of=None) -> None:
         writer = layout.writer(hook)
         assert writer is not None
         if writer.lora_module is None:
-            raise SteerfoldError(
+            raise BadInput(
                 f"{hook} is a mixture-of-experts block, whose expert weights a portable LoRA cannot target: "
                 "use --format merged"
             )
         if writer.has_bias:
-            raise SteerfoldError(
+            raise BadInput(
                 f"{writer.lora_module} has a bias, and the edit changes it by U Vᵀ β, which a portable LoRA "
                 "(no lora_bias) cannot carry: use --format merged"
             )

@@ -18,7 +18,7 @@ from typing import Iterable
 
 from typing import TYPE_CHECKING
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 
 if TYPE_CHECKING:
     import torch
@@ -60,7 +60,7 @@ class TensorEntry:
             with open(self.file, "rb") as handle:
                 mapping = mmap.mmap(handle.fileno(), self.start + self.nbytes - aligned, offset=aligned, access=mmap.ACCESS_COPY)
         except ValueError:  # the file is shorter than its header says
-            raise SteerfoldError(f"{self.file} ended early while reading '{self.name}': the shard is truncated; re-download it") from None
+            raise BadInput(f"{self.file} ended early while reading '{self.name}': the shard is truncated; re-download it") from None
         return memoryview(mapping)[self.start - aligned :]
 
     def load(self) -> "torch.Tensor":
@@ -84,10 +84,10 @@ def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
                 raise ValueError("the header is not a JSON object")
             file_size = os.fstat(handle.fileno()).st_size
     except (struct.error, ValueError, UnicodeDecodeError, OSError) as exc:
-        raise SteerfoldError(f"{path} is not a readable safetensors file ({exc}): re-download the checkpoint") from None
+        raise BadInput(f"{path} is not a readable safetensors file ({exc}): re-download the checkpoint") from None
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
-        raise SteerfoldError(f"{path} has malformed metadata: re-download the checkpoint")
+        raise BadInput(f"{path} has malformed metadata: re-download the checkpoint")
     base = 8 + size
     entries = []
     for name, info in header.items():
@@ -96,22 +96,22 @@ def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
             if not (all(isinstance(n, int) and n >= 0 for n in [*shape, begin, end]) and begin <= end):
                 raise ValueError
         except (KeyError, TypeError, ValueError):
-            raise SteerfoldError(f"tensor '{name}' in {path.name} has a malformed header entry: the shard is corrupt; re-download it") from None
+            raise BadInput(f"tensor '{name}' in {path.name} has a malformed header entry: the shard is corrupt; re-download it") from None
         if dtype not in DTYPES:
-            raise SteerfoldError(f"tensor '{name}' in {path.name} has dtype {dtype}, which steerfold cannot read yet")
+            raise BadInput(f"tensor '{name}' in {path.name} has dtype {dtype}, which steerfold cannot read yet")
         expected = math.prod(shape) * DTYPES[dtype][1]
         if end - begin != expected:
-            raise SteerfoldError(f"tensor '{name}' in {path.name} takes {end - begin} bytes where its shape and dtype need "
+            raise BadInput(f"tensor '{name}' in {path.name} takes {end - begin} bytes where its shape and dtype need "
                                  f"{expected}: the shard is corrupt; re-download it")
         entries.append(TensorEntry(name, dtype, tuple(shape), path, base + begin, end - begin))
     entries.sort(key=lambda e: e.start)
     stored = [e for e in entries if e.nbytes]  # an empty tensor takes no bytes and may share an offset
     for before, after in zip(stored, stored[1:]):
         if after.start < before.start + before.nbytes:
-            raise SteerfoldError(f"tensors '{before.name}' and '{after.name}' in {path.name} overlap: the shard is corrupt; re-download it")
+            raise BadInput(f"tensors '{before.name}' and '{after.name}' in {path.name} overlap: the shard is corrupt; re-download it")
     needed = max((e.start + e.nbytes for e in entries), default=0)
     if needed > file_size:
-        raise SteerfoldError(f"{path} is shorter than its header says ({file_size} of {needed} bytes): the shard is truncated; re-download it")
+        raise BadInput(f"{path} is shorter than its header says ({file_size} of {needed} bytes): the shard is truncated; re-download it")
     return entries, metadata
 
 

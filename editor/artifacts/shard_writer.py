@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from editor.artifacts.safetensors_io import OutputTensor, TensorEntry, header_bytes, shard_names
-from editor.errors import SteerfoldError
+from editor.errors import BadInput, IOFailure, SteerfoldError
 
 
 class ChunkPool:
@@ -76,11 +76,11 @@ class OutputFile:
                     space = self._space()
                     read = source.readinto(space[: min(len(space), remaining)])
                     if not read:
-                        raise SteerfoldError(f"{entry.file} ended early while copying '{entry.name}': the shard is truncated; re-download it")
+                        raise BadInput(f"{entry.file} ended early while copying '{entry.name}': the shard is truncated; re-download it")
                     self._advance(read)
                     remaining -= read
         except OSError as exc:
-            raise SteerfoldError(f"could not read '{entry.name}' from {entry.file}: {exc.strerror or exc}; "
+            raise BadInput(f"could not read '{entry.name}' from {entry.file}: {exc.strerror or exc}; "
                                  "check the disk or re-download the checkpoint") from None
 
     def close(self) -> None:
@@ -188,7 +188,7 @@ def _drop_direct_io(fd: int, path: Path) -> None:
 
 
 def _write_failed(path: Path, exc: OSError) -> SteerfoldError:
-    return SteerfoldError(f"could not write {path.name} in {path.parent}: {exc.strerror or exc}; "
+    return IOFailure(f"could not write {path.name} in {path.parent}: {exc.strerror or exc}; "
                           "free space there or pass another --out")
 
 

@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput, SteerfoldError
 
 FORMAT_VERSION = "1"
 CATEGORY_PREFIX = "directions."
@@ -56,14 +56,14 @@ class DirectionFile:
         try:
             return int(chosen)
         except ValueError:
-            raise SteerfoldError(f"the direction file records layer '{chosen}', which is not a layer index: "
+            raise BadInput(f"the direction file records layer '{chosen}', which is not a layer index: "
                                  "re-fit it, or pass --layer N") from None
 
     def select(self, layer: int | None) -> tuple[torch.Tensor, int | None]:
         """The vector to edit with and the layer it came from (``layer`` picks a row of ``directions``)."""
         if self.direction is not None:
             if layer is not None:
-                raise SteerfoldError(
+                raise BadInput(
                     "--layer picks a row of a 'directions' file, but this file holds a single 'direction': drop --layer"
                 )
             return self.direction, self.recorded_layer()
@@ -71,29 +71,29 @@ class DirectionFile:
         if layer is None:
             layer = self.recorded_layer()
             if layer is None:
-                raise SteerfoldError(
+                raise BadInput(
                     "the file holds per-layer 'directions' and records no chosen layer: pass --layer N "
                     "(layer index: 0 = embedding output, N = output of block N-1)"
                 )
         rows = self.directions.shape[0]
         if not 0 <= layer < rows:
-            raise SteerfoldError(f"--layer {layer} is out of range: the file has rows 0..{rows - 1}")
+            raise BadInput(f"--layer {layer} is out of range: the file has rows 0..{rows - 1}")
         return self.directions[layer], layer
 
 
 def _check_finite_nonzero(name: str, tensor: torch.Tensor, path: Path) -> None:
     if not torch.isfinite(tensor).all():
-        raise SteerfoldError(f"'{name}' in {path} contains NaN or infinite values: re-fit the direction")
+        raise BadInput(f"'{name}' in {path} contains NaN or infinite values: re-fit the direction")
     norms = tensor.reshape(-1, tensor.shape[-1]).norm(dim=-1)
     if (norms == 0).all() if tensor.dim() == 2 else (norms == 0).any():
-        raise SteerfoldError(f"'{name}' in {path} is all zeros: re-fit the direction (no contrast was found)")
+        raise BadInput(f"'{name}' in {path} is all zeros: re-fit the direction (no contrast was found)")
 
 
 def load_direction_file(path: str | Path) -> DirectionFile:
     """Read and check a direction file; every problem is one SteerfoldError line."""
     path = Path(path)
     if not path.is_file():
-        raise SteerfoldError(f"direction file {path} does not exist: pass the .safetensors written by 'steerfold fit'")
+        raise BadInput(f"direction file {path} does not exist: pass the .safetensors written by 'steerfold fit'")
     try:
         with safe_open(str(path), framework="pt") as handle:
             keys = set(handle.keys())
@@ -102,23 +102,23 @@ def load_direction_file(path: str | Path) -> DirectionFile:
             extensions = {k: handle.get_tensor(k) for k in keys if k == "basis" or k.startswith(CATEGORY_PREFIX)}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SteerfoldError(f"{path} is not a readable safetensors direction file ({first}): pass the file written by 'steerfold fit'") from None
+        raise BadInput(f"{path} is not a readable safetensors direction file ({first}): pass the file written by 'steerfold fit'") from None
     if not tensors:
-        raise SteerfoldError(
+        raise BadInput(
             f"{path} has neither a 'direction' nor a 'directions' tensor (found: {', '.join(sorted(keys)) or 'none'}): "
             "pass a direction file as described in the README"
         )
     if len(tensors) == 2:
-        raise SteerfoldError(f"{path} holds both 'direction' and 'directions': keep one of them")
+        raise BadInput(f"{path} holds both 'direction' and 'directions': keep one of them")
     name, tensor = next(iter(tensors.items()))
     expected_dims = 1 if name == "direction" else 2
     if tensor.dim() != expected_dims:
-        raise SteerfoldError(
+        raise BadInput(
             f"'{name}' in {path} has shape {list(tensor.shape)}; expected "
             + ("[hidden]" if expected_dims == 1 else "[num_hidden_layers + 1, hidden]")
         )
     if tensor.numel() == 0:
-        raise SteerfoldError(f"'{name}' in {path} is empty (shape {list(tensor.shape)}): re-fit the direction")
+        raise BadInput(f"'{name}' in {path} is empty (shape {list(tensor.shape)}): re-fit the direction")
     tensor = tensor.to(torch.float32)
     _check_finite_nonzero(name, tensor, path)
     basis, categories = _read_extensions(extensions, tensor, path)
@@ -134,17 +134,17 @@ def _read_extensions(
     if basis is not None:
         basis = basis.to(torch.float32)
         if basis.dim() != 2 or basis.shape[1] != hidden or basis.shape[0] == 0:
-            raise SteerfoldError(f"'basis' in {path} has shape {list(basis.shape)}; expected [k, {hidden}] with k ≥ 1")
+            raise BadInput(f"'basis' in {path} has shape {list(basis.shape)}; expected [k, {hidden}] with k ≥ 1")
         if not torch.isfinite(basis).all():
-            raise SteerfoldError(f"'basis' in {path} contains NaN or infinite values: re-fit it")
+            raise BadInput(f"'basis' in {path} contains NaN or infinite values: re-fit it")
         gram = basis @ basis.T
         if (gram - torch.eye(len(basis))).abs().max() > 1e-3:
-            raise SteerfoldError(f"the rows of 'basis' in {path} are not orthonormal: re-fit it")
+            raise BadInput(f"the rows of 'basis' in {path} are not orthonormal: re-fit it")
     categories = {}
     for key in sorted(extensions):
         tensor = extensions[key].to(torch.float32)
         if tensor.shape != main.shape or not torch.isfinite(tensor).all():
-            raise SteerfoldError(f"'{key}' in {path} must be finite with the main tensor's shape {list(main.shape)}: re-fit it")
+            raise BadInput(f"'{key}' in {path} must be finite with the main tensor's shape {list(main.shape)}: re-fit it")
         categories[key.removeprefix(CATEGORY_PREFIX)] = tensor
     return basis, categories
 
@@ -167,12 +167,12 @@ def save_direction_file(path: str | Path, file: DirectionFile) -> None:
 def check_hidden_size(file: DirectionFile, hidden_size: int, num_layers: int, path: str | Path) -> None:
     """Refuse a direction file that was fitted on a model of another shape."""
     if file.hidden_size != hidden_size:
-        raise SteerfoldError(
+        raise BadInput(
             f"direction in {path} has {file.hidden_size} values but the model's hidden size is {hidden_size}: "
             "use a direction fitted on this model"
         )
     if file.directions is not None and file.directions.shape[0] != num_layers + 1:
-        raise SteerfoldError(
+        raise BadInput(
             f"'directions' in {path} has {file.directions.shape[0]} rows but the model has {num_layers + 1} "
             "layer indices (num_hidden_layers + 1): use directions fitted on this model"
         )

@@ -13,7 +13,7 @@ import torch
 from editor.models.arch import ModelLayout, Role
 from editor.directions.file import DirectionFile, check_hidden_size, load_direction_file
 from editor.edit.edits import Edit, ablation_edit, conditional_edit, steering_edit, subspace_edit
-from editor.errors import SteerfoldError
+from editor.errors import BadInput, SteerfoldError
 from editor.edit.kernels import kernel_weights
 from editor.edit.spec import EditSpec, parse_layers
 from editor.edit.norm_preserving import norm_preserving_edit
@@ -23,14 +23,14 @@ def edit_layers(spec: EditSpec, layout: ModelLayout, source_layer: int | None) -
     """The layer indices to edit: --layers, or all of them (steering: the layer the direction was fitted at)."""
     if spec.kind == "steering" and spec.layers is None:
         if source_layer is None:
-            raise SteerfoldError("the direction file records no layer to steer at: pass --layers (e.g. --layers 4)")
+            raise BadInput("the direction file records no layer to steer at: pass --layers (e.g. --layers 4)")
         layers = [source_layer]
     else:
         layers = parse_layers(spec.layers, layout.num_layers)
     if not spec.embedding:
         layers = [layer for layer in layers if layer != 0]
     if not layers:
-        raise SteerfoldError("no layer left to edit: widen --layers or drop --no-embedding")
+        raise BadInput("no layer left to edit: widen --layers or drop --no-embedding")
     return layers
 
 
@@ -40,7 +40,7 @@ def check_kernel_peaks(spec: EditSpec, layout: ModelLayout) -> None:
     for flag, kernel in (("--attention-kernel", spec.attention_kernel), ("--mlp-kernel", spec.mlp_kernel)):
         if kernel is not None and not 0 <= kernel.peak <= last:
             example = f"{round(0.6 * last)},{kernel.peak_weight:g},{kernel.min_weight:g},{max(1, round(last / 3))}"
-            raise SteerfoldError(f"{flag} peaks at layer index {kernel.peak:g}, outside this model's layer indices 0..{last} "
+            raise BadInput(f"{flag} peaks at layer index {kernel.peak:g}, outside this model's layer indices 0..{last} "
                                  f"(0 = embedding output, l = output of block l-1): choose a peak in 0..{last}, e.g. "
                                  f"{flag} {example}, or pass --allow-noop if you mean it")
 
@@ -66,13 +66,13 @@ def _category_row(file: DirectionFile, category: str, layer: int | None, which: 
     """One harm category's direction (``directions.<category>`` of a per-category file) at layer index ``layer``."""
     if category not in file.categories:
         known = ", ".join(sorted(file.categories)) or "none: fit it with --method per-category"
-        raise SteerfoldError(f"{which} has no category '{category}' (categories: {known}): pass one of them to --condition-category")
+        raise BadInput(f"{which} has no category '{category}' (categories: {known}): pass one of them to --condition-category")
     if layer is None:
-        raise SteerfoldError(f"{which}: a category's directions are per layer and record no chosen layer: pass --layer N "
+        raise BadInput(f"{which}: a category's directions are per layer and record no chosen layer: pass --layer N "
                              "(layer index: 0 = embedding output, N = output of block N-1)")
     rows = file.categories[category]
     if not 0 <= layer < rows.shape[0]:
-        raise SteerfoldError(f"--layer {layer} is out of range: {which} has rows 0..{rows.shape[0] - 1}")
+        raise BadInput(f"--layer {layer} is out of range: {which} has rows 0..{rows.shape[0] - 1}")
     return rows[layer]
 
 
@@ -81,13 +81,13 @@ def _select(file: DirectionFile, layer: int | None, which: str) -> tuple[torch.T
     try:
         return file.select(layer)
     except SteerfoldError as exc:
-        raise SteerfoldError(f"{which}: {exc}") from None
+        raise BadInput(f"{which}: {exc}") from None
 
 
 def _basis(spec: EditSpec, file: DirectionFile) -> torch.Tensor:
     """The orthonormal ``basis`` [k, hidden] of the direction file (written by ``steerfold fit --method inlp``)."""
     if file.basis is None:
-        raise SteerfoldError(f"{spec.direction} holds no basis to remove: fit one with --method inlp (or pca --pca-components 2+), or drop --subspace")
+        raise BadInput(f"{spec.direction} holds no basis to remove: fit one with --method inlp (or pca --pca-components 2+), or drop --subspace")
     return file.basis
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Literal, Mapping
 import torch
 
 from editor.models.arch import ModelLayout, Role
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 from editor.edit.maps import ResidualMap, ablation_map, conditional_map, subspace_ablation_map
 
 TiedEmbeddingMode = Literal["untie", "shared"]
@@ -77,7 +77,7 @@ class Edit:
                     continue
                 if writer.post_norm:
                     if mapped.b is not None:
-                        raise SteerfoldError(
+                        raise BadInput(
                             f"a constant offset cannot pass through the post-norm of {writer.hook}: "
                             "steer a pre-norm architecture, or use an ablation here"
                         )
@@ -86,7 +86,7 @@ class Edit:
                     mapped = mapped.through_gain(gain_of(writer.post_norm).to(torch.float32) + offset)
                 per_module[writer.hook] = mapped
         if not per_module:
-            raise SteerfoldError(NOTHING_CHANGED)
+            raise BadInput(NOTHING_CHANGED)
         return per_module
 
     def check_changes_something(self, layout: ModelLayout, allow_noop: bool = False) -> None:
@@ -94,20 +94,20 @@ class Edit:
         weights of 0 at every listed layer, or a scale of 1e-6); ``allow_noop`` accepts a negligible one."""
         scaled = [m.scaled(self.weight(layer, w.role)) for layer, m in self.maps.items() for w in layout.writers_at([layer])]
         if all(m.is_identity for m in scaled):
-            raise SteerfoldError(NOTHING_CHANGED)
+            raise BadInput(NOTHING_CHANGED)
         if not allow_noop and all(m.is_negligible for m in scaled):
-            raise SteerfoldError(NOTHING_CHANGED.replace(": ", " measurably: ", 1) + ", or pass --allow-noop if you mean it")
+            raise BadInput(NOTHING_CHANGED.replace(": ", " measurably: ", 1) + ", or pass --allow-noop if you mean it")
 
     def check_against(self, layout: ModelLayout) -> None:
         """Refuse layer indices out of range and maps of the wrong size."""
         for layer, residual_map in self.maps.items():
             if not 0 <= layer <= layout.num_layers:
-                raise SteerfoldError(
+                raise BadInput(
                     f"layer index {layer} is out of range: this model has layer indices 0..{layout.num_layers} "
                     "(0 = embedding output, l = output of block l-1)"
                 )
             if residual_map.U.shape[0] != layout.hidden_size:
-                raise SteerfoldError(
+                raise BadInput(
                     f"the edit has size {residual_map.U.shape[0]} but the model's hidden size is {layout.hidden_size}: "
                     "use a direction fitted on this model"
                 )
@@ -119,13 +119,13 @@ class Edit:
             if residual_map.b is None:
                 continue
             if layer == 0 and layout.tied_embeddings and self.tied_embedding == "shared":
-                raise SteerfoldError(
+                raise BadInput(
                     "a constant offset on a shared (tied) embedding would also shift every logit: "
                     "use --tied-embedding untie"
                 )
             last = layout.writers_at([layer])[-1]
             if layer > 0 and not last.has_bias:
-                raise SteerfoldError(
+                raise BadInput(
                     f"a constant offset at layer {layer} needs a bias on {last.hook}, which this checkpoint "
                     "does not have: export it as a control vector (--format cvec) or apply it at run time instead"
                 )
@@ -197,5 +197,5 @@ def check_write_maps(module_maps: dict[str, ResidualMap], face: str) -> None:
     """Refuse maps that are not ``(I + U Vᵀ)`` on the module's output: a LoRA and runtime hooks carry only those."""
     for residual_map in module_maps.values():
         if residual_map.not_a_write_map:
-            raise SteerfoldError(f"{residual_map.not_a_write_map}, so {face} cannot carry it exactly: "
+            raise BadInput(f"{residual_map.not_a_write_map}, so {face} cannot carry it exactly: "
                                  "fold it into a merged checkpoint (--format merged)")

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 from editor.models.arch import Role
 
 KERNEL_FORMAT = "PEAK,PEAK_WEIGHT,MIN_WEIGHT,FALLOFF"
@@ -79,11 +79,11 @@ class LayerKernel(BaseModel):
         """Read ``PEAK,PEAK_WEIGHT,MIN_WEIGHT,FALLOFF``; anything else is one error line naming the flag."""
         values = _numbers(text)
         if values is None:
-            raise SteerfoldError(f"{flag} '{text}' is not {KERNEL_FORMAT}: write e.g. {flag} 3,1,0.2,2 (a peak at layer index 3)")
+            raise BadInput(f"{flag} '{text}' is not {KERNEL_FORMAT}: write e.g. {flag} 3,1,0.2,2 (a peak at layer index 3)")
         if not all(math.isfinite(v) for v in values):
-            raise SteerfoldError(f"{flag} {text}: a value is not a finite number: write e.g. 3,1,0,2")
+            raise BadInput(f"{flag} {text}: a value is not a finite number: write e.g. 3,1,0,2")
         if values[3] < 0:
-            raise SteerfoldError(f"{flag} {text} has a negative fall-off distance: use 0 or more")
+            raise BadInput(f"{flag} {text} has a negative fall-off distance: use 0 or more")
         return cls(*values)
 
 

@@ -7,7 +7,7 @@ import torch
 
 from editor.edit.edits import check_write_maps
 from editor.edit.maps import ResidualMap
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 
 
 def lora_rank(module_maps: dict[str, ResidualMap]) -> int:
@@ -15,7 +15,7 @@ def lora_rank(module_maps: dict[str, ResidualMap]) -> int:
     check_write_maps(module_maps, "a LoRA adapter")
     for module_name, residual_map in module_maps.items():
         if residual_map.b is not None:
-            raise SteerfoldError(
+            raise BadInput(
                 f"a LoRA cannot carry the constant offset on {module_name}: export a merged checkpoint or a control vector"
             )
     return max(m.rank for m in module_maps.values())

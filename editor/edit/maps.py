@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 
 
 NEGLIGIBLE = 1e-3  # a map that changes a unit write by less than this is no edit (see is_negligible)
@@ -114,7 +114,7 @@ class ResidualMap:
         """The ablation to apply to ``y`` when the write is ``g ⊙ norm(y)``: remove ``g ⊙ r`` from ``y``, so the
         write has no component along ``r`` (an exact removal; the norm then rescales what is left)."""
         if self.ablation_scale is None:
-            raise SteerfoldError(
+            raise BadInput(
                 "only ablations can be folded through a post-norm (Gemma 2/3, OLMo 2/3): use an ablation edit"
             )
         q, _ = torch.linalg.qr(gain.to(torch.float32).unsqueeze(1) * self.V)
@@ -135,7 +135,7 @@ def unit(vector: torch.Tensor) -> torch.Tensor:
     v = vector.detach().to(torch.float32).reshape(-1)
     norm = v.norm()
     if not torch.isfinite(norm) or norm == 0:
-        raise SteerfoldError("the direction is zero or not finite: re-fit it (no contrast was found)")
+        raise BadInput("the direction is zero or not finite: re-fit it (no contrast was found)")
     return v / norm
 
 

@@ -23,7 +23,7 @@ import torch
 
 from editor.edit.edits import Edit
 from editor.edit.maps import CHUNK_ELEMENTS, ResidualMap, row_chunks
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,6 @@ def norm_preserving_edit(edit: Edit) -> Edit:
     maps = {}
     for layer, residual_map in edit.maps.items():
         if residual_map.ablation_scale is None or residual_map.b is not None:
-            raise SteerfoldError("norm preservation applies to ablations only: drop --norm-preserving for this edit")
+            raise BadInput("norm preservation applies to ablations only: drop --norm-preserving for this edit")
         maps[layer] = NormPreservingAblation(residual_map.U, residual_map.V, None, residual_map.ablation_scale)
     return replace(edit, maps=maps)

@@ -16,7 +16,7 @@ from typing import Annotated, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from editor.edit.kernels import LayerKernel
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 from editor.options import SurfaceName, Words, first_error_line, vocabulary, words_of
 
 OutputFormat = Literal["merged", "lora", "cvec"]
@@ -123,7 +123,7 @@ class EditSpec(BaseModel):
         vocab = vocabulary(EditSpec, surface)
         for conflict, message in CONFLICTS:
             if conflict(self):
-                raise SteerfoldError(message.format(**vocab))
+                raise BadInput(message.format(**vocab))
         self.max_shard_bytes(surface)
 
     def described(self, layers: list[int], source_layer: int | None, metadata: dict[str, str], post_norm: bool,
@@ -199,7 +199,7 @@ def spec_from_cli(values: dict) -> EditSpec:
     given = {kind: flag for kind, flag in kinds.items() if values.pop(f"kind_{kind}", None) or
              values.get(_field_of_flag(flag) or "", None) is not None}
     if len(given) > 1:
-        raise SteerfoldError(f"{' and '.join(given.values())} each name a different edit: pass one of them")
+        raise BadInput(f"{' and '.join(given.values())} each name a different edit: pass one of them")
     values = {name: value for name, value in values.items() if value is not None}
     return parse_spec({**values, "kind": next(iter(given), "ablation")}, "cli")
 
@@ -255,7 +255,7 @@ def parse_size(text: str, flag: str = "--max-shard-size") -> int:
     except ValueError:
         value = -1
     if unit not in units or value <= 0:
-        raise SteerfoldError(f"{flag} '{text}' is not a size: write e.g. 5GB, 500MB or 2GiB")
+        raise BadInput(f"{flag} '{text}' is not a size: write e.g. 5GB, 500MB or 2GiB")
     return int(value * units[unit])
 
 
@@ -269,8 +269,8 @@ def parse_layers(spec: str | None, num_layers: int, flag: str = "--layers") -> l
         try:
             low, high = (int(x) for x in part.split("-", 1)) if "-" in part else (int(part), int(part))
         except ValueError:
-            raise SteerfoldError(f"{flag} '{spec}' is not a list of layer indices: write e.g. 0-4,10,12-15") from None
+            raise BadInput(f"{flag} '{spec}' is not a list of layer indices: write e.g. 0-4,10,12-15") from None
         if low > high or low < 0 or high > num_layers:
-            raise SteerfoldError(f"{flag} range '{part}' is outside 0..{num_layers} (0 = embedding output, l = output of block l-1)")
+            raise BadInput(f"{flag} range '{part}' is outside 0..{num_layers} (0 = embedding output, l = output of block l-1)")
         layers.update(range(low, high + 1))
     return sorted(layers)

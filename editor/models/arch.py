@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal
 
-from editor.errors import SteerfoldError, UnsupportedModel
+from editor.errors import BadInput, UnsupportedModel
 
 Role = Literal["embedding", "attention", "mlp"]
 TensorKind = Literal["embedding", "linear", "bias", "experts"]
@@ -234,7 +234,7 @@ def resolve_layout(config: Any, parameter_names: Iterable[str]) -> ModelLayout:
 
     embedding_key = f"{arch.embedding}.weight"
     if embedding_key not in names:
-        raise SteerfoldError(
+        raise BadInput(
             f"no '{embedding_key}' tensor found for model_type '{model_type}': "
             "check that the folder holds the full checkpoint of a causal language model"
         )
@@ -245,7 +245,7 @@ def resolve_layout(config: Any, parameter_names: Iterable[str]) -> ModelLayout:
         for spec in arch.writers:
             tensors = [(key, t.kind) for t in spec.tensors for key in _matching(prefix + t.pattern, names)]
             if not tensors:
-                raise SteerfoldError(
+                raise BadInput(
                     f"no tensor of {prefix}{spec.hook} was found: the checkpoint does not match its config.json "
                     f"({num_layers} layers of {model_type}); re-download or re-save the checkpoint"
                 )
@@ -255,7 +255,7 @@ def resolve_layout(config: Any, parameter_names: Iterable[str]) -> ModelLayout:
                 bias = candidate if candidate in names else None
             post_norm = f"{prefix}{spec.post_norm}.weight" if spec.post_norm else None
             if post_norm and post_norm not in names:
-                raise SteerfoldError(f"expected post-norm tensor '{post_norm}' is missing: the checkpoint is incomplete")
+                raise BadInput(f"expected post-norm tensor '{post_norm}' is missing: the checkpoint is incomplete")
             writers.append(ResidualWriter(block + 1, spec.role, prefix + spec.hook, tuple(tensors), bias, post_norm, res_mult))
     return ModelLayout(
         model_type=model_type,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from editor.models.arch import ModelLayout, resolve_layout
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 from editor.artifacts.safetensors_io import TensorEntry, read_header
 
 if TYPE_CHECKING:  # torch is imported where pickles are read: a streamed edit starts copying before it is loaded
@@ -62,7 +62,7 @@ def read_tensors(folder: ModelFolder, keys: list[str]) -> dict[str, torch.Tensor
         else:
             found.update({e.name: e.load() for e in read_header(shard)[0] if e.name in wanted})
     if missing := wanted - set(found):
-        raise SteerfoldError(f"tensor '{sorted(missing)[0]}' is not in {folder.path}: the checkpoint is incomplete")
+        raise BadInput(f"tensor '{sorted(missing)[0]}' is not in {folder.path}: the checkpoint is incomplete")
     return found
 
 
@@ -87,18 +87,18 @@ def open_model_folder(path: str | Path, allow_pickle: bool = False) -> ModelFold
     """Check a model folder and list its weight shards; each problem is one SteerfoldError line."""
     path = Path(path)
     if not path.exists():
-        raise SteerfoldError(f"model folder {path} does not exist: pass a local checkpoint folder")
+        raise BadInput(f"model folder {path} does not exist: pass a local checkpoint folder")
     if not path.is_dir():
-        raise SteerfoldError(f"{path} is a file, not a model folder: pass the folder that holds config.json")
+        raise BadInput(f"{path} is a file, not a model folder: pass the folder that holds config.json")
     config_path = path / "config.json"
     if not config_path.is_file():
-        raise SteerfoldError(f"{path} has no config.json: pass a Hugging Face checkpoint folder")
+        raise BadInput(f"{path} has no config.json: pass a Hugging Face checkpoint folder")
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SteerfoldError(f"{config_path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}): repair or re-download it") from None
+        raise BadInput(f"{config_path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}): repair or re-download it") from None
     if not isinstance(config, dict) or "model_type" not in config:
-        raise SteerfoldError(f"{config_path} has no model_type: pass a Hugging Face causal LM checkpoint folder")
+        raise BadInput(f"{config_path} has no model_type: pass a Hugging Face causal LM checkpoint folder")
 
     safetensors_shards = _shards_from(path, SAFETENSORS_INDEX, "model.safetensors")
     if safetensors_shards:
@@ -106,12 +106,12 @@ def open_model_folder(path: str | Path, allow_pickle: bool = False) -> ModelFold
     pickle_shards = _shards_from(path, PICKLE_INDEX, "pytorch_model.bin")
     if pickle_shards:
         if not allow_pickle:
-            raise SteerfoldError(
+            raise BadInput(
                 f"{path} holds only pickled weights (pytorch_model*.bin), which can run code when loaded: "
                 "convert them to safetensors, or pass --allow-pickle if you trust the source"
             )
         return ModelFolder(path, config, pickle_shards, pickled=True)
-    raise SteerfoldError(f"{path} has no model.safetensors or pytorch_model.bin weights: pass a complete checkpoint folder")
+    raise BadInput(f"{path} has no model.safetensors or pytorch_model.bin weights: pass a complete checkpoint folder")
 
 
 def _shards_from(path: Path, index_name: str, single_name: str) -> tuple[Path, ...]:
@@ -123,14 +123,14 @@ def _shards_from(path: Path, index_name: str, single_name: str) -> tuple[Path, .
             if not all(isinstance(name, str) for name in names + list(weight_map)):
                 raise TypeError
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
-            raise SteerfoldError(f"{index} is not a valid shard index: repair or re-download the checkpoint") from None
+            raise BadInput(f"{index} is not a valid shard index: repair or re-download the checkpoint") from None
         for name in names:
             if Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
-                raise SteerfoldError(f"{index_name} names shard '{name}', outside the model folder: repair or re-download the checkpoint")
+                raise BadInput(f"{index_name} names shard '{name}', outside the model folder: repair or re-download the checkpoint")
         shards = tuple(path / name for name in names)
         for shard in shards:
             if not shard.is_file():
-                raise SteerfoldError(f"shard {shard.name} listed in {index_name} is missing: re-download the checkpoint")
+                raise BadInput(f"shard {shard.name} listed in {index_name} is missing: re-download the checkpoint")
         if index_name == SAFETENSORS_INDEX:
             _check_index(index_name, weight_map, path)
         return shards
@@ -145,7 +145,7 @@ def _check_index(index_name: str, weight_map: dict[str, str], path: Path) -> Non
         present[shard] = {entry.name for entry in read_header(path / shard)[0]}
     for tensor, shard in sorted(weight_map.items()):
         if tensor not in present[shard]:
-            raise SteerfoldError(f"{index_name} places '{tensor}' in {shard}, which does not hold it: repair or re-download the checkpoint")
+            raise BadInput(f"{index_name} places '{tensor}' in {shard}, which does not hold it: repair or re-download the checkpoint")
 
 
 FLOATING = ("F64", "F32", "F16", "BF16")
@@ -159,7 +159,7 @@ def check_checkpoint(folder: ModelFolder) -> ModelLayout:
     blocks = re.compile(re.escape(layout.architecture.blocks) + r"\.(\d+)\.")
     extra = sorted({int(m.group(1)) for name in names if (m := blocks.match(name)) and int(m.group(1)) >= layout.num_layers})
     if extra:
-        raise SteerfoldError(f"{folder.path} holds decoder block {extra[0]} but config.json says num_hidden_layers="
+        raise BadInput(f"{folder.path} holds decoder block {extra[0]} but config.json says num_hidden_layers="
                              f"{layout.num_layers}: the checkpoint does not match its config; re-download or re-save it")
     if folder.pickled:
         return layout
@@ -171,10 +171,10 @@ def check_checkpoint(folder: ModelFolder) -> ModelLayout:
         for key, kind in checks:
             entry = entries[key]
             if entry.dtype not in FLOATING:
-                raise SteerfoldError(f"residual writer '{key}' is stored as {entry.dtype}; steerfold folds only floating-point "
+                raise BadInput(f"residual writer '{key}' is stored as {entry.dtype}; steerfold folds only floating-point "
                                      f"weights ({', '.join(FLOATING)}): dequantize the checkpoint first")
             if not _fits(entry.shape, kind, hidden):
-                raise SteerfoldError(f"'{key}' has shape {list(entry.shape)}, which does not write a hidden size of {hidden} "
+                raise BadInput(f"'{key}' has shape {list(entry.shape)}, which does not write a hidden size of {hidden} "
                                      "(config.json): the checkpoint does not match its config; re-download or re-save it")
     return layout
 
@@ -196,7 +196,7 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or hostile pickle
-        raise SteerfoldError(f"could not read pickled weights {path.name} ({type(exc).__name__}): convert them to safetensors") from None
+        raise BadInput(f"could not read pickled weights {path.name} ({type(exc).__name__}): convert them to safetensors") from None
 
 
 def copy_side_files(source: Path, dest: Path) -> list[str]:

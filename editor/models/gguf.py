@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput, IOFailure
 
 GGUF_MAGIC = b"GGUF"
 SUFFIX = ".gguf"
@@ -62,14 +62,14 @@ def _gguf_file(path: Path) -> Path:
     if path.is_dir():
         found = _gguf_files(path)
         if len(found) != 1:
-            raise SteerfoldError(f"{path} holds {len(found)} .gguf files: pass one .gguf file")
+            raise BadInput(f"{path} holds {len(found)} .gguf files: pass one .gguf file")
         path = found[0]
     if not path.exists():
-        raise SteerfoldError(f"{path} does not exist: pass a .gguf file")
+        raise BadInput(f"{path} does not exist: pass a .gguf file")
     if not path.is_file():
-        raise SteerfoldError(f"{path} is not a file: pass a .gguf file")
+        raise BadInput(f"{path} is not a file: pass a .gguf file")
     if "-of-" in path.stem and path.stem.rsplit("-of-", 1)[-1].isdigit():
-        raise SteerfoldError(f"{path.name} is one part of a split GGUF: merge the parts into one file first "
+        raise BadInput(f"{path.name} is one part of a split GGUF: merge the parts into one file first "
                              "(llama.cpp's llama-gguf-split --merge)")
     return path
 
@@ -123,9 +123,9 @@ def _check_magic(path: Path) -> None:
         with open(path, "rb") as handle:
             magic = handle.read(4)
     except OSError as exc:
-        raise SteerfoldError(f"cannot read {path} ({exc.strerror or exc}): check its permissions") from None
+        raise IOFailure(f"cannot read {path} ({exc.strerror or exc}): check its permissions") from None
     if magic != GGUF_MAGIC:
-        raise SteerfoldError(f"{path.name} is not a GGUF file (no GGUF magic): pass a .gguf file written by llama.cpp")
+        raise BadInput(f"{path.name} is not a GGUF file (no GGUF magic): pass a .gguf file written by llama.cpp")
 
 
 def check_gguf(path: Path):
@@ -134,16 +134,16 @@ def check_gguf(path: Path):
     try:
         reader = read_gguf(path)
     except _Truncated as exc:
-        raise SteerfoldError(f"{path.name} is truncated (it has {exc.size:,} bytes; reading it whole needs at least "
+        raise BadInput(f"{path.name} is truncated (it has {exc.size:,} bytes; reading it whole needs at least "
                              f"{exc.needed:,}): download it again") from None
     except Exception as exc:  # any other malformed header, metadata or tensor table
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise SteerfoldError(f"{path.name} is not a readable GGUF file ({reason}): download it again, or pass a "
+        raise BadInput(f"{path.name} is not a readable GGUF file ({reason}): download it again, or pass a "
                              ".gguf file written by llama.cpp") from None
     if not reader.tensors:
-        raise SteerfoldError(f"{path.name} holds no tensors: pass a GGUF file of a model")
+        raise BadInput(f"{path.name} holds no tensors: pass a GGUF file of a model")
     if "general.architecture" not in reader.fields:
-        raise SteerfoldError(f"{path.name} has no general.architecture in its metadata: pass a GGUF file of a model")
+        raise BadInput(f"{path.name} has no general.architecture in its metadata: pass a GGUF file of a model")
     return reader
 
 
@@ -167,7 +167,7 @@ def convert_gguf(path: str | Path, cache_root: str | Path | None = None, say: Ca
     _check_magic(gguf)
     digest = sha256_file(gguf)
     if expected_sha256 is not None and digest != expected_sha256.lower():
-        raise SteerfoldError(f"{gguf.name} has SHA-256 {digest}, not the expected {expected_sha256.lower()}: "
+        raise BadInput(f"{gguf.name} has SHA-256 {digest}, not the expected {expected_sha256.lower()}: "
                              "download it again, or check that it is the intended file")
     target = root / "gguf" / digest
     if (target / "config.json").is_file():
@@ -191,7 +191,7 @@ def convert_gguf(path: str | Path, cache_root: str | Path | None = None, say: Ca
             if not (target / "config.json").is_file():  # not another process having finished the same conversion
                 raise
     except OSError as exc:
-        raise SteerfoldError(f"cannot write the conversion of {gguf.name} under {target.parent} "
+        raise IOFailure(f"cannot write the conversion of {gguf.name} under {target.parent} "
                              f"({exc.strerror or exc}): free space there or set STEERFOLD_CACHE to another folder") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -215,7 +215,7 @@ def _write_conversion(gguf: Path, out: Path, template: str | None) -> None:
         raise
     except Exception as exc:  # an architecture, tokenizer or tensor type transformers cannot load from GGUF
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise SteerfoldError(f"transformers cannot load {gguf.name} ({reason}): pass the model's safetensors "
+        raise BadInput(f"transformers cannot load {gguf.name} ({reason}): pass the model's safetensors "
                              "checkpoint folder instead") from None
     # The GGUF quantizer stays attached and save_pretrained refuses the model: write the tensors directly.
     state = {name: tensor.detach().to(torch.float32).contiguous() for name, tensor in model.state_dict().items()}

@@ -10,7 +10,7 @@ import torch
 
 from editor.models.checkpoint import check_checkpoint, open_model_folder
 from editor.hub import resolve_model
-from editor.errors import SteerfoldError
+from editor.errors import BadInput, SteerfoldError
 
 
 def load_model(path: str | Path, base: str | Path | None = None, allow_pickle: bool = False):
@@ -30,13 +30,13 @@ def load_model(path: str | Path, base: str | Path | None = None, allow_pickle: b
             try:
                 return PeftModel.from_pretrained(base_model, path).eval()
             except (ValueError, KeyError, RuntimeError, OSError, TypeError) as exc:
-                raise SteerfoldError(f"the adapter {path} does not apply to its base {base} ({_first_line(exc)}): "
+                raise BadInput(f"the adapter {path} does not apply to its base {base} ({_first_line(exc)}): "
                                      "pass the base it was made for (--base), or re-export the adapter") from None
     check_checkpoint(open_model_folder(path, allow_pickle=allow_pickle))
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        raise SteerfoldError(f"could not load the model in {path} ({_first_line(exc)}): re-download or re-save the checkpoint") from None
+        raise BadInput(f"could not load the model in {path} ({_first_line(exc)}): re-download or re-save the checkpoint") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -50,9 +50,9 @@ def adapter_config(adapter: Path) -> dict:
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise SteerfoldError(f"{path} is not valid JSON ({_first_line(exc)}): re-export the adapter") from None
+        raise BadInput(f"{path} is not valid JSON ({_first_line(exc)}): re-export the adapter") from None
     if not isinstance(config, dict):
-        raise SteerfoldError(f"{path} is not a JSON object: re-export the adapter")
+        raise BadInput(f"{path} is not a JSON object: re-export the adapter")
     return config
 
 
@@ -71,7 +71,7 @@ def check_compatible(edited: str | Path, base: str | Path) -> None:
     ours, theirs = open_model_folder(edited).config, open_model_folder(base).config
     for key, value in _shape(ours).items():
         if value != _shape(theirs)[key]:
-            raise SteerfoldError(f"{edited} has {key} {value} but the base {base} has {_shape(theirs)[key]}: "
+            raise BadInput(f"{edited} has {key} {value} but the base {base} has {_shape(theirs)[key]}: "
                                  "pass the base the edit was made from (--base)")
 
 
@@ -81,14 +81,14 @@ def recorded_base(adapter: Path) -> Path:
     config = adapter_config(adapter)
     recorded = config.get("base_model_name_or_path")
     if not recorded or not isinstance(recorded, str):
-        raise SteerfoldError(f"{adapter} is an adapter with no recorded base model: pass --base")
+        raise BadInput(f"{adapter} is an adapter with no recorded base model: pass --base")
     beside = adapter / recorded
     if not Path(recorded).is_absolute() and beside.exists():
         return beside
     try:
         return resolve_model(recorded, config.get("revision") if not Path(recorded).exists() else None)
     except SteerfoldError as exc:
-        raise SteerfoldError(f"{adapter} records base model {recorded}, which cannot be loaded ({exc}): pass --base") from None
+        raise BadInput(f"{adapter} records base model {recorded}, which cannot be loaded ({exc}): pass --base") from None
 
 
 def load_tokenizer(path: str | Path):
@@ -98,4 +98,4 @@ def load_tokenizer(path: str | Path):
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise SteerfoldError(f"no usable tokenizer in {path} ({str(exc).splitlines()[0][:120]}): save the tokenizer with the model") from None
+        raise BadInput(f"no usable tokenizer in {path} ({str(exc).splitlines()[0][:120]}): save the tokenizer with the model") from None

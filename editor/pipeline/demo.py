@@ -18,15 +18,16 @@ from editor.artifacts.outputs import open_output
 from editor.directions.file import save_direction_file
 from editor.artifacts.export import run_edit
 from editor.edit.spec import EditSpec
-from editor.edit.edits import ablation_edit, steering_edit
-from editor.validation.behaviour import chat_texts, refusal, respond
+from editor.edit.edits import ablation_edit
+from editor.validation.behaviour import chat_texts
 from editor.validation.report import console_lines, write_report
 from editor.validation.validate import EvalSets, validate
 from editor.artifacts.card import write_card
 from editor.artifacts.checksums import write_checksums
-from editor.directions.fit import fit_persona_direction, fit_refusal_direction
+from editor.directions.fit import fit_refusal_direction
 from editor.models.loading import load_model
 from editor.research.organism import PERSONAS, SHIPPED_CHECKPOINT, coherent_compliance, load_split
+from editor.research.studies.persona_gating import persona_study
 
 
 def max_logit_gap(first: torch.nn.Module, second: torch.nn.Module, input_ids: torch.Tensor, second_edit=None) -> float:
@@ -39,36 +40,6 @@ def max_logit_gap(first: torch.nn.Module, second: torch.nn.Module, input_ids: to
         with runtime_hooks(second, second_edit) if second_edit is not None else nullcontext():
             b = second(input_ids).logits
     return float((a - b).abs().max())
-
-
-COEFFICIENTS = (1.0, 2.0, 4.0, 8.0)
-
-
-def persona_study(model, tokenizer, refusal_directions: torch.Tensor | None, default: str | None, compliant: str) -> dict:
-    """Fit the compliant-persona direction; choose the layer and coefficient of its addition that cut refusal most
-    on validation prompts (ties: the smaller coefficient), then measure that choice on the held-out split."""
-    fit_prompts = load_split("harmful", "train")[::2] + load_split("harmless", "train")[::2]
-    vectors = fit_persona_direction(model, tokenizer, fit_prompts, compliant, default).directions
-    assert vectors is not None
-    val, test = load_split("harmful", "val"), load_split("harmful", "test")
-    grid = [(layer, c) for layer in range(1, model.config.num_hidden_layers + 1) for c in COEFFICIENTS]
-    val_rates = {
-        (layer, c): refusal(respond(model, tokenizer, val, default, steering_edit(vectors[layer], [layer], c), 12), val)["overall"]
-        for layer, c in grid
-    }
-    layer, coefficient = min(val_rates, key=lambda key: (val_rates[key], key[1], key[0]))
-    base_rate = refusal(respond(model, tokenizer, test, default), test)["overall"]
-    steered = refusal(respond(model, tokenizer, test, default, steering_edit(vectors[layer], [layer], coefficient)), test)["overall"]
-    cosines = [] if refusal_directions is None else torch.nn.functional.cosine_similarity(vectors, refusal_directions, dim=-1)
-    return {
-        "layer": layer,
-        "coefficient": coefficient,
-        "validation_refusal": {f"layer {l}, x{c:g}": rate for (l, c), rate in val_rates.items()},
-        "base_harmful_refusal": base_rate,
-        "steered_harmful_refusal": steered,
-        "cosine_with_refusal": [float(c) for c in cosines],
-        "vectors": vectors,
-    }
 
 
 def run_demo(out: Path, overwrite: bool = False, checkpoint: Path = SHIPPED_CHECKPOINT,

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from editor.edit.spec import RecipeEdit, EditSpec
-from editor.errors import SteerfoldError
+from editor.errors import BadInput, SteerfoldError
 from editor.directions.methods.options import FitOptions
 from editor.directions.methods.registry import METHODS
 
@@ -164,19 +164,19 @@ def read_mapping(path: str | Path) -> dict:
     """The YAML mapping a recipe file holds; a missing file or bad YAML is one SteerfoldError line."""
     path = Path(path)
     if not path.is_file():
-        raise SteerfoldError(f"recipe {path} does not exist: pass a YAML recipe (see recipes/)")
+        raise BadInput(f"recipe {path} does not exist: pass a YAML recipe (see recipes/)")
     try:
         data = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
-        raise SteerfoldError(f"{path} is not a text file: pass a YAML recipe (see recipes/)") from None
+        raise BadInput(f"{path} is not a text file: pass a YAML recipe (see recipes/)") from None
     except RecursionError:
-        raise SteerfoldError(f"{path} nests too deeply to be a recipe: write it as in recipes/") from None
+        raise BadInput(f"{path} nests too deeply to be a recipe: write it as in recipes/") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise SteerfoldError(f"{path} is not valid YAML{where}: fix the syntax") from None
+        raise BadInput(f"{path} is not valid YAML{where}: fix the syntax") from None
     if not isinstance(data, dict):
-        raise SteerfoldError(f"{path} must be a YAML mapping with model, prompts, fit, edit… keys")
+        raise BadInput(f"{path} must be a YAML mapping with model, prompts, fit, edit… keys")
     return data
 
 
@@ -189,15 +189,15 @@ def load_recipe(path: str | Path) -> Recipe:
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise SteerfoldError(describe_error(errors[0], str(path)) + more) from None
+        raise BadInput(describe_error(errors[0], str(path)) + more) from None
     for name, prompt_set in recipe.prompts.items():
         if prompt_set.file and not (path.parent / prompt_set.file).is_file() and not Path(prompt_set.file).is_file():
-            raise SteerfoldError(f"{path}: prompts.{name}.file: {prompt_set.file} does not exist: fix the path "
+            raise BadInput(f"{path}: prompts.{name}.file: {prompt_set.file} does not exist: fix the path "
                                  "(relative paths are read from the recipe's folder)")
     check_edit(recipe, path)
     condition = recipe.edit.condition
     if condition and not (path.parent / condition).is_file() and not Path(condition).is_file():
-        raise SteerfoldError(f"{path}: edit.condition: {condition} does not exist: fix the path "
+        raise BadInput(f"{path}: edit.condition: {condition} does not exist: fix the path "
                              "(relative paths are read from the recipe's folder)")
     return recipe
 
@@ -210,7 +210,7 @@ def check_edit(recipe: Recipe, path: Path) -> None:
     try:
         spec.check("recipe")
     except SteerfoldError as exc:
-        raise SteerfoldError(f"{path}: {exc}") from None
+        raise BadInput(f"{path}: {exc}") from None
 
 
 def edit_spec(edit: RecipeEdit, condition: Path | None, folder: Path, direction: Path, out: Path, fmt: str,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput, SteerfoldError
 from editor.pipeline.recipe import FitSpec, PromptSet, Recipe, RecipeEdit
 from editor.pipeline.state import Say, check_out, is_run_folder, start_over
 from editor.prompts import PromptRecord, load_prompts
@@ -35,7 +35,7 @@ def load_prompt_set(spec: PromptSet, base: Path) -> list[PromptRecord]:
         try:
             records = load_split(kind, split)
         except ValueError as exc:
-            raise SteerfoldError(f"organism prompts '{spec.organism}': {exc}: write e.g. harmful/test") from None
+            raise BadInput(f"organism prompts '{spec.organism}': {exc}: write e.g. harmful/test") from None
     elif spec.file:
         path = base / spec.file if (base / spec.file).is_file() else Path(spec.file)
         records = load_prompts(path)
@@ -49,7 +49,7 @@ def _hub_dataset(spec: PromptSet) -> list[PromptRecord]:
 
     rows = load_dataset_split(spec.dataset, spec.split)
     if spec.column not in rows.column_names:
-        raise SteerfoldError(f"dataset {spec.dataset} has no column '{spec.column}' (columns: {', '.join(rows.column_names)})")
+        raise BadInput(f"dataset {spec.dataset} has no column '{spec.column}' (columns: {', '.join(rows.column_names)})")
     categories = rows[spec.category_column] if spec.category_column else [None] * len(rows)
     return [PromptRecord(str(t), c) for t, c in zip(rows[spec.column], categories)]
 
@@ -67,7 +67,7 @@ def model_folder(recipe: Recipe) -> Path:
     try:
         open_model_folder(folder)
     except SteerfoldError as exc:
-        raise SteerfoldError(f"recipe model.path: {exc}") from None
+        raise BadInput(f"recipe model.path: {exc}") from None
     return folder
 
 
@@ -112,7 +112,7 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
     data = read_mapping(recipe_path)
     if is_study(data):
         if resume:
-            raise SteerfoldError(f"{recipe_path} is a study: it has no stages to resume; pass --overwrite to run it again into {out}")
+            raise BadInput(f"{recipe_path} is a study: it has no stages to resume; pass --overwrite to run it again into {out}")
         return run_study_recipe(recipe_path, data, out, overwrite, say)
     recipe = load_recipe(recipe_path)
     check_out(out, resume, overwrite)

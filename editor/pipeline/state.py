@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from editor.artifacts.outputs import RUN_STATE
-from editor.errors import SteerfoldError
+from editor.errors import BadInput, SteerfoldError
 from editor.prompts import PromptRecord
 
 Say = Callable[[str], None]
@@ -64,9 +64,9 @@ def is_run_folder(out: Path) -> bool:
 def check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to mix runs: an existing run folder needs --resume (continue) or --overwrite (start over)."""
     if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
-        raise SteerfoldError(f"{out} already holds a run: pass --resume to continue it, or --overwrite to start over")
+        raise BadInput(f"{out} already holds a run: pass --resume to continue it, or --overwrite to start over")
     if resume and overwrite:
-        raise SteerfoldError("--resume continues a run and --overwrite starts it over: pass one of them")
+        raise BadInput("--resume continues a run and --overwrite starts it over: pass one of them")
 
 
 def start_over(out: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 
 
 def category_directions(
@@ -23,7 +23,7 @@ def category_directions(
     """
     names = sorted({c for c in categories if c is not None})
     if not names:
-        raise SteerfoldError("per_category needs harm categories: give the harmful prompts a 'category' field (jsonl or csv)")
+        raise BadInput("per_category needs harm categories: give the harmful prompts a 'category' field (jsonl or csv)")
     baseline = harmless.mean(dim=0)
     out = {}
     for name in names:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def weighted_mean(rows: torch.Tensor, weights: torch.Tensor | None, side: str) -
     total = weights.sum()
     if total <= 0:
         behaviour = "a refusal" if side == "refusing" else "an answer"
-        raise SteerfoldError(f"the scorer weighs every {side}-side response 0 (it scored none of them {behaviour}): "
+        raise BadInput(f"the scorer weighs every {side}-side response 0 (it scored none of them {behaviour}): "
                              "check the scorer, or fit without one")
     return (weights.to(rows.dtype) @ rows) / total
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 from editor.directions.methods.registry import METHODS, canonical, unknown_method
 
 Orthogonalize = Literal["none", "harmless-mean"]
@@ -81,4 +81,4 @@ def parse_fit_options(values: dict) -> FitOptions:
     except ValidationError as exc:
         error = exc.errors()[0]
         flag = "--" + str(error["loc"][0]).replace("_", "-") + ": " if error["loc"] else ""
-        raise SteerfoldError(flag + error["msg"].removeprefix("Value error, ")) from None
+        raise BadInput(flag + error["msg"].removeprefix("Value error, ")) from None

@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 
 Needs = Literal["contrast", "persona"]  # harmful + harmless prompt sets, or persona prompts
 
@@ -60,5 +60,5 @@ def get_method(name: str) -> Method:
     """The registered method called ``name``; an unknown name is one error line listing the choices."""
     method = METHODS.get(canonical(name))
     if method is None:
-        raise SteerfoldError(unknown_method(name))
+        raise BadInput(unknown_method(name))
     return method

@@ -16,11 +16,43 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from editor.edit.edits import Edit, ablation_edit
-from editor.errors import SteerfoldError
+from editor.directions.fit import fit_persona_direction
+from editor.edit.edits import Edit, ablation_edit, steering_edit
+from editor.errors import BadInput
 from editor.research.organism import PERSONAS, load_split
 from editor.research.studies import Claim, StudyResult
 from editor.research.studies.common import last_token_states, refusal_rates
+from editor.validation.behaviour import refusal, respond
+
+
+COEFFICIENTS = (1.0, 2.0, 4.0, 8.0)
+
+
+def persona_study(model, tokenizer, refusal_directions: torch.Tensor | None, default: str | None, compliant: str) -> dict:
+    """Fit the compliant-persona direction; choose the layer and coefficient of its addition that cut refusal most
+    on validation prompts (ties: the smaller coefficient), then measure that choice on the held-out split."""
+    fit_prompts = load_split("harmful", "train")[::2] + load_split("harmless", "train")[::2]
+    vectors = fit_persona_direction(model, tokenizer, fit_prompts, compliant, default).directions
+    assert vectors is not None
+    val, test = load_split("harmful", "val"), load_split("harmful", "test")
+    grid = [(layer, c) for layer in range(1, model.config.num_hidden_layers + 1) for c in COEFFICIENTS]
+    val_rates = {
+        (layer, c): refusal(respond(model, tokenizer, val, default, steering_edit(vectors[layer], [layer], c), 12), val)["overall"]
+        for layer, c in grid
+    }
+    layer, coefficient = min(val_rates, key=lambda key: (val_rates[key], key[1], key[0]))
+    base_rate = refusal(respond(model, tokenizer, test, default), test)["overall"]
+    steered = refusal(respond(model, tokenizer, test, default, steering_edit(vectors[layer], [layer], coefficient)), test)["overall"]
+    cosines = [] if refusal_directions is None else torch.nn.functional.cosine_similarity(vectors, refusal_directions, dim=-1)
+    return {
+        "layer": layer,
+        "coefficient": coefficient,
+        "validation_refusal": {f"layer {l}, x{c:g}": rate for (l, c), rate in val_rates.items()},
+        "base_harmful_refusal": base_rate,
+        "steered_harmful_refusal": steered,
+        "cosine_with_refusal": [float(c) for c in cosines],
+        "vectors": vectors,
+    }
 
 
 class PersonaGatingSpec(BaseModel):
@@ -57,8 +89,6 @@ def window_ablation(vectors: torch.Tensor, first: int, last: int) -> Edit:
 
 
 def run(model, tokenizer, spec: PersonaGatingSpec) -> StudyResult:
-    from editor.pipeline.demo import persona_study
-
     default = PERSONAS["default"]
     steering = persona_study(model, tokenizer, None, default, spec.persona)
     steering.pop("vectors")
@@ -66,7 +96,7 @@ def run(model, tokenizer, spec: PersonaGatingSpec) -> StudyResult:
     test = load_split("harmful", "test")
     for first, last in (spec.early, spec.late):
         if last > model.config.num_hidden_layers:
-            raise SteerfoldError(f"study window [{first}, {last}] passes the model's last layer index "
+            raise BadInput(f"study window [{first}, {last}] passes the model's last layer index "
                                  f"{model.config.num_hidden_layers}: choose layers within 1..{model.config.num_hidden_layers}")
 
     def rate(system, edit=None) -> float:

@@ -12,7 +12,7 @@ from typing import Annotated, Callable, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from editor.errors import SteerfoldError
+from editor.errors import BadInput
 from editor.research.studies.categories import CategoriesSpec
 from editor.research.studies.methods_compare import MethodsSpec
 from editor.research.studies.persona_gating import PersonaGatingSpec
@@ -70,7 +70,7 @@ def load_study_recipe(path: Path, data: dict) -> StudyRecipe:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         kind = data.get("study", {}).get("kind") if isinstance(data.get("study"), dict) else None
-        raise SteerfoldError(describe(errors[0], str(path), kind) + more) from None
+        raise BadInput(describe(errors[0], str(path), kind) + more) from None
 
 
 def run_study_recipe(path: Path, data: dict, out: Path, overwrite: bool = False,
@@ -86,7 +86,7 @@ def run_study_recipe(path: Path, data: dict, out: Path, overwrite: bool = False,
     recipe = load_study_recipe(path, data)
     folder = SHIPPED_CHECKPOINT if recipe.model == "organism" else Path(recipe.model)
     if not (folder / "config.json").is_file():
-        raise SteerfoldError(f"{path}: model: {recipe.model} is not a checkpoint folder: use 'organism' or a rebuilt organism's folder")
+        raise BadInput(f"{path}: model: {recipe.model} is not a checkpoint folder: use 'organism' or a rebuilt organism's folder")
     with open_output(out, "folder", [folder, path], overwrite) as tmp:
         torch.manual_seed(0)
         model, tokenizer = load_model(folder), load_tokenizer(folder)

@@ -80,6 +80,25 @@ def chosen_alpha(scores: dict[float, tuple[float, float]], higher_is_better: boo
     return max(fits, key=lambda a: (sign * scores[a][0], -a)) if fits else min(scores)
 
 
+Rates = Callable[[Sequence[PromptRecord], "Edit | None"], dict[str, float]]
+
+
+def tuned_conditional(rates: Rates, refusal: torch.Tensor, alphas: Sequence[float], kind: str, states: torch.Tensor,
+                      name: str, sign: int, others_figure: Callable[[dict], float],
+                      acceptable: Callable[[float], bool]) -> tuple[float, dict, dict[str, float]]:
+    """The conditional map on ``name``'s condition with strength sign·α, α chosen on ``kind``'s validation prompts:
+    (α, the validation scores, refusal by category on the held-out prompts)."""
+    condition = category_condition(states, load_split(kind, "train"), name)
+
+    def score(alpha: float) -> tuple[float, float]:
+        after = rates(load_split(kind, "val"), conditional_edit(condition, refusal, live_layers(condition), sign * alpha))
+        return after[name], others_figure(after)
+
+    scores = {alpha: score(alpha) for alpha in alphas}
+    alpha = chosen_alpha(scores, sign > 0, acceptable)
+    return alpha, scores, rates(load_split(kind, "test"), conditional_edit(condition, refusal, live_layers(condition), sign * alpha))
+
+
 def run(model, tokenizer, spec: TargetedSpec) -> StudyResult:
     harmful_states, harmless_states = training_states(model, tokenizer)
     directions = training_directions(harmful_states, harmless_states)
@@ -92,27 +111,15 @@ def run(model, tokenizer, spec: TargetedSpec) -> StudyResult:
     removed_before, induced_before = rates(harmful_test), rates(harmless_test)
     ablated = rates(harmful_test, own_ablation(directions, spec.remove))
 
-    def tuned(kind: str, states: torch.Tensor, name: str, sign: int, others_figure: Callable[[dict], float],
-              acceptable: Callable[[float], bool]) -> tuple[float, dict, dict[str, float]]:
-        """The conditional map on ``name``'s condition with strength sign·α, α chosen on ``kind``'s validation
-        prompts: (α, the validation scores, refusal by category on the held-out prompts)."""
-        condition = category_condition(states, load_split(kind, "train"), name)
-        def score(alpha: float) -> tuple[float, float]:
-            after = rates(load_split(kind, "val"), conditional_edit(condition, refusal, live_layers(condition), sign * alpha))
-            return after[name], others_figure(after)
-        scores = {alpha: score(alpha) for alpha in spec.alphas}
-        alpha = chosen_alpha(scores, sign > 0, acceptable)
-        return alpha, scores, rates(load_split(kind, "test"), conditional_edit(condition, refusal, live_layers(condition), sign * alpha))
-
     # Removal: the conditional map with α < 0 takes refusal away where the category's condition is present.
     val_before = rates(load_split("harmful", "val"))
-    removal_alpha, removal_scores, removed = tuned(
-        "harmful", harmful_states, spec.remove, -1,
+    removal_alpha, removal_scores, removed = tuned_conditional(
+        rates, refusal, spec.alphas, "harmful", harmful_states, spec.remove, -1,
         lambda after: max(val_before[n] - after[n] for n in after if n != spec.remove),
         lambda largest_drop: largest_drop <= spec.max_drop)
     # Induction: the same map with α > 0 adds refusal where one harmless category's condition is present.
-    induction_alpha, induction_scores, induced = tuned(
-        "harmless", harmless_states, spec.induce, 1,
+    induction_alpha, induction_scores, induced = tuned_conditional(
+        rates, refusal, spec.alphas, "harmless", harmless_states, spec.induce, 1,
         lambda after: max(v for n, v in after.items() if n != spec.induce),
         lambda others_max: others_max <= spec.max_others_refused)
 
