@@ -11,7 +11,7 @@ from editor.artifacts.export import run_edit
 from editor.edit.kernels import LayerKernel
 from editor.pipeline.recipe import load_recipe
 from editor.pipeline.recipe import edit_spec
-from editor.pipeline.run import edit_condition_path
+from editor.pipeline.recipe import edit_condition_path
 
 BASE = """model: organism
 prompts:

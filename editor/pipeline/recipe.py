@@ -221,3 +221,28 @@ def edit_spec(edit: RecipeEdit, condition: Path | None, folder: Path, direction:
     section = {name: getattr(edit, name) for name in type(edit).model_fields if name != "condition"}
     return EditSpec(model=str(folder), direction=direction, out=out, format=fmt, condition=condition, overwrite=True,
                     max_shard_size=max_shard_size, base_model_id=base_model_id, **section)
+
+
+def recipe_base(recipe: Recipe, folder: Path):
+    """The base the recipe's artifacts record: model.base_model_id, the Hub id in model.path, or the cache folder's."""
+    from editor.hub import identify_base
+
+    return identify_base(recipe.model.path, folder, recipe.model.base_model_id, recipe.model.revision)
+
+
+def edit_condition_path(spec: RecipeEdit, base: Path) -> Path | None:
+    """The recipe's condition direction file (relative paths are read from the recipe's folder), if any."""
+    if spec.condition is None:
+        return None
+    return base / spec.condition if (base / spec.condition).is_file() else Path(spec.condition)
+
+
+def fit_sets(fit: FitSpec) -> dict[str, str]:
+    """The prompt sets the recipe's fit reads, by ``FitInputs`` field: what the method needs, nothing more."""
+    from editor.directions.methods.registry import METHODS
+
+    roles = {"harmful": fit.harmful, "harmless": fit.harmless, "harmful_val": fit.harmful_val,
+             "harmless_val": fit.harmless_val, "prompts": fit.prompts}
+    if METHODS[fit.method].needs == "persona":
+        roles = {"prompts": fit.prompts, "harmless": fit.harmless if fit.orthogonalize != "none" else None}
+    return {role: name for role, name in roles.items() if name}

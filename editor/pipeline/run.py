@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from editor.errors import BadInput, SteerfoldError
-from editor.pipeline.recipe import FitSpec, PromptSet, Recipe, RecipeEdit
+from editor.pipeline.recipe import FitSpec, PromptSet, Recipe, edit_condition_path
 from editor.pipeline.state import Say, check_out, is_run_folder, start_over
 from editor.prompts import PromptRecord, load_prompts
 
@@ -71,36 +71,11 @@ def model_folder(recipe: Recipe) -> Path:
     return folder
 
 
-def recipe_base(recipe: Recipe, folder: Path):
-    """The base the recipe's artifacts record: model.base_model_id, the Hub id in model.path, or the cache folder's."""
-    from editor.hub import identify_base
-
-    return identify_base(recipe.model.path, folder, recipe.model.base_model_id, recipe.model.revision)
-
-
 def recipe_inputs(recipe: Recipe, recipe_path: Path, folder: Path, judge: Path | None) -> list[Path | None]:
     """Every file or folder a recipe reads, which its run folder must stay apart from."""
     base = recipe_path.parent
     files = [base / s.file if (base / s.file).is_file() else Path(s.file) for s in recipe.prompts.values() if s.file]
     return [recipe_path, folder, judge, edit_condition_path(recipe.edit, base), *files]
-
-
-def edit_condition_path(spec: RecipeEdit, base: Path) -> Path | None:
-    """The recipe's condition direction file (relative paths are read from the recipe's folder), if any."""
-    if spec.condition is None:
-        return None
-    return base / spec.condition if (base / spec.condition).is_file() else Path(spec.condition)
-
-
-def fit_sets(fit: FitSpec) -> dict[str, str]:
-    """The prompt sets the recipe's fit reads, by ``FitInputs`` field: what the method needs, nothing more."""
-    from editor.directions.methods.registry import METHODS
-
-    roles = {"harmful": fit.harmful, "harmless": fit.harmless, "harmful_val": fit.harmful_val,
-             "harmless_val": fit.harmless_val, "prompts": fit.prompts}
-    if METHODS[fit.method].needs == "persona":
-        roles = {"prompts": fit.prompts, "harmless": fit.harmless if fit.orthogonalize != "none" else None}
-    return {role: name for role, name in roles.items() if name}
 
 
 def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bool = False, say: Say = print) -> dict:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from editor.errors import SteerfoldError
-from editor.pipeline.recipe import Recipe, edit_spec
-from editor.pipeline.run import edit_condition_path, fit_sets, recipe_base
+from editor.pipeline.recipe import Recipe, edit_condition_path, edit_spec, fit_sets, recipe_base
+
 from editor.pipeline.state import RunState, Say, ThresholdFailure, digest, model_identity, records_hash, stage, threshold_checks
 from editor.prompts import PromptRecord
 
