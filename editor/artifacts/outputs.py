@@ -48,6 +48,14 @@ def shared_mode(path: Path, umask: int | None = None) -> None:
 LOCK = ".steerfold.lock"  # a workdir's lock, inside it (its parent may be a read-only mount point)
 
 
+def shared_modes(folder: Path) -> None:
+    """The umask's modes for everything inside ``folder`` (some libraries write private files, e.g. safetensors)."""
+    umask = _umask()
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            shared_mode(path, umask)
+
+
 def lock_path(out: Path, kind: OutputKind = "folder") -> Path:
     """Where the lock of an output is: beside a folder or file output, inside a workdir."""
     return out / LOCK if kind == "workdir" else out.parent / f".{out.name}.lock"
@@ -190,10 +198,7 @@ class OutputTarget:
             return
         if self.kind == "folder":
             (self.path / MARKER).write_text("written by steerfold; --overwrite may replace this folder\n")
-            umask = _umask()
-            for path in self.path.rglob("*"):  # some libraries write private files (e.g. safetensors' save)
-                if not path.is_symlink():
-                    shared_mode(path, umask)
+            shared_modes(self.path)
         self.check_existing()  # something outside steerfold may have appeared at the path meanwhile
         with held():
             if self.kind == "file":
@@ -284,6 +289,26 @@ def replace_file(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def cache_entry(target: Path) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside ``target`` that becomes ``target`` only if the block succeeds: a cache
+    entry filled once (when another process finished the same entry first, its copy is kept). On any failure or
+    interrupt the temporary is removed, so a cache never holds a partial entry."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name[:16]}.", suffix=".tmp", dir=target.parent))
+    try:
+        shared_mode(work)
+        yield work
+        shared_modes(work)
+        try:
+            work.rename(target)
+        except OSError:
+            if not target.is_dir():  # not another process having finished the same entry
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def clean(out: Path) -> list[Path]:

@@ -16,12 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
+from editor.artifacts.outputs import cache_entry
 from editor.errors import BadInput, IOFailure
 
 GGUF_MAGIC = b"GGUF"
@@ -180,21 +179,12 @@ def convert_gguf(path: str | Path, cache_root: str | Path | None = None, say: Ca
     del reader  # its memory map is not needed past here
     say(f"{gguf.name} ({', '.join(kinds)}): the edit is made on its dequantized weights, written once in float32 "
         f"(exact for the dequantized values, about {_size(nbytes)}) to {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}.", suffix=".tmp", dir=target.parent))
     try:
-        _write_conversion(gguf, work, template)
-        _shared_modes(work)
-        try:
-            work.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not another process having finished the same conversion
-                raise
+        with cache_entry(target) as work:
+            _write_conversion(gguf, work, template)
     except OSError as exc:
         raise IOFailure(f"cannot write the conversion of {gguf.name} under {target.parent} "
-                             f"({exc.strerror or exc}): free space there or set STEERFOLD_CACHE to another folder") from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                        f"({exc.strerror or exc}): free space there or set STEERFOLD_CACHE to another folder") from None
     return target
 
 
@@ -237,15 +227,6 @@ def _write_conversion(gguf: Path, out: Path, template: str | None) -> None:
     tokenizer.save_pretrained(out)
     if template and not _has_chat_template(out):
         (out / "chat_template.jinja").write_text(template)
-
-
-def _shared_modes(folder: Path) -> None:
-    """The modes the user's umask gives new files, for a folder that tempfile (and safetensors) made private."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [folder, *folder.rglob("*")]:
-        if not path.is_symlink():
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _save_state(state: dict, out: Path, save_file) -> None:
