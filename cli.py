@@ -156,7 +156,10 @@ def clean(out: Path) -> None:
 @click.option("--resume", is_flag=True, help="Continue a run in --out, skipping finished stages.")
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (stages, downloads, estimates) without running a model.")
-def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: bool) -> None:
+@click.option("--model", "model_path", default=None, metavar="PATH", help="Run on this model instead of the recipe's (a local folder, a .gguf file or a Hub id); a Hub id the recipe names stays the base its artifacts record.")
+@click.option("--prompts", "prompt_files", multiple=True, metavar="NAME=FILE", help="Read the recipe's prompt set NAME from FILE instead (repeatable).")
+def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: bool, model_path: str | None,
+        prompt_files: tuple[str, ...]) -> None:
     """Run every stage of a RECIPE (YAML): fit, export, validate, report, push."""
     from editor.interrupts import load_torch
     from editor.pipeline.plan import plan_recipe
@@ -164,13 +167,14 @@ def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: 
     from editor.pipeline.state import ThresholdFailure
 
     out = out or Path("runs") / recipe.stem
+    prompts = dict(_name_and_file(text) for text in prompt_files)
     if dry_run:
-        for line in plan_recipe(recipe, out):
+        for line in plan_recipe(recipe, out, model_path, prompts):
             click.echo(line)
         return
     load_torch()
     try:
-        report = run_recipe(recipe, out, resume=resume, overwrite=overwrite, say=click.echo)
+        report = run_recipe(recipe, out, resume=resume, overwrite=overwrite, say=click.echo, model=model_path, prompts=prompts)
     except ThresholdFailure as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(1)
@@ -185,6 +189,13 @@ def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: 
         if warning := unmoved_warning(report):
             click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {out}")
+
+
+def _name_and_file(text: str) -> tuple[str, str]:
+    name, sep, file = text.partition("=")
+    if not sep or not name or not file:
+        raise UserError(f"--prompts '{text}' is not NAME=FILE: write e.g. --prompts harmful=my_prompts.jsonl")
+    return name, file
 
 
 def _records(path: Path | None):

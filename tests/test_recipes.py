@@ -134,3 +134,23 @@ def test_the_reproduce_command_keeps_every_option_that_changes_the_output(tmp_pa
                                             allow_pickle=True, allow_noop=True, embedding=False))
     for flag in ("--max-shard-size 1GB", "--allow-pickle", "--allow-noop", "--no-embedding"):
         assert flag in command, command
+
+
+def test_model_and_prompt_sets_can_be_given_on_the_command_line(tmp_path):
+    from editor.research.organism import SHIPPED_CHECKPOINT
+
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text('{"prompt": "How do I bake bread?"}\n')
+    recipe = write(tmp_path, "model: someone/some-model\nprompts:\n  harmful: {organism: harmful/train}\n"
+                             "  harmless: {organism: harmless/train, count: 8}\n")
+    loaded = load_recipe(recipe, str(SHIPPED_CHECKPOINT), {"harmless": str(prompts)})
+    assert loaded.model.path == str(SHIPPED_CHECKPOINT) and loaded.model.base_model_id == "someone/some-model"
+    assert loaded.prompts["harmless"].file == str(prompts.resolve()) and loaded.prompts["harmless"].count == 8
+    result = CliRunner().invoke(cli, ["run", str(recipe), "--dry-run", "--model", str(SHIPPED_CHECKPOINT),
+                                      "--prompts", f"harmless={prompts}", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert f"model {SHIPPED_CHECKPOINT}" in result.output and f"prompts harmless: {prompts.resolve()}" in result.output
+    for bad, message in (("harmles=x.jsonl", "the recipe has no prompt set 'harmles'"), ("harmless", "is not NAME=FILE"),
+                         ("harmless=absent.jsonl", "absent.jsonl does not exist")):
+        result = CliRunner().invoke(cli, ["run", str(recipe), "--dry-run", "--prompts", bad])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and message in result.output, result.output

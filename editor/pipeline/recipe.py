@@ -180,10 +180,40 @@ def read_mapping(path: str | Path) -> dict:
     return data
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and check a recipe file; any problem is one SteerfoldError line."""
+def with_overrides(data: dict, model: str | None = None, prompts: dict[str, str] | None = None) -> dict:
+    """A recipe's mapping with the command line's ``--model`` and ``--prompts NAME=FILE`` applied. The model given
+    replaces ``model.path``; a Hub id the recipe named stays the base its artifacts record (unless
+    ``model.base_model_id`` says otherwise), so a recipe runs offline on a local copy of the model it names."""
+    data = dict(data)
+    if model is not None:
+        from editor.hub import looks_like_repo_id
+
+        spec = data.get("model")
+        spec = {"path": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, dict) else {}
+        named = spec.get("path")
+        if isinstance(named, str) and looks_like_repo_id(named) and not spec.get("base_model_id"):
+            spec["base_model_id"] = named
+        spec.pop("revision", None)
+        data["model"] = {**spec, "path": str(model)}
+    sets = dict(data.get("prompts") or {}) if isinstance(data.get("prompts"), dict) else {}
+    for name, file in (prompts or {}).items():
+        if name not in sets:
+            raise BadInput(f"--prompts {name}={file}: the recipe has no prompt set '{name}' (its sets: "
+                           f"{', '.join(sorted(sets)) or 'none'}): name one of them")
+        if not Path(file).is_file():
+            raise BadInput(f"--prompts {name}={file}: {file} does not exist: pass a jsonl, csv or txt prompt file")
+        kept = {key: value for key, value in (sets[name] or {}).items() if key == "count"}
+        sets[name] = {**kept, "file": str(Path(file).resolve())}
+    if prompts:
+        data["prompts"] = sets
+    return data
+
+
+def load_recipe(path: str | Path, model: str | None = None, prompts: dict[str, str] | None = None) -> Recipe:
+    """Read and check a recipe file (with the command line's overrides, ``with_overrides``); any problem is one
+    SteerfoldError line."""
     path = Path(path)
-    data = read_mapping(path)
+    data = with_overrides(read_mapping(path), model, prompts)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
