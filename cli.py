@@ -18,18 +18,18 @@ def cli() -> None:
     """Fit residual-stream directions and fold edits along them into weights, LoRA adapters or control vectors."""
 
 
-def _edit_option_flags(function):
-    """One option per EditSpec field that has a flag (editor/edit/spec.py, which recipes share), plus a switch for
-    each edit kind no field's flag picks (--subspace); values are checked there."""
+def _spec_options(spec, prefix: str = ""):
+    """A decorator adding one option per field of ``spec`` (a pydantic model whose fields carry ``Words``: EditSpec,
+    Placement) that has a flag, plus a switch for each kind no field's flag picks (--subspace). Values are checked by
+    the spec; an option not given is None, so the spec's default applies."""
     from typing import get_args, get_origin
 
-    from editor.edit.spec import EditSpec
     from editor.options import words_of
 
+    flags = {words_of(spec, name).flag for name in spec.model_fields} - {None}
     options = []
-    for name, info in EditSpec.model_fields.items():
-        words = words_of(EditSpec, name)
-        flags = {flag for field in EditSpec.model_fields for flag in [words_of(EditSpec, field).flag] if flag}
+    for name, info in spec.model_fields.items():
+        words = words_of(spec, name)
         options += [click.option(flag, f"kind_{kind}", is_flag=True, default=None, help=words.kind_help.get(kind))
                     for kind, flag in words.kinds.items() if flag not in flags]
         if not words.flag:
@@ -41,22 +41,48 @@ def _edit_option_flags(function):
             choices = [a for a in (info.annotation, *get_args(info.annotation)) if get_origin(a) is Literal]
             kwargs["type"] = click.Choice(get_args(choices[0])) if choices else _click_type(info.annotation)
             kwargs["metavar"] = words.metavar
-            kwargs["show_default"] = info.default is not None and not info.is_required()
-            kwargs["default"] = info.default if kwargs["show_default"] else None
-        options.append(click.option(words.flag, name, **kwargs))
-    for option in reversed(options):
-        function = option(function)
-    return function
+            if info.default is not None and not info.is_required():  # shown, not passed: None lets the spec decide
+                kwargs["help"] = f"{words.help}  [default: {info.default}]"
+        options.append(click.option(words.flag, prefix + name, **kwargs))
+
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def _placement(options: dict, surface: str = "cli"):
+    """The Placement given by the ``place_``-prefixed options (removed from ``options``)."""
+    from editor.models.placement import parse_placement
+
+    given = {name.removeprefix("place_"): options.pop(name) for name in list(options) if name.startswith("place_")}
+    placement = parse_placement(given, surface)
+    placement.check()
+    return placement
 
 
 def _click_type(annotation):
-    """The click type of an EditSpec field: paths, numbers, else text (kernels and sizes are parsed by the spec)."""
+    """The click type of a spec field: paths, numbers, else text (kernels, sizes and devices are parsed by the spec)."""
     from typing import get_args
 
     kinds = set(get_args(annotation)) | {annotation}
     if Path in kinds:
         return click.Path(path_type=Path)
     return next((t for t in (int, float) if t in kinds), str)
+
+
+def _edit_option_flags(function):
+    from editor.edit.spec import EditSpec
+
+    return _spec_options(EditSpec)(function)
+
+
+def _placement_flags(function):
+    from editor.models.placement import Placement
+
+    return _spec_options(Placement, prefix="place_")(function)
 
 
 @cli.command()
@@ -158,8 +184,9 @@ def clean(out: Path) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan (stages, downloads, estimates) without running a model.")
 @click.option("--model", "model_path", default=None, metavar="PATH", help="Run on this model instead of the recipe's (a local folder, a .gguf file or a Hub id); a Hub id the recipe names stays the base its artifacts record.")
 @click.option("--prompts", "prompt_files", multiple=True, metavar="NAME=FILE", help="Read the recipe's prompt set NAME from FILE instead (repeatable).")
+@_placement_flags
 def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: bool, model_path: str | None,
-        prompt_files: tuple[str, ...]) -> None:
+        prompt_files: tuple[str, ...], **options) -> None:
     """Run every stage of a RECIPE (YAML): fit, export, validate, report, push."""
     from editor.interrupts import load_torch
     from editor.pipeline.plan import plan_recipe
@@ -168,13 +195,15 @@ def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: 
 
     out = out or Path("runs") / recipe.stem
     prompts = dict(_name_and_file(text) for text in prompt_files)
+    placement = {name.removeprefix("place_"): value for name, value in options.items() if value is not None}
+    overrides = {"model": model_path, "prompts": prompts, "placement": placement}
     if dry_run:
-        for line in plan_recipe(recipe, out, model_path, prompts):
+        for line in plan_recipe(recipe, out, **overrides):
             click.echo(line)
         return
     load_torch()
     try:
-        report = run_recipe(recipe, out, resume=resume, overwrite=overwrite, say=click.echo, model=model_path, prompts=prompts)
+        report = run_recipe(recipe, out, resume=resume, overwrite=overwrite, say=click.echo, **overrides)
     except ThresholdFailure as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(1)
@@ -239,6 +268,7 @@ def _fit_option_flags(function):
 @_fit_option_flags
 @click.option("--revision", default=None, help="Revision (branch, tag or commit) when MODEL_DIR is a Hub id.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@_placement_flags
 def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None, harmful_val: Path | None,
         harmless_val: Path | None, prompts: Path | None, revision: str | None, overwrite: bool, **options: str | None) -> None:
     """Fit a direction in MODEL_DIR (a checkpoint folder or a Hub id) with --method (default diff_in_means;
@@ -257,6 +287,7 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
     from editor.directions.methods.options import parse_fit_options
     from editor.artifacts.outputs import check_apart, open_output
 
+    placement = _placement(options)
     given = {name: value for name, value in options.items() if value is not None}
     if "persona" in given:
         given.setdefault("method", "persona_vector")
@@ -280,7 +311,7 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
     with open_output(out, "file", inputs, overwrite, recognise=is_direction_file) as tmp:
         sets = {name: _records(path) for name, path in (("harmful", harmful), ("harmless", harmless), ("harmful_val", harmful_val),
                                                          ("harmless_val", harmless_val), ("prompts", prompts))}
-        model, tokenizer = load_model(folder), load_tokenizer(folder)
+        model, tokenizer = load_model(folder, placement=placement), load_tokenizer(folder)
         fitted = run_fit(FitInputs(
             model, tokenizer, fit_options, sets["harmful"] or (), sets["harmless"] or (), sets["harmful_val"],
             sets["harmless_val"], sets["prompts"] or (), model_name=str(model_dir) + (f"@{revision}" if revision else ""),
@@ -305,8 +336,9 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
 @click.option("--coherence", type=click.Choice(["none", "organism"]), default="none", show_default=True, help="Check coherent compliance (the organism's answer template).")
 @click.option("--max-new-tokens", type=int, default=48, show_default=True, help="Tokens generated per prompt.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@_placement_flags
 def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harmless: Path, out: Path, system: str | None,
-             coherence: str, max_new_tokens: int, overwrite: bool) -> None:
+             coherence: str, max_new_tokens: int, overwrite: bool, **options) -> None:
     """Measure EDITED (a checkpoint or an adapter folder) against --base; write report.json and report.md."""
     from editor.interrupts import load_torch
 
@@ -319,6 +351,7 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
 
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {max_new_tokens} must be at least 1: pass e.g. --max-new-tokens 48")
+    placement = _placement(options)
     base_folder = resolve_model(base, revision)
     with open_output(out, "folder", [edited, base_folder, harmful, harmless], overwrite) as tmp:
         sets = EvalSets(_records(harmful), _records(harmless))
@@ -326,9 +359,11 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
         if coherence == "organism":
             from editor.research.organism import coherent_compliance as check
         check_compatible(edited, base_folder)
-        base_model, edited_model = load_model(base_folder), load_model(edited, base=base_folder)
+        base_model = load_model(base_folder, placement=placement)
+        edited_model = load_model(edited, base=base_folder, placement=placement)
         report = run_validation(base_model, edited_model, load_tokenizer(base_folder), sets, system, check, max_new_tokens)
-        report.update({"base": str(base), "base_revision": revision, "edited": str(edited)})
+        report.update({"base": str(base), "base_revision": revision, "edited": str(edited),
+                       "placement": base_model.steerfold_placement})
         write_report(tmp, report)
     for line in console_lines(report):
         click.echo(line)

@@ -51,7 +51,7 @@ def _shared_head_hook(residual_map: ResidualMap) -> Callable:
     def hook(_module: torch.nn.Module, inputs: tuple) -> tuple:
         h = inputs[0]
         x = h.to(torch.float32)
-        out = x + (x @ residual_map.U) @ residual_map.V.T
+        out = x + (x @ residual_map.U.to(x.device)) @ residual_map.V.T.to(x.device)
         return (out.to(h.dtype), *inputs[1:])
 
     return hook

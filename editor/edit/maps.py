@@ -59,11 +59,13 @@ class ResidualMap:
                        ablation_scale=None if self.ablation_scale is None else weight * self.ablation_scale)
 
     def apply(self, w: torch.Tensor) -> torch.Tensor:
-        """Apply the map to vectors in the last dimension, in float32, returning ``w``'s dtype."""
+        """Apply the map to vectors in the last dimension, in float32, returning ``w``'s dtype, on ``w``'s device (a
+        dispatched model's blocks may sit on different devices)."""
         x = w.to(torch.float32)
-        out = x + (x @ self.V) @ self.U.T
+        U, V = self.U.to(x.device), self.V.to(x.device)
+        out = x + (x @ V) @ U.T
         if self.b is not None:
-            out = out + self.b
+            out = out + self.b.to(x.device)
         return out.to(w.dtype)
 
     def fold_linear_weight(self, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from editor.models.checkpoint import check_checkpoint, open_model_folder
 from editor.hub import resolve_model
 from editor.errors import BadInput, SteerfoldError
+from editor.models.placement import Placement
+
+if TYPE_CHECKING:
+    import torch
 
 
-def load_model(path: str | Path, base: str | Path | None = None, allow_pickle: bool = False):
-    """A float32 eval-mode model from a checkpoint folder, or from an adapter folder applied to ``base``; the
-    checkpoint's headers and shapes are checked first (``editor.models.checkpoint.check_checkpoint``)."""
+def load_model(path: str | Path, base: str | Path | None = None, allow_pickle: bool = False,
+               placement: Placement = Placement()):
+    """An eval-mode model from a checkpoint folder, or from an adapter folder applied to ``base``, placed as
+    ``placement`` says (default: the GPU when there is one, else the CPU in float32); the checkpoint's headers and
+    shapes are checked first (``editor.models.checkpoint.check_checkpoint``). What was chosen is kept on the model
+    as ``steerfold_placement`` for the records."""
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
@@ -24,19 +30,46 @@ def load_model(path: str | Path, base: str | Path | None = None, allow_pickle: b
 
         if base is None:
             base = recorded_base(path)
-        base_model = load_model(base, allow_pickle=allow_pickle)
+        base_model = load_model(base, allow_pickle=allow_pickle, placement=placement)
         with warnings.catch_warnings():  # PEFT reads a property transformers deprecates; nothing a user can change
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             try:
-                return PeftModel.from_pretrained(base_model, path).eval()
+                adapted = PeftModel.from_pretrained(base_model, path).eval()
+                adapted.steerfold_placement = base_model.steerfold_placement
+                return adapted
             except (ValueError, KeyError, RuntimeError, OSError, TypeError) as exc:
                 raise BadInput(f"the adapter {path} does not apply to its base {base} ({_first_line(exc)}): "
                                      "pass the base it was made for (--base), or re-export the adapter") from None
-    check_checkpoint(open_model_folder(path, allow_pickle=allow_pickle))
+    folder = open_model_folder(path, allow_pickle=allow_pickle)
+    check_checkpoint(folder)
+    arguments, chosen = placement.from_pretrained_arguments(checkpoint_dtype(folder.config))
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, **arguments).eval()
+        model.steerfold_placement = chosen
+        return model
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise BadInput(f"could not load the model in {path} ({_first_line(exc)}): re-download or re-save the checkpoint") from None
+
+
+def input_device(model) -> "torch.device":
+    """Where a model's inputs go: on a model accelerate dispatched, the embedding's execution device (its weights
+    may sit on the meta device, offloaded to disk); else the device of its parameters."""
+    import torch
+
+    hook = getattr(model.get_input_embeddings(), "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    return next(model.parameters()).device
+
+
+def checkpoint_dtype(config: dict) -> str | None:
+    """The dtype a checkpoint's config records (``dtype``, or the older ``torch_dtype``; a wrapper's text config)."""
+    inner = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    for source in (config, inner):
+        value = source.get("dtype") or source.get("torch_dtype")
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

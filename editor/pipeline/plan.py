@@ -11,7 +11,8 @@ from editor.pipeline.run import model_folder
 from editor.pipeline.state import RunState
 
 
-def plan_recipe(recipe_path: Path, out: Path, model: str | None = None, prompts: dict[str, str] | None = None) -> list[str]:
+def plan_recipe(recipe_path: Path, out: Path, model: str | None = None, prompts: dict[str, str] | None = None,
+                placement: dict | None = None) -> list[str]:
     """What ``run`` would do, without loading a model or touching the network: stages, downloads, estimates."""
     from editor.hub import looks_like_repo_id
     from editor.pipeline.recipe import load_recipe, read_mapping
@@ -22,7 +23,7 @@ def plan_recipe(recipe_path: Path, out: Path, model: str | None = None, prompts:
         study = load_study_recipe(recipe_path, data)
         return [f"study {study.study.kind} ({study.name}) on {study.model}: would run",
                 f"writes {out / 'results.json'} (claims) and {out / 'report.md'}; nothing is downloaded"]
-    recipe = load_recipe(recipe_path, model, prompts)
+    recipe = load_recipe(recipe_path, model, prompts, placement)
     lines = [f"recipe {recipe.name}: model {recipe.model.path}" + (f" @ {recipe.model.revision}" if recipe.model.revision else "")]
     config = _config_offline(recipe)
     if recipe.model.path != "organism" and looks_like_repo_id(recipe.model.path):

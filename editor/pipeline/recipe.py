@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from editor.edit.spec import RecipeEdit, EditSpec
+from editor.models.placement import Placement
 from editor.errors import BadInput, SteerfoldError
 from editor.directions.methods.options import FitOptions
 from editor.directions.methods.registry import METHODS
@@ -23,12 +24,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelSpec(Strict):
-    """A local checkpoint folder, a Hub id, or the built-in organism."""
+class ModelSpec(Placement):
+    """A local checkpoint folder, a Hub id, or the built-in organism, and where it runs (``Placement``'s fields)."""
 
     path: str = Field(description="local folder, Hub id (owner/name), or 'organism'")
     revision: str | None = None
     base_model_id: str | None = Field(default=None, description="Hub id the artifacts record as their base when path is a local folder")
+
+
+def placement_of(spec: ModelSpec) -> Placement:
+    """Where the recipe's model runs: the ``Placement`` fields of its ``model:`` section."""
+    return Placement.model_validate(spec.model_dump(include=set(Placement.model_fields)))
 
 
 class PromptSet(Strict):
@@ -180,11 +186,17 @@ def read_mapping(path: str | Path) -> dict:
     return data
 
 
-def with_overrides(data: dict, model: str | None = None, prompts: dict[str, str] | None = None) -> dict:
-    """A recipe's mapping with the command line's ``--model`` and ``--prompts NAME=FILE`` applied. The model given
-    replaces ``model.path``; a Hub id the recipe named stays the base its artifacts record (unless
-    ``model.base_model_id`` says otherwise), so a recipe runs offline on a local copy of the model it names."""
+def with_overrides(data: dict, model: str | None = None, prompts: dict[str, str] | None = None,
+                   placement: dict | None = None) -> dict:
+    """A recipe's mapping with the command line's ``--model``, ``--prompts NAME=FILE`` and placement options
+    (``--device``…, over ``model.device``…) applied. The model given replaces ``model.path``; a Hub id the recipe
+    named stays the base its artifacts record (unless ``model.base_model_id`` says otherwise), so a recipe runs
+    offline on a local copy of the model it names."""
     data = dict(data)
+    if placement:
+        spec = data.get("model")
+        spec = {"path": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, dict) else {}
+        data["model"] = {**spec, **{key: str(value) for key, value in placement.items()}}
     if model is not None:
         from editor.hub import looks_like_repo_id
 
@@ -209,11 +221,12 @@ def with_overrides(data: dict, model: str | None = None, prompts: dict[str, str]
     return data
 
 
-def load_recipe(path: str | Path, model: str | None = None, prompts: dict[str, str] | None = None) -> Recipe:
+def load_recipe(path: str | Path, model: str | None = None, prompts: dict[str, str] | None = None,
+                placement: dict | None = None) -> Recipe:
     """Read and check a recipe file (with the command line's overrides, ``with_overrides``); any problem is one
     SteerfoldError line."""
     path = Path(path)
-    data = with_overrides(read_mapping(path), model, prompts)
+    data = with_overrides(read_mapping(path), model, prompts, placement)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:

@@ -79,9 +79,9 @@ def recipe_inputs(recipe: Recipe, recipe_path: Path, folder: Path, judge: Path |
 
 
 def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bool = False, say: Say = print,
-               model: str | None = None, prompts: dict[str, str] | None = None) -> dict:
+               model: str | None = None, prompts: dict[str, str] | None = None, placement: dict | None = None) -> dict:
     """Run every stage of a recipe into ``out`` (``model`` and ``prompts``: the command line's overrides of the
-    recipe's model and prompt files); returns the report."""
+    recipe's model, prompt files and placement); returns the report."""
     from editor.artifacts.outputs import open_output
     from editor.pipeline.recipe import load_recipe, read_mapping
     from editor.research.studies.recipe import is_study, run_study_recipe
@@ -91,7 +91,7 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
         if resume:
             raise BadInput(f"{recipe_path} is a study: it has no stages to resume; pass --overwrite to run it again into {out}")
         return run_study_recipe(recipe_path, data, out, overwrite, say)
-    recipe = load_recipe(recipe_path, model, prompts)
+    recipe = load_recipe(recipe_path, model, prompts, placement)
     check_out(out, resume, overwrite)
     folder, judge = model_folder(recipe), _judge_folder(recipe.fit)  # downloads, if any, before the run folder exists
     sets = {name: load_prompt_set(spec, recipe_path.parent) for name, spec in recipe.prompts.items()}

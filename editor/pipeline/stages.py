@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from editor.errors import SteerfoldError
-from editor.pipeline.recipe import Recipe, edit_condition_path, edit_spec, fit_sets, recipe_base
+from editor.pipeline.recipe import Recipe, edit_condition_path, edit_spec, fit_sets, placement_of, recipe_base
 
 from editor.pipeline.state import RunState, Say, ThresholdFailure, digest, model_identity, records_hash, stage, threshold_checks
 from editor.prompts import PromptRecord
@@ -58,7 +58,7 @@ class RecipeRun:
             from editor.models.loading import load_model, load_tokenizer
 
             torch.manual_seed(0)
-            self.loaded = load_model(self.folder), load_tokenizer(self.folder)
+            self.loaded = load_model(self.folder, placement=placement_of(self.recipe.model)), load_tokenizer(self.folder)
         return self.loaded
 
     def fit(self) -> Path:
@@ -69,7 +69,9 @@ class RecipeRun:
         fit, reads = self.recipe.fit, fit_sets(self.recipe.fit)
         # a judge's weights decide the fit too: key on its identity (a Hub judge: its snapshot's)
         judge = model_identity(self.judge) if self.judge and (self.judge / "config.json").is_file() else fit.judge
-        key = digest("fit", model_identity(self.folder), fit.model_dump(), [self.hashes[n] for n in reads.values()], judge)
+        placement = placement_of(self.recipe.model).model_dump(mode="json")  # the precision decides the fit too
+        key = digest("fit", model_identity(self.folder), fit.model_dump(), [self.hashes[n] for n in reads.values()], judge,
+                     placement)
         self.fit_key, path = key, self.out / ".cache" / f"direction-{key}.safetensors"
 
         def work() -> None:
@@ -123,7 +125,7 @@ class RecipeRun:
         fmt = "merged" if "merged" in self.recipe.export.formats else "lora"  # the recipe schema requires one of them
         # thresholds only judge the figures: changing one re-checks the cached validation, it does not redo it
         key = digest("validate", self.export_keys[fmt], spec.model_dump(exclude={"thresholds"}),
-                     self.hashes[spec.harmful], self.hashes[spec.harmless])
+                     self.hashes[spec.harmful], self.hashes[spec.harmless], placement_of(self.recipe.model).model_dump(mode="json"))
         path = self.out / ".cache" / f"validate-{key}.json"
 
         def work() -> None:
@@ -131,7 +133,7 @@ class RecipeRun:
             check = None
             if spec.coherence == "organism":
                 from editor.research.organism import coherent_compliance as check
-            edited = load_model(self.out / fmt, base=self.folder)
+            edited = load_model(self.out / fmt, base=self.folder, placement=placement_of(self.recipe.model))
             sets = EvalSets(self.sets[spec.harmful], self.sets[spec.harmless])
             result = validate(model, edited, tokenizer, sets, spec.system, check, spec.max_new_tokens)
             with replace_file(path) as tmp:
