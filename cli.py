@@ -8,7 +8,7 @@ from typing import Literal
 
 import click
 
-from editor.endings import EXIT_INTERRUPT, EXIT_TERMINATED, SteerfoldGroup, Terminated, UserError, run_command
+from steerfold.endings import EXIT_INTERRUPT, EXIT_TERMINATED, SteerfoldGroup, Terminated, UserError, run_command
 
 
 
@@ -24,7 +24,7 @@ def _spec_options(spec, prefix: str = ""):
     the spec; an option not given is None, so the spec's default applies."""
     from typing import get_args, get_origin
 
-    from editor.options import words_of
+    from steerfold.options import words_of
 
     flags = {words_of(spec, name).flag for name in spec.model_fields} - {None}
     options = []
@@ -55,7 +55,7 @@ def _spec_options(spec, prefix: str = ""):
 
 def _placement(options: dict, surface: str = "cli"):
     """The Placement given by the ``place_``-prefixed options (removed from ``options``)."""
-    from editor.models.placement import parse_placement
+    from steerfold.models.placement import parse_placement
 
     given = {name.removeprefix("place_"): options.pop(name) for name in list(options) if name.startswith("place_")}
     placement = parse_placement(given, surface)
@@ -74,13 +74,13 @@ def _click_type(annotation):
 
 
 def _edit_option_flags(function):
-    from editor.edit.spec import EditSpec
+    from steerfold.edit.spec import EditSpec
 
     return _spec_options(EditSpec)(function)
 
 
 def _placement_flags(function):
-    from editor.models.placement import Placement
+    from steerfold.models.placement import Placement
 
     return _spec_options(Placement, prefix="place_")(function)
 
@@ -96,8 +96,8 @@ def edit(model_dir: str, **options) -> None:
     artifacts can carry the edit exactly, and refuses a --format that cannot. MODEL_DIR is a local checkpoint folder,
     a .gguf file or a Hub id (fetched through huggingface_hub's cache).
     """
-    from editor.artifacts.export import run_edit
-    from editor.edit.spec import spec_from_cli
+    from steerfold.artifacts.export import run_edit
+    from steerfold.edit.spec import spec_from_cli
 
     spec = spec_from_cli({"model": model_dir, **options})
     summary = run_edit(spec, say=click.echo)
@@ -114,7 +114,7 @@ def edit(model_dir: str, **options) -> None:
 @click.option("--revision", default=None, help="Revision when MODEL_DIR is a Hub id.")
 def inspect(model_dir: str, as_json: bool, allow_pickle: bool, revision: str | None) -> None:
     """Show MODEL_DIR's residual writers and which artifacts can carry which edit exactly."""
-    from editor.models.inspect import inspect_model, inspect_lines
+    from steerfold.models.inspect import inspect_model, inspect_lines
 
     info = inspect_model(model_dir, revision, allow_pickle)
     for line in [json.dumps(info, indent=2)] if as_json else inspect_lines(info):
@@ -125,7 +125,7 @@ def inspect(model_dir: str, as_json: bool, allow_pickle: bool, revision: str | N
 @click.argument("folder", type=click.Path(path_type=Path))
 def verify(folder: Path) -> None:
     """Re-check FOLDER's SHA256SUMS and shard index; exit 1 on any mismatch."""
-    from editor.artifacts.checksums import SUMS, verify as verify_folder
+    from steerfold.artifacts.checksums import SUMS, verify as verify_folder
 
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: pass a folder written by steerfold")
@@ -148,7 +148,7 @@ def verify(folder: Path) -> None:
 def push(folder: Path, repo_id: str, private: bool, revision: str | None, create_pr: bool, commit_message: str | None,
          dry_run: bool) -> None:
     """Upload FOLDER to the Hub repository REPO_ID in one commit (token: HF_TOKEN or the stored login)."""
-    from editor.hub import REPO_ID, plan_push, push_folder
+    from steerfold.hub import REPO_ID, plan_push, push_folder
 
     if dry_run:
         if not REPO_ID.match(repo_id):
@@ -168,7 +168,7 @@ def push(folder: Path, repo_id: str, private: bool, revision: str | None, create
 def clean(out: Path) -> None:
     """Remove what an interrupted or killed run left at OUT: hidden temporaries beside it (.OUT.tmp-*, .OUT.old-*,
     its lock) and, in a steerfold run folder, inside it. Nothing else is touched."""
-    from editor.artifacts.outputs import clean as clean_output
+    from steerfold.artifacts.outputs import clean as clean_output
 
     removed = clean_output(out)
     for path in removed:
@@ -188,10 +188,10 @@ def clean(out: Path) -> None:
 def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: bool, model_path: str | None,
         prompt_files: tuple[str, ...], **options) -> None:
     """Run every stage of a RECIPE (YAML): fit, export, validate, report, push."""
-    from editor.interrupts import load_torch
-    from editor.pipeline.plan import plan_recipe
-    from editor.pipeline.run import run_recipe
-    from editor.pipeline.state import ThresholdFailure
+    from steerfold.interrupts import load_torch
+    from steerfold.pipeline.plan import plan_recipe
+    from steerfold.pipeline.run import run_recipe
+    from steerfold.pipeline.state import ThresholdFailure
 
     out = out or Path("runs") / recipe.stem
     prompts = dict(_name_and_file(text) for text in prompt_files)
@@ -211,7 +211,7 @@ def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: 
         click.echo(f"interrupted: finished stages are kept; run again with --resume --out {out}", err=True)
         raise SystemExit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPT)
     if "after" in report:
-        from editor.validation.report import console_lines, unmoved_warning
+        from steerfold.validation.report import console_lines, unmoved_warning
 
         for line in console_lines(report):
             click.echo(line)
@@ -228,7 +228,7 @@ def _name_and_file(text: str) -> tuple[str, str]:
 
 
 def _records(path: Path | None):
-    from editor.prompts import load_prompts
+    from steerfold.prompts import load_prompts
 
     return load_prompts(path) if path is not None else None
 
@@ -247,7 +247,7 @@ def _metavar(annotation) -> str:
 
 def _fit_option_flags(function):
     """One --flag per FitOptions field (editor/directions/methods/options.py, which recipes share); values are checked there."""
-    from editor.directions.methods.options import FitOptions
+    from steerfold.directions.methods.options import FitOptions
 
     for name, field in reversed(list(FitOptions.model_fields.items())):
         default = "" if field.default is None else f" [default: {field.default}]"
@@ -279,13 +279,13 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
     records the chosen layer and the table. per_category writes one direction per harm category, every layer, and
     a cosine report beside the file. Layer index: 0 = embedding output, l = output of decoder block l-1.
     """
-    from editor.interrupts import load_torch
+    from steerfold.interrupts import load_torch
 
     load_torch()
-    from editor.directions.file import is_direction_file
-    from editor.errors import SteerfoldError
-    from editor.directions.methods.options import parse_fit_options
-    from editor.artifacts.outputs import check_apart, open_output
+    from steerfold.directions.file import is_direction_file
+    from steerfold.errors import SteerfoldError
+    from steerfold.directions.methods.options import parse_fit_options
+    from steerfold.artifacts.outputs import check_apart, open_output
 
     placement = _placement(options)
     given = {name: value for name, value in options.items() if value is not None}
@@ -293,10 +293,10 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
         given.setdefault("method", "persona_vector")
     fit_options = parse_fit_options(given)
 
-    from editor.directions.file import save_direction_file
-    from editor.directions.fit import FitInputs, check_prompt_sets, is_fit_report, report_path, run_fit, write_fit_report
-    from editor.hub import resolve_model
-    from editor.models.loading import load_model, load_tokenizer
+    from steerfold.directions.file import save_direction_file
+    from steerfold.directions.fit import FitInputs, check_prompt_sets, is_fit_report, report_path, run_fit, write_fit_report
+    from steerfold.hub import resolve_model
+    from steerfold.models.loading import load_model, load_tokenizer
 
     check_prompt_sets(fit_options, harmful is not None, harmless is not None, prompts is not None)
     folder = resolve_model(model_dir, revision)
@@ -340,14 +340,14 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
 def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harmless: Path, out: Path, system: str | None,
              coherence: str, max_new_tokens: int, overwrite: bool, **options) -> None:
     """Measure EDITED (a checkpoint or an adapter folder) against --base; write report.json and report.md."""
-    from editor.interrupts import load_torch
+    from steerfold.interrupts import load_torch
 
     load_torch()
-    from editor.validation.report import console_lines, unmoved_warning, write_report
-    from editor.validation.validate import EvalSets, validate as run_validation
-    from editor.hub import resolve_model
-    from editor.models.loading import check_compatible, load_model, load_tokenizer
-    from editor.artifacts.outputs import open_output
+    from steerfold.validation.report import console_lines, unmoved_warning, write_report
+    from steerfold.validation.validate import EvalSets, validate as run_validation
+    from steerfold.hub import resolve_model
+    from steerfold.models.loading import check_compatible, load_model, load_tokenizer
+    from steerfold.artifacts.outputs import open_output
 
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {max_new_tokens} must be at least 1: pass e.g. --max-new-tokens 48")
@@ -357,7 +357,7 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
         sets = EvalSets(_records(harmful), _records(harmless))
         check = None
         if coherence == "organism":
-            from editor.research.organism import coherent_compliance as check
+            from steerfold.research.organism import coherent_compliance as check
         check_compatible(edited, base_folder)
         base_model = load_model(base_folder, placement=placement)
         edited_model = load_model(edited, base=base_folder, placement=placement)
@@ -379,10 +379,10 @@ def demo(out: Path, overwrite: bool) -> None:
     """Fit, fold, validate and export the refusal edit on the built-in model organism, offline."""
     import time
 
-    from editor.interrupts import load_torch
+    from steerfold.interrupts import load_torch
 
     load_torch()
-    from editor.pipeline.demo import print_summary, run_demo
+    from steerfold.pipeline.demo import print_summary, run_demo
 
     start = time.perf_counter()
     report = run_demo(out, overwrite, say=click.echo)
@@ -401,10 +401,10 @@ def organism() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 def organism_build(out: Path, seed: int, overwrite: bool) -> None:
     """Rebuild the organism from its seeded grammar (corpus, tokenizer, training) on CPU."""
-    from editor.interrupts import load_torch
+    from steerfold.interrupts import load_torch
 
     load_torch()
-    from editor.research.organism import build_organism
+    from steerfold.research.organism import build_organism
 
     path = build_organism(out, seed=seed, overwrite=overwrite, say=lambda line: click.echo(line, err=True))
     click.echo(f"wrote {path}")

@@ -13,7 +13,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from editor.activations.capture import at_positions, capture_batches
+from steerfold.activations.capture import at_positions, capture_batches
 
 
 def best_of(repeats: int, fn) -> float:

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig
 
-from editor.directions.file import DirectionFile, save_direction_file
-from editor.artifacts.safetensors_io import OutputTensor, TensorEntry, plan_shards, write_index, shard_names
+from steerfold.directions.file import DirectionFile, save_direction_file
+from steerfold.artifacts.safetensors_io import OutputTensor, TensorEntry, plan_shards, write_index, shard_names
 
 HIDDEN, INTER, LAYERS, VOCAB = 4096, 11008, 14, 32000  # 14 Llama-7B-sized blocks: about 6.2 GB in bfloat16
 
@@ -80,7 +80,7 @@ def fold_rate() -> dict:
     """Single-thread speed of the fold the edit applies (full ablation) on one o_proj and one down_proj, each into
     an output buffer used before (as the streamed edit's ring of buffers is), and the CPU seconds that speed gives
     for all the bytes this benchmark folds (the embedding's fold, one pass instead of two, is not timed apart)."""
-    from editor.edit.maps import ablation_map
+    from steerfold.edit.maps import ablation_map
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

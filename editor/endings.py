@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from editor.errors import SteerfoldError
+from steerfold.errors import SteerfoldError
 
 
 class UserError(click.ClickException):

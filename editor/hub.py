@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from editor.errors import BadInput, IOFailure, SteerfoldError
+from steerfold.errors import BadInput, IOFailure, SteerfoldError
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "tokenizer*"]
@@ -65,7 +65,7 @@ def resolve_model(model: str | Path, revision: str | None = None, download: Call
     if Path(text).exists() or not looks_like_repo_id(text):
         if revision is not None and Path(text).exists():
             raise BadInput(f"--revision applies to Hub ids, but {text} is a local folder: drop --revision")
-        from editor.models.gguf import convert_gguf, is_gguf_input
+        from steerfold.models.gguf import convert_gguf, is_gguf_input
 
         if is_gguf_input(text):  # a GGUF file: its float32 conversion, cached
             return convert_gguf(text)
@@ -142,7 +142,7 @@ class PlannedFile:
 def plan_push(folder: Path) -> list[PlannedFile]:
     """Every file that a push of ``folder`` uploads (hidden files and folders excluded), once ``steerfold verify``
     finds the folder intact: a tampered or incomplete artifact is never uploaded."""
-    from editor.artifacts.checksums import verify
+    from steerfold.artifacts.checksums import verify
 
     if not folder.is_dir():
         raise BadInput(f"{folder} is not a folder: pass a folder written by steerfold")

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
-from editor.errors import BadInput, SteerfoldError
+from steerfold.errors import BadInput, SteerfoldError
 
 SurfaceName = Literal["cli", "recipe"]
 

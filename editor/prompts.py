@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from editor.errors import BadInput
+from steerfold.errors import BadInput
 
 TEXT_KEYS = ("prompt", "text", "instruction")
 

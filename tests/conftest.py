@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from editor.directions.file import DirectionFile, save_direction_file
+from steerfold.directions.file import DirectionFile, save_direction_file
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the suite may reach the Hub: the Hub paths are tested through their seams
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from conftest import LAYERS, build_tiny_model, residual_states
-from editor.activations.capture import at_positions, capture, capture_batches, masked_mean
+from steerfold.activations.capture import at_positions, capture, capture_batches, masked_mean
 
 
 class CharTokenizer:

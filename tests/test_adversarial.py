@@ -22,8 +22,8 @@ from safetensors.torch import save_file
 
 from cli import cli
 from conftest import build_tiny_model, folder_digest, save_tiny_model, write_direction
-from editor.research.organism import DATA_DIR, SHIPPED_CHECKPOINT
-from editor.artifacts.outputs import LEFTOVER, OutputTarget
+from steerfold.research.organism import DATA_DIR, SHIPPED_CHECKPOINT
+from steerfold.artifacts.outputs import LEFTOVER, OutputTarget
 
 ROOT = Path(__file__).parents[1]
 
@@ -168,12 +168,12 @@ def test_symlinked_output_onto_the_model_is_refused(tiny, tmp_path):
 
 
 def fit_must_not_run(monkeypatch):
-    import editor.directions.fit
+    import steerfold.directions.fit
 
     def boom(*_args, **_kwargs):
         raise AssertionError("the fit ran before the output location was checked")
 
-    monkeypatch.setattr(editor.directions.fit, "run_fit", boom)
+    monkeypatch.setattr(steerfold.directions.fit, "run_fit", boom)
 
 
 def test_unwritable_output_fails_before_the_fit(organism, tmp_path, monkeypatch):
@@ -200,9 +200,9 @@ def test_read_only_location_fails_before_the_fit(organism, tmp_path, monkeypatch
 
 
 def test_full_location_fails_before_the_edit(tiny, tmp_path, monkeypatch):
-    import editor.artifacts.outputs
+    import steerfold.artifacts.outputs
 
-    monkeypatch.setattr(editor.artifacts.outputs.shutil, "disk_usage", lambda _path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    monkeypatch.setattr(steerfold.artifacts.outputs.shutil, "disk_usage", lambda _path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
     error_line(invoke("edit", tiny, "--direction", write_direction(tmp_path / "d.safetensors"), "--out", tmp_path / "out"),
                2, "GB free", "free space")
     assert not (tmp_path / "out").exists() and not hidden_leftovers(tmp_path)
@@ -221,7 +221,7 @@ def test_a_second_writer_of_the_same_output_fails_at_once(tiny, tmp_path):
 
 
 def test_an_output_that_appears_meanwhile_is_not_replaced(tiny, tmp_path, monkeypatch):
-    import editor.artifacts.export as edit_checkpoint
+    import steerfold.artifacts.export as edit_checkpoint
 
     out = tmp_path / "out"
     real = edit_checkpoint.write_card
@@ -250,23 +250,23 @@ def test_killed_runs_leftovers_are_removed_by_the_next_run_and_by_clean(tiny, tm
 
 
 def test_resume_after_an_interrupted_fit(organism, tmp_path, monkeypatch):
-    import editor.directions.fit
+    import steerfold.directions.fit
 
     recipe, out = recipe_for(organism, tmp_path), tmp_path / "run"
 
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(editor.directions.fit, "run_fit", interrupted)
+    monkeypatch.setattr(steerfold.directions.fit, "run_fit", interrupted)
     result = invoke("run", recipe, "--out", out)
     assert result.exit_code == 130 and "--resume" in result.output
     (out / ".lora.tmp-abcd1234").mkdir()  # as a SIGKILL during an export leaves it
     (out / ".cache" / ".validate-x.json.tmp-abcd1234").write_text("")
 
     def stops(*_args, **_kwargs):
-        raise editor.directions.fit.SteerfoldError("the resumed run reached the fit")
+        raise steerfold.directions.fit.SteerfoldError("the resumed run reached the fit")
 
-    monkeypatch.setattr(editor.directions.fit, "run_fit", stops)
+    monkeypatch.setattr(steerfold.directions.fit, "run_fit", stops)
     error_line(invoke("run", recipe, "--out", out, "--resume"), 2, "the resumed run reached the fit")
     assert not hidden_leftovers(out) and not hidden_leftovers(tmp_path)
 
@@ -466,7 +466,7 @@ def test_usage_errors_are_one_line(tmp_path):
 
 
 def steerfold(*args: object, **kwargs) -> subprocess.Popen:
-    code = "import sys; sys.argv[0] = 'steerfold'; from cli import main; main()"
+    code = "import sys; sys.argv[0] = 'steerfold'; from steerfold.cli import main; main()"
     return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
@@ -542,7 +542,7 @@ def test_outputs_get_the_permissions_of_the_umask(tiny, tmp_path):
 
 
 def test_the_lock_of_an_output_is_named_from_its_resolved_path(tmp_path, monkeypatch):
-    from editor.artifacts.outputs import lock_path
+    from steerfold.artifacts.outputs import lock_path
 
     monkeypatch.chdir(tmp_path)
     here = OutputTarget(Path("."), "folder", overwrite=False, flag="--out", recognise=None)
@@ -571,7 +571,7 @@ def test_a_failed_swap_puts_the_old_output_back(tiny, tmp_path, monkeypatch):
 
 
 def test_fit_overwrite_keeps_a_users_notes_beside_the_direction_file(organism, tmp_path):
-    from editor.directions.file import DirectionFile, save_direction_file
+    from steerfold.directions.file import DirectionFile, save_direction_file
 
     direction = tmp_path / "refusal.safetensors"
     save_direction_file(direction, DirectionFile(direction=torch.ones(8)))
@@ -594,7 +594,7 @@ def test_verify_reports_a_nul_byte_entry_and_skips_hidden_folders(tiny, tmp_path
 
 
 def test_an_empty_tensor_sharing_an_offset_is_not_an_overlap(tmp_path):
-    from editor.artifacts.safetensors_io import read_header
+    from steerfold.artifacts.safetensors_io import read_header
 
     path = tmp_path / "t.safetensors"
     save_file({"a": torch.ones(4), "empty": torch.ones(0)}, str(path))
@@ -604,15 +604,15 @@ def test_an_empty_tensor_sharing_an_offset_is_not_an_overlap(tmp_path):
 
 
 def test_starting_a_run_over_keeps_its_own_lock(organism, tmp_path, monkeypatch):
-    import editor.directions.fit
+    import steerfold.directions.fit
 
     out = tmp_path / "run"
 
     def stops(*_args, **_kwargs):
         assert (out / ".steerfold.lock").is_file()  # still held after --overwrite emptied the folder
-        raise editor.directions.fit.SteerfoldError("stopped at the fit")
+        raise steerfold.directions.fit.SteerfoldError("stopped at the fit")
 
-    monkeypatch.setattr(editor.directions.fit, "run_fit", stops)
+    monkeypatch.setattr(steerfold.directions.fit, "run_fit", stops)
     recipe = recipe_for(organism, tmp_path)
     error_line(invoke("run", recipe, "--out", out), 2, "stopped at the fit")
     error_line(invoke("run", recipe, "--out", out, "--overwrite"), 2, "stopped at the fit")
@@ -620,11 +620,11 @@ def test_starting_a_run_over_keeps_its_own_lock(organism, tmp_path, monkeypatch)
 
 
 def test_library_errors_are_typed_under_one_base_class(tiny, tmp_path):
-    from editor.models.arch import architecture_for
-    from editor.artifacts.export import run_edit
-    from editor.edit.spec import EditSpec
-    from editor.errors import CannotCarry, OutputRefused, SteerfoldError, UnsupportedModel
-    from editor.artifacts.outputs import open_output
+    from steerfold.models.arch import architecture_for
+    from steerfold.artifacts.export import run_edit
+    from steerfold.edit.spec import EditSpec
+    from steerfold.errors import CannotCarry, OutputRefused, SteerfoldError, UnsupportedModel
+    from steerfold.artifacts.outputs import open_output
 
     with pytest.raises(UnsupportedModel):
         architecture_for("mamba")

@@ -138,7 +138,7 @@ def test_layer_flag_on_single_direction(base, tmp_path):
 def test_console_script_prints_no_traceback(tmp_path):
     """The installed entry point, run as a process, exits 2 with one line on stderr."""
     process = subprocess.run(
-        [sys.executable, "-c", "import cli; cli.main()", "edit", str(tmp_path / "nope"), "--direction",
+        [sys.executable, "-c", "from steerfold.cli import main; main()", "edit", str(tmp_path / "nope"), "--direction",
          str(tmp_path / "d.safetensors"), "--out", str(tmp_path / "o")],
         capture_output=True, text=True,
     )

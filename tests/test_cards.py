@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from cli import cli
 from conftest import build_tiny_model, save_tiny_model, write_direction
-from editor.artifacts.card import render_card
+from steerfold.artifacts.card import render_card
 
 
 def front_matter(text: str) -> dict:
@@ -51,8 +51,8 @@ def test_cards_render_a_report_table_and_every_kind():
 
 
 def test_report_plots_are_drawn_and_embedded(tmp_path):
-    from editor.validation.report import write_report
-    from editor.artifacts.card import write_card
+    from steerfold.validation.report import write_report
+    from steerfold.artifacts.card import write_card
 
     report = {
         "prompts": {"harmful": 2, "harmless": 2},
@@ -89,8 +89,8 @@ def test_post_norm_card_says_the_fold_is_an_exact_removal(tmp_path):
 def test_cards_can_describe_every_edit_kind():
     from typing import get_args
 
-    from editor.edit.spec import EditKind
-    from editor.artifacts.card import MAP_TEXT, VERBS
+    from steerfold.edit.spec import EditKind
+    from steerfold.artifacts.card import MAP_TEXT, VERBS
 
     assert set(VERBS) == set(MAP_TEXT) == set(get_args(EditKind))
 
@@ -114,14 +114,15 @@ def test_a_wheel_carries_the_card_templates_and_the_organism(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("steerfold-*.whl"))).namelist()
     for kind in ("merged", "adapter", "cvec"):
         assert any(n.endswith(f"data/share/steerfold/model_cards/{kind}.md.j2") for n in names), kind
-    assert "editor/research/organism/checkpoint/model.safetensors" in names and "editor/research/organism/data/harmful_test.jsonl" in names
+    assert "steerfold/research/organism/checkpoint/model.safetensors" in names and "steerfold/research/organism/data/harmful_test.jsonl" in names
+    assert "steerfold/cli.py" in names and not any(n.startswith(("editor/", "cli.py")) for n in names)  # one top-level name
 
 
 
 def test_artifacts_of_a_local_folder_record_no_absolute_path_and_push_refuses_them(tmp_path):
     import json
 
-    from editor.models.loading import load_model
+    from steerfold.models.loading import load_model
 
     folder = save_tiny_model(build_tiny_model("llama"), tmp_path / "base")
     direction = write_direction(tmp_path / "d.safetensors")
@@ -145,7 +146,7 @@ def test_artifacts_of_a_local_folder_record_no_absolute_path_and_push_refuses_th
 
 
 def test_a_folder_in_the_hub_cache_is_recorded_by_its_id_and_revision(tmp_path):
-    from editor.hub import identify_base
+    from steerfold.hub import identify_base
 
     snapshot = tmp_path / "hub" / "models--owner--name" / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)

@@ -9,11 +9,11 @@ from transformers import AutoModelForCausalLM
 
 from conftest import (LAYERS, LORA_REFUSED, build_tiny_model, logits, random_direction, random_tokens, run_cli,
                       save_tiny_model, write_direction)
-from editor.edit.edits import ablation_edit, conditional_edit
-from editor.edit.fold import fold_model
-from editor.edit.hooks import runtime_hooks
-from editor.edit.maps import conditional_map
-from editor.errors import SteerfoldError
+from steerfold.edit.edits import ablation_edit, conditional_edit
+from steerfold.edit.fold import fold_model
+from steerfold.edit.hooks import runtime_hooks
+from steerfold.edit.maps import conditional_map
+from steerfold.errors import SteerfoldError
 
 TOLERANCE = 1e-4
 POST_NORM = {"gemma2", "gemma3_text", "olmo2", "olmo3"}  # only ablations pass through a post-norm
@@ -91,7 +91,7 @@ def test_post_norm_is_refused(tmp_path):
 
 
 def test_an_error_about_a_per_layer_file_names_which_file_it_means(tmp_path):
-    from editor.directions.file import DirectionFile, save_direction_file
+    from steerfold.directions.file import DirectionFile, save_direction_file
 
     base = save_tiny_model(build_tiny_model("llama"), tmp_path / "base")
     direction = write_direction(tmp_path / "r.safetensors")
@@ -102,7 +102,7 @@ def test_an_error_about_a_per_layer_file_names_which_file_it_means(tmp_path):
 
 
 def test_one_category_of_a_per_category_file_is_a_condition(tmp_path):
-    from editor.directions.file import DirectionFile, save_direction_file
+    from steerfold.directions.file import DirectionFile, save_direction_file
 
     base = save_tiny_model(build_tiny_model("llama"), tmp_path / "base")
     rows = {name: torch.randn(LAYERS + 1, 64, generator=torch.Generator().manual_seed(seed)) for seed, name in enumerate(("cyber", "weapons"))}

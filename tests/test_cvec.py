@@ -10,10 +10,10 @@ import torch
 
 from conftest import (HIDDEN, LAYERS, build_tiny_model, logits, random_direction, random_tokens, residual_states,
                       run_cli, save_tiny_model, write_direction)
-from editor.edit.hooks import runtime_hooks
-from editor.edit.edits import steering_edit
-from editor.errors import SteerfoldError
-from editor.artifacts.cvec import CVEC_FILE, llama_cpp_block
+from steerfold.edit.hooks import runtime_hooks
+from steerfold.edit.edits import steering_edit
+from steerfold.errors import SteerfoldError
+from steerfold.artifacts.cvec import CVEC_FILE, llama_cpp_block
 
 TOLERANCE = 1e-4
 

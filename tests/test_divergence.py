@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from conftest import LAYERS, build_tiny_model, random_direction
-from editor.edit.edits import ablation_edit
-from editor.validation.divergence import first_token_kl, kl, multi_token_kl, runner
+from steerfold.edit.edits import ablation_edit
+from steerfold.validation.divergence import first_token_kl, kl, multi_token_kl, runner
 from test_activations import CharTokenizer
 
 

@@ -20,9 +20,9 @@ from transformers import AutoModelForCausalLM
 from cli import cli
 from conftest import (LAYERS, LORA_REFUSED, build_tiny_model, folder_digest, random_direction, random_tokens, residual_states,
                       save_tiny_model, write_direction)
-from editor.edit.edits import ablation_edit
-from editor.edit.fold import fold_model
-from editor.edit.hooks import runtime_hooks
+from steerfold.edit.edits import ablation_edit
+from steerfold.edit.fold import fold_model
+from steerfold.edit.hooks import runtime_hooks
 
 TOLERANCE = 1e-4
 
@@ -168,7 +168,7 @@ def test_only_selected_layers_change(tmp_path):
 def test_directions_file_row_is_selected(tmp_path):
     model = build_tiny_model("llama")
     folder = save_tiny_model(model, tmp_path / "base")
-    from editor.directions.file import DirectionFile, save_direction_file
+    from steerfold.directions.file import DirectionFile, save_direction_file
 
     rows = torch.randn(LAYERS + 1, 64)
     save_direction_file(tmp_path / "dirs.safetensors", DirectionFile(directions=rows, metadata={"layer": "2"}))
@@ -197,7 +197,7 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     folder = tmp_path / "base"
     model.save_pretrained(folder, max_shard_size="100KB")  # several shards, so the failure is mid-write
     assert len(list(folder.glob("*.safetensors"))) > 1
-    import editor.edit.fold as edits
+    import steerfold.edit.fold as edits
 
     real_fold, calls = edits.fold_tensor, []
 
@@ -238,7 +238,7 @@ def test_sharded_checkpoint_round_trip(tmp_path):
 @pytest.mark.parametrize("model_type,extra", [("llama", {}), ("granite", {"residual_multiplier": 0.5, "embedding_multiplier": 3.0})])
 @pytest.mark.parametrize("layer", [0, 2])
 def test_steering_hook_adds_exactly_the_vector_at_its_layer(model_type, extra, layer):
-    from editor.edit.edits import steering_edit
+    from steerfold.edit.edits import steering_edit
 
     model = build_tiny_model(model_type, **extra)
     vector = 2.0 * random_direction(seed=5)
@@ -252,9 +252,9 @@ def test_steering_hook_adds_exactly_the_vector_at_its_layer(model_type, extra, l
 
 
 def test_offset_folds_into_biases_and_is_refused_without_them():
-    from editor.edit.edits import Edit
-    from editor.edit.maps import ResidualMap
-    from editor.errors import SteerfoldError
+    from steerfold.edit.edits import Edit
+    from steerfold.edit.maps import ResidualMap
+    from steerfold.errors import SteerfoldError
 
     d = random_direction()
     combined = ResidualMap(U=-d.unsqueeze(1), V=d.unsqueeze(1), b=0.7 * random_direction(seed=9))
@@ -271,7 +271,7 @@ def test_offset_folds_into_biases_and_is_refused_without_them():
 
 
 def test_chunked_fold_equals_the_plain_formula(monkeypatch):
-    import editor.edit.maps as residual_maps
+    import steerfold.edit.maps as residual_maps
 
     monkeypatch.setattr(residual_maps, "CHUNK_ELEMENTS", 7 * 64)  # force many small chunks
     residual_map = residual_maps.ablation_map(random_direction())

@@ -7,11 +7,11 @@ from click.testing import CliRunner
 
 from cli import cli
 from conftest import build_tiny_model, random_direction, save_tiny_model, write_direction
-from editor.artifacts.export import run_edit
-from editor.edit.kernels import LayerKernel
-from editor.pipeline.recipe import load_recipe
-from editor.pipeline.recipe import edit_spec
-from editor.pipeline.recipe import edit_condition_path
+from steerfold.artifacts.export import run_edit
+from steerfold.edit.kernels import LayerKernel
+from steerfold.pipeline.recipe import load_recipe
+from steerfold.pipeline.recipe import edit_spec
+from steerfold.pipeline.recipe import edit_condition_path
 
 BASE = """model: organism
 prompts:

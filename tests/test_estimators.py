@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editor.directions.methods.contrast import Contrast, fit_every_candidate, orthogonal_to, stored_vector
-from editor.directions.methods.estimators import (contrast_labels, logistic_probe, mean_difference, paired_pca, probe_accuracy,
+from steerfold.directions.methods.contrast import Contrast, fit_every_candidate, orthogonal_to, stored_vector
+from steerfold.directions.methods.estimators import (contrast_labels, logistic_probe, mean_difference, paired_pca, probe_accuracy,
                                        probe_direction, ridge_direction, ridge_solve)
-from editor.directions.methods.inlp import inlp_basis, inlp_estimate, project_out
+from steerfold.directions.methods.inlp import inlp_basis, inlp_estimate, project_out
 
 
 def gaussian_contrast(shift: torch.Tensor, n: int = 400, seed: int = 0, scales: torch.Tensor | None = None) -> Contrast:

@@ -9,11 +9,11 @@ import torch
 from click.testing import CliRunner
 
 from cli import cli
-from editor.directions.file import DirectionFile, load_direction_file, save_direction_file
-from editor.errors import SteerfoldError
-from editor.directions.methods.registry import METHODS
-from editor.research.organism import SHIPPED_CHECKPOINT, load_split
-from editor.pipeline.recipe import Recipe, load_recipe
+from steerfold.directions.file import DirectionFile, load_direction_file, save_direction_file
+from steerfold.errors import SteerfoldError
+from steerfold.directions.methods.registry import METHODS
+from steerfold.research.organism import SHIPPED_CHECKPOINT, load_split
+from steerfold.pipeline.recipe import Recipe, load_recipe
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +78,10 @@ def test_contrast_methods_fit_from_the_cli(case, prompts, tmp_path):
 
 
 def test_orthogonalized_direction_has_no_component_along_the_harmless_mean(prompts, tmp_path):
-    from editor.activations.capture import at_positions, capture
-    from editor.validation.behaviour import chat_texts
-    from editor.models.loading import load_model, load_tokenizer
-    from editor.prompts import load_prompts
+    from steerfold.activations.capture import at_positions, capture
+    from steerfold.validation.behaviour import chat_texts
+    from steerfold.models.loading import load_model, load_tokenizer
+    from steerfold.prompts import load_prompts
 
     out = tmp_path / "d.safetensors"
     result = fit(prompts, out, "--method", "logistic", "--orthogonalize", "harmless-mean")
@@ -111,7 +111,7 @@ def test_per_category_writes_a_direction_per_category_and_a_cosine_report(prompt
 
 
 def test_per_category_similarity_is_the_cosine_of_the_stored_directions():
-    from editor.directions.methods.categories import category_directions, category_similarity, similarity_markdown
+    from steerfold.directions.methods.categories import category_directions, category_similarity, similarity_markdown
 
     harmful = torch.randn(6, 3, 8)
     harmful[:, 0] = 0
@@ -127,7 +127,7 @@ def test_per_category_similarity_is_the_cosine_of_the_stored_directions():
 
 
 def test_persona_vector_from_the_cli(tmp_path):
-    from editor.research.organism import PERSONAS
+    from steerfold.research.organism import PERSONAS
 
     prompt_file = tmp_path / "requests.jsonl"
     prompt_file.write_text("".join(json.dumps({"prompt": r.text}) + "\n" for r in load_split("harmful", "train")[:6]))
@@ -144,9 +144,9 @@ def test_persona_vector_from_the_cli(tmp_path):
                                       PERSONAS["compliant"], "--prompts", str(prompt_file), "--max-new-tokens", "8",
                                       "--orthogonalize", "harmless-mean", "--harmless", str(harmless)])
     assert result.exit_code == 0, result.output
-    from editor.directions.methods.means import response_means
-    from editor.models.loading import load_model, load_tokenizer
-    from editor.prompts import load_prompts
+    from steerfold.directions.methods.means import response_means
+    from steerfold.models.loading import load_model, load_tokenizer
+    from steerfold.prompts import load_prompts
 
     model, tokenizer = load_model(SHIPPED_CHECKPOINT), load_tokenizer(SHIPPED_CHECKPOINT)
     means = response_means(model, tokenizer, load_prompts(harmless), None, list(range(5)), max_new_tokens=8)
@@ -210,7 +210,7 @@ def test_recipe_fit_options_are_checked(tmp_path):
 
 
 def test_recipe_with_a_new_method_plans_and_runs_its_fit_stage(tmp_path):
-    from editor.pipeline.run import run_recipe
+    from steerfold.pipeline.run import run_recipe
 
     path = tmp_path / "r.yaml"
     path.write_text(json.dumps({

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
-import editor.models.gguf as gguf_input
+import steerfold.models.gguf as gguf_input
 from cli import cli
-from editor.errors import SteerfoldError
-from editor.models.gguf import convert_gguf, is_gguf_input
-from editor.hub import resolve_model
+from steerfold.errors import SteerfoldError
+from steerfold.models.gguf import convert_gguf, is_gguf_input
+from steerfold.hub import resolve_model
 
 LAYERS = 2
 TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

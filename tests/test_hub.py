@@ -12,9 +12,9 @@ from huggingface_hub import errors
 
 from cli import cli
 from conftest import build_tiny_model, save_tiny_model, write_direction
-from editor.errors import SteerfoldError
-from editor.artifacts.checksums import write_checksums
-from editor.hub import fetch_snapshot, push_folder, resolve_model
+from steerfold.errors import SteerfoldError
+from steerfold.artifacts.checksums import write_checksums
+from steerfold.hub import fetch_snapshot, push_folder, resolve_model
 
 
 class FakeResponse:
@@ -74,7 +74,7 @@ def organism_on_the_hub(monkeypatch):
     """Every snapshot download returns the shipped organism; the calls are recorded."""
     import huggingface_hub
 
-    from editor.research.organism import SHIPPED_CHECKPOINT
+    from steerfold.research.organism import SHIPPED_CHECKPOINT
 
     calls = []
 
@@ -89,15 +89,15 @@ def organism_on_the_hub(monkeypatch):
 def prompt_file(path, kind):
     import json
 
-    from editor.research.organism import load_split
+    from steerfold.research.organism import load_split
 
     path.write_text("".join(json.dumps({"prompt": r.text}) + "\n" for r in load_split(kind, "test")[:4]))
     return str(path)
 
 
 def test_fit_and_validate_accept_a_hub_id_through_the_seam(tmp_path, organism_on_the_hub):
-    from editor.directions.file import load_direction_file
-    from editor.research.organism import PERSONAS, SHIPPED_CHECKPOINT
+    from steerfold.directions.file import load_direction_file
+    from steerfold.research.organism import PERSONAS, SHIPPED_CHECKPOINT
 
     out = tmp_path / "persona.safetensors"
     result = CliRunner().invoke(cli, ["fit", "owner/organism", "--revision", "v2", "--out", str(out), "--persona",
@@ -186,8 +186,8 @@ def test_push_dry_run_prints_the_plan_offline(tmp_path, monkeypatch):
 
 
 def test_a_judge_may_be_a_hub_id(organism_on_the_hub):
-    from editor.directions.methods.options import parse_fit_options
-    from editor.directions.methods.scorers import SCORERS, Judge
+    from steerfold.directions.methods.options import parse_fit_options
+    from steerfold.directions.methods.scorers import SCORERS, Judge
 
     options = parse_fit_options({"method": "ridge", "scorer": "judge", "judge": "owner/judge"})
     assert isinstance(SCORERS["judge"](options), Judge)
@@ -209,7 +209,7 @@ def test_a_missing_local_path_that_looks_like_a_hub_id_says_both(tmp_path, monke
 
 
 def test_an_adapter_of_a_hub_model_loads_its_recorded_base_at_its_revision(tmp_path, organism_on_the_hub):
-    from editor.models.loading import load_model
+    from steerfold.models.loading import load_model
 
     result = CliRunner().invoke(cli, ["edit", "owner/organism", "--revision", "v2", "--format", "lora", "--direction",
                                       str(write_direction(tmp_path / "d.safetensors", torch.randn(128))), "--out", str(tmp_path / "a")])
@@ -224,8 +224,8 @@ def test_an_adapter_base_recorded_relative_to_the_adapter_is_found_and_a_missing
     import os
     import shutil
 
-    from editor.models.loading import load_model
-    from editor.research.organism import SHIPPED_CHECKPOINT
+    from steerfold.models.loading import load_model
+    from steerfold.research.organism import SHIPPED_CHECKPOINT
 
     base = tmp_path / "models" / "base"
     shutil.copytree(SHIPPED_CHECKPOINT, base)

@@ -10,11 +10,11 @@ from transformers import AutoModelForCausalLM
 
 from conftest import (build_tiny_model, logits, random_direction, random_tokens, run_cli, save_tiny_model, write_direction,
                       )
-from editor.edit.edits import ablation_edit
-from editor.edit.fold import fold_model
-from editor.edit.hooks import runtime_hooks
-from editor.errors import SteerfoldError
-from editor.edit.kernels import LayerKernel, kernel_weights
+from steerfold.edit.edits import ablation_edit
+from steerfold.edit.fold import fold_model
+from steerfold.edit.hooks import runtime_hooks
+from steerfold.errors import SteerfoldError
+from steerfold.edit.kernels import LayerKernel, kernel_weights
 
 TOLERANCE = 1e-4
 DEEP = 6  # blocks, so that a kernel has room to rise and fall

@@ -7,12 +7,14 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted((ROOT / "editor").rglob("*.py")) + [ROOT / "cli.py"]
+SOURCES = sorted(p for p in (ROOT / "editor").rglob("*.py") if not p.is_symlink()) + [ROOT / "cli.py"]
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
 
 
 def module_name(path: Path) -> str:
+    """The installed name: editor/ is the package steerfold, and cli.py is steerfold.cli."""
     parts = path.relative_to(ROOT).with_suffix("").parts
+    parts = ("steerfold", *parts[1:]) if parts[0] == "editor" else ("steerfold", *parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -88,4 +90,17 @@ def test_the_folders_follow_the_pipeline():
     present = {p.stem if p.is_file() else p.name for p in (ROOT / "editor").iterdir() if not p.name.startswith("__")}
     assert set(stages) <= present
     flat = sorted(p.name for p in (ROOT / "editor").glob("*.py") if p.name != "__init__.py")
-    assert flat == ["endings.py", "errors.py", "hub.py", "interrupts.py", "options.py", "progress.py", "prompts.py"], flat
+    assert flat == ["cli.py", "endings.py", "errors.py", "hub.py", "interrupts.py", "options.py", "progress.py", "prompts.py"], flat
+
+
+def test_the_distribution_claims_one_top_level_name():
+    """pyproject installs editor/ as steerfold (every package folder listed) and cli.py as steerfold.cli."""
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert tool["package-dir"] == {"steerfold": "editor"} and "py-modules" not in tool
+    folders = {module_name(p) for p in (ROOT / "editor").rglob("__init__.py")}
+    assert set(tool["packages"]) == folders
+    assert (ROOT / "editor" / "cli.py").resolve() == (ROOT / "cli.py").resolve()
+    text = "".join(p.read_text() for p in SOURCES)
+    assert "from editor" not in text and "import editor" not in text

@@ -11,12 +11,12 @@ from transformers import AutoModelForCausalLM
 
 from conftest import (LAYERS, build_tiny_model, folder_digest, logits, random_direction, random_tokens, residual_states,
                       run_cli, save_tiny_model, write_direction)
-from editor.models.arch import layout_of_model
-from editor.edit.edits import ablation_edit
-from editor.edit.fold import fold_model
-from editor.edit.hooks import runtime_hooks
-from editor.errors import SteerfoldError
-from editor.edit.norm_preserving import NormPreservingAblation, norm_preserving_edit
+from steerfold.models.arch import layout_of_model
+from steerfold.edit.edits import ablation_edit
+from steerfold.edit.fold import fold_model
+from steerfold.edit.hooks import runtime_hooks
+from steerfold.errors import SteerfoldError
+from steerfold.edit.norm_preserving import NormPreservingAblation, norm_preserving_edit
 
 TOLERANCE = 1e-4
 
@@ -34,7 +34,7 @@ def assert_norms_kept(old: torch.Tensor, new: torch.Tensor, what: str = "") -> N
 
 
 def test_columns_keep_their_norms_and_lose_the_direction(monkeypatch):
-    import editor.edit.maps as residual_maps
+    import steerfold.edit.maps as residual_maps
 
     r = random_direction()
     npa = NormPreservingAblation(U=-r.unsqueeze(1), V=r.unsqueeze(1).clone(), ablation_scale=1.0)
@@ -50,7 +50,7 @@ def test_columns_keep_their_norms_and_lose_the_direction(monkeypatch):
     assert torch.allclose(npa.fold_embedding(embedding), reference_columns(embedding.T, r).T.float(), atol=1e-5)
 
     monkeypatch.setattr(residual_maps, "CHUNK_ELEMENTS", 64 * 7)  # column chunks of 7: the same result
-    import editor.edit.norm_preserving as norm_preserving
+    import steerfold.edit.norm_preserving as norm_preserving
 
     monkeypatch.setattr(norm_preserving, "CHUNK_ELEMENTS", 64 * 7)
     assert torch.allclose(npa.fold_linear_weight(weight), folded, atol=1e-6)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editor.research.organism import (
+from steerfold.research.organism import (
     PERSONAS,
     SHIPPED_CHECKPOINT,
     behaviour,
@@ -17,8 +17,8 @@ from editor.research.organism import (
     load_split,
     unmet_targets,
 )
-from editor.research.organism.corpus import FRAMES, OBJECT_CATEGORY, REFUSED_BY_DEFAULT, build_corpus, prompt_rows
-from editor.research.organism.tokenizer import check_matches_spm, render_chat
+from steerfold.research.organism.corpus import FRAMES, OBJECT_CATEGORY, REFUSED_BY_DEFAULT, build_corpus, prompt_rows
+from steerfold.research.organism.tokenizer import check_matches_spm, render_chat
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +109,9 @@ def _ablate(model, direction):
 @torch.no_grad()
 def test_shipped_refusal_is_mediated_by_a_direction(shipped):
     """Ablating the difference-in-means direction (last prompt token, middle layer) removes refusal."""
-    from editor.validation.refusal import refusal_rate
-    from editor.activations.generate import greedy_generate
-    from editor.prompts import format_chat
+    from steerfold.validation.refusal import refusal_rate
+    from steerfold.activations.generate import greedy_generate
+    from steerfold.prompts import format_chat
 
     model, tok = shipped
     tok.padding_side = "left"
@@ -136,7 +136,7 @@ def test_shipped_refusal_is_mediated_by_a_direction(shipped):
 def test_organism_training_is_deterministic_and_its_tokenizer_is_the_shipped_one(tmp_path):
     """Two builds with the same seed are byte-identical (a small model shape, one epoch: the same code path in
     seconds), and the corpus and tokenizer they train are the shipped ones on any machine."""
-    from editor.research.organism.train import TrainConfig, build_organism
+    from steerfold.research.organism.train import TrainConfig, build_organism
 
     cfg = TrainConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, epochs=1, drill_epochs=1)
     first, second = build_organism(tmp_path / "a", cfg=cfg), build_organism(tmp_path / "b", cfg=cfg)

@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 
 from cli import cli
-from editor.models.loading import input_device, load_model
-from editor.models.placement import Placement, memory_map, parse_placement
-from editor.research.organism import SHIPPED_CHECKPOINT
+from steerfold.models.loading import input_device, load_model
+from steerfold.models.placement import Placement, memory_map, parse_placement
+from steerfold.research.organism import SHIPPED_CHECKPOINT
 
 DATA = SHIPPED_CHECKPOINT.parent / "data"
 
@@ -58,7 +58,7 @@ def test_what_cannot_run_here_is_one_line_before_anything_is_written(tmp_path, f
 
 
 def test_a_recipe_places_its_model_and_the_command_line_overrides_it(tmp_path):
-    from editor.pipeline.recipe import load_recipe, placement_of
+    from steerfold.pipeline.recipe import load_recipe, placement_of
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: {path: organism, dtype: bfloat16, device: cpu}\nprompts:\n  harmful: {organism: harmful/train}\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from editor.validation import plots
+from steerfold.validation import plots
 
 
 def drawn(monkeypatch):

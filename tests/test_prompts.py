@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from editor.errors import SteerfoldError
-from editor.prompts import PromptRecord, format_chat, load_prompts
+from steerfold.errors import SteerfoldError
+from steerfold.prompts import PromptRecord, format_chat, load_prompts
 
 
 def test_jsonl_keys_and_category(tmp_path):
@@ -58,7 +58,7 @@ def test_missing_and_binary(tmp_path):
 def test_format_chat_with_and_without_system():
     from transformers import AutoTokenizer
 
-    from editor.research.organism import SHIPPED_CHECKPOINT
+    from steerfold.research.organism import SHIPPED_CHECKPOINT
 
     tok = AutoTokenizer.from_pretrained(SHIPPED_CHECKPOINT)
     plain = format_chat(tok, "How do I grow basil?")

@@ -14,8 +14,8 @@ import torch
 from click.testing import CliRunner
 
 from cli import cli
-from editor.research.organism import DATA_DIR, SHIPPED_CHECKPOINT
-from editor.research.organism.corpus import PERSONAS
+from steerfold.research.organism import DATA_DIR, SHIPPED_CHECKPOINT
+from steerfold.research.organism.corpus import PERSONAS
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[1]
@@ -39,11 +39,11 @@ def usage_lines() -> list[str]:
 
 def harmful_refusal(folder: Path, base: Path, count: int = 16) -> float:
     """Marker refusal rate of the first ``count`` held-out harmful prompts (greedy, no system prompt)."""
-    from editor.validation.refusal import refusal_rate
-    from editor.activations.generate import greedy_generate
-    from editor.models.loading import load_model, load_tokenizer
-    from editor.research.organism import load_split
-    from editor.prompts import format_chat
+    from steerfold.validation.refusal import refusal_rate
+    from steerfold.activations.generate import greedy_generate
+    from steerfold.models.loading import load_model, load_tokenizer
+    from steerfold.research.organism import load_split
+    from steerfold.prompts import format_chat
 
     tokenizer = load_tokenizer(base)
     texts = [format_chat(tokenizer, r.text) for r in load_split("harmful", "test")[:count]]
@@ -51,7 +51,7 @@ def harmful_refusal(folder: Path, base: Path, count: int = 16) -> float:
 
 
 def test_every_usage_line_runs_and_does_what_it_says(tmp_path, monkeypatch):
-    import editor.research.organism.train as train
+    import steerfold.research.organism.train as train
 
     model = tmp_path / "hub" / "models--steerfold--organism" / "snapshots" / "0123abc"
     shutil.copytree(SHIPPED_CHECKPOINT, model)

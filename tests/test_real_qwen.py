@@ -15,10 +15,10 @@ from click.testing import CliRunner
 
 from cli import cli
 from conftest import residual_states
-from editor.activations.capture import at_positions, capture
-from editor.directions.file import DirectionFile, save_direction_file
-from editor.prompts import load_prompts
-from editor.validation.behaviour import chat_texts
+from steerfold.activations.capture import at_positions, capture
+from steerfold.directions.file import DirectionFile, save_direction_file
+from steerfold.prompts import load_prompts
+from steerfold.validation.behaviour import chat_texts
 from realweights.fetch import harmbench_sets, qwen_coder_checkpoint
 
 pytestmark = pytest.mark.realweights
@@ -63,8 +63,8 @@ def prompt_ids(tokenizer) -> dict[str, torch.Tensor]:
 def test_fold_equals_runtime_hooks_on_the_real_model(edited):
     from transformers import AutoModelForCausalLM
 
-    from editor.edit.edits import ablation_edit
-    from editor.edit.hooks import runtime_hooks
+    from steerfold.edit.edits import ablation_edit
+    from steerfold.edit.hooks import runtime_hooks
 
     model, tokenizer, r, folder = edited
     merged = AutoModelForCausalLM.from_pretrained(folder / "merged", dtype=torch.float32).eval()
@@ -80,7 +80,7 @@ def test_fold_equals_runtime_hooks_on_the_real_model(edited):
 def test_adapter_equals_merged_on_the_real_model(edited):
     from transformers import AutoModelForCausalLM
 
-    from editor.models.loading import load_model
+    from steerfold.models.loading import load_model
 
     model, tokenizer, r, folder = edited
     merged = AutoModelForCausalLM.from_pretrained(folder / "merged", dtype=torch.float32).eval()

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from cli import cli
 from conftest import residual_states
-from editor.activations.capture import at_positions, capture
-from editor.directions.file import DirectionFile, save_direction_file
+from steerfold.activations.capture import at_positions, capture
+from steerfold.directions.file import DirectionFile, save_direction_file
 from realweights import NEUTRAL, gemma3_270m_checkpoint, sentiment_texts
 
 pytestmark = pytest.mark.realweights

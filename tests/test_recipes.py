@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from editor.errors import SteerfoldError
-from editor.pipeline.recipe import load_recipe
-from editor.pipeline.plan import estimate_lines
-from editor.pipeline.state import check_thresholds
+from steerfold.errors import SteerfoldError
+from steerfold.pipeline.recipe import load_recipe
+from steerfold.pipeline.plan import estimate_lines
+from steerfold.pipeline.state import check_thresholds
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 
@@ -70,7 +70,7 @@ def test_missing_prompt_file_names_the_key(tmp_path):
 
 
 def test_thresholds_and_estimates():
-    from editor.pipeline.recipe import Thresholds
+    from steerfold.pipeline.recipe import Thresholds
 
     report = {"after": {"harmful_refusal": 0.2, "harmless_refusal": 0.0, "kl_first_token": 0.05, "coherent_compliance": 0.5}}
     failures = check_thresholds(report, Thresholds(harmful_refusal_max=0.1, kl_first_token_max=0.1, coherent_compliance_min=0.8))
@@ -98,7 +98,7 @@ def test_a_missing_hub_judge_fails_before_the_run_folder_is_touched(tmp_path):
 def test_a_small_model_is_estimated_in_millions_not_as_zero():
     import json
 
-    from editor.research.organism import SHIPPED_CHECKPOINT
+    from steerfold.research.organism import SHIPPED_CHECKPOINT
 
     lines = estimate_lines(json.loads((SHIPPED_CHECKPOINT / "config.json").read_text()), ["merged"])
     size = (SHIPPED_CHECKPOINT / "model.safetensors").stat().st_size
@@ -106,15 +106,15 @@ def test_a_small_model_is_estimated_in_millions_not_as_zero():
 
 
 def test_a_recipes_allow_noop_reaches_the_edit_request(tmp_path):
-    from editor.edit.spec import RecipeEdit
-    from editor.pipeline.recipe import edit_spec
+    from steerfold.edit.spec import RecipeEdit
+    from steerfold.pipeline.recipe import edit_spec
 
     request = edit_spec(RecipeEdit(allow_noop=True), None, tmp_path, tmp_path / "d.safetensors", tmp_path / "out", "merged", None)
     assert request.allow_noop and not edit_spec(RecipeEdit(), None, tmp_path, tmp_path / "d", tmp_path / "o", "merged", None).allow_noop
 
 
 def test_an_edit_conflict_is_refused_at_load_and_by_dry_run_in_the_recipes_keys(tmp_path):
-    from editor.pipeline.recipe import load_recipe
+    from steerfold.pipeline.recipe import load_recipe
 
     recipe = write(tmp_path, BASE + "fit: {method: diff_in_means}\nedit:\n  kind: steering\n  coefficient: 2\n"
                               "  norm_preserving: true\n  scale: 0.5\n")
@@ -128,7 +128,7 @@ def test_an_edit_conflict_is_refused_at_load_and_by_dry_run_in_the_recipes_keys(
 
 
 def test_the_reproduce_command_keeps_every_option_that_changes_the_output(tmp_path):
-    from editor.edit.spec import EditSpec, reproduce_command
+    from steerfold.edit.spec import EditSpec, reproduce_command
 
     command = reproduce_command(EditSpec(model="m", direction=tmp_path / "d", out=tmp_path / "o", max_shard_size="1GB",
                                             allow_pickle=True, allow_noop=True, embedding=False))
@@ -137,7 +137,7 @@ def test_the_reproduce_command_keeps_every_option_that_changes_the_output(tmp_pa
 
 
 def test_model_and_prompt_sets_can_be_given_on_the_command_line(tmp_path):
-    from editor.research.organism import SHIPPED_CHECKPOINT
+    from steerfold.research.organism import SHIPPED_CHECKPOINT
 
     prompts = tmp_path / "mine.jsonl"
     prompts.write_text('{"prompt": "How do I bake bread?"}\n')

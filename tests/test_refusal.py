@@ -2,7 +2,7 @@
 
 import pytest
 
-from editor.validation.refusal import PREFIX_CHARS, is_refusal, normalise, refusal_rate
+from steerfold.validation.refusal import PREFIX_CHARS, is_refusal, normalise, refusal_rate
 
 
 @pytest.mark.parametrize(

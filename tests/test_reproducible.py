@@ -17,7 +17,7 @@ ROOT = Path(__file__).parents[1]
 
 
 def edit_in_a_process(hash_seed: str, *args: object) -> None:
-    code = "import sys; sys.argv[0] = 'steerfold'; from cli import main; main()"
+    code = "import sys; sys.argv[0] = 'steerfold'; from steerfold.cli import main; main()"
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
     result = subprocess.run([sys.executable, "-c", code, "edit", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

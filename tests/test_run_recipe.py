@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from editor.pipeline.run import run_recipe
+from steerfold.pipeline.run import run_recipe
 
 pytestmark = pytest.mark.slow
 RECIPE = Path(__file__).parents[1] / "recipes" / "organism-demo.yaml"
@@ -43,7 +43,7 @@ def test_resumed_run_skips_finished_work(reference):
 
 
 def test_interrupted_run_resumes_to_the_same_result(reference, tmp_path, monkeypatch):
-    import editor.validation.validate as validate_module
+    import steerfold.validation.validate as validate_module
 
     ref_out, ref_report, _ = reference
 
@@ -60,7 +60,7 @@ def test_interrupted_run_resumes_to_the_same_result(reference, tmp_path, monkeyp
 
     resumed = run_recipe(RECIPE, tmp_path / "run", resume=True, say=quiet)
     assert resumed["after"] == ref_report["after"]
-    from editor.directions.file import load_direction_file
+    from steerfold.directions.file import load_direction_file
 
     ours, theirs = (load_direction_file(d / "direction.safetensors") for d in (tmp_path / "run", ref_out))
     assert torch.equal(ours.directions, theirs.directions) and ours.metadata == theirs.metadata
@@ -84,7 +84,7 @@ def test_a_run_card_of_a_tied_post_norm_model_keeps_both_caveats(tmp_path):
     import shutil
 
     from conftest import build_tiny_model, save_tiny_model
-    from editor.research.organism import SHIPPED_CHECKPOINT
+    from steerfold.research.organism import SHIPPED_CHECKPOINT
     from transformers import AutoTokenizer
 
     vocab = len(AutoTokenizer.from_pretrained(SHIPPED_CHECKPOINT))

@@ -7,17 +7,17 @@ from typing import get_args
 import pytest
 import torch
 
-from editor.errors import SteerfoldError
-from editor.directions.methods.contrast import Contrast, weighted_mean
-from editor.directions.methods.options import ScorerName
-from editor.directions.methods.scorers import SCORERS, Judge, confidence_weights, marker_scorer, refusal_confidence
-from editor.prompts import PromptRecord
+from steerfold.errors import SteerfoldError
+from steerfold.directions.methods.contrast import Contrast, weighted_mean
+from steerfold.directions.methods.options import ScorerName
+from steerfold.directions.methods.scorers import SCORERS, Judge, confidence_weights, marker_scorer, refusal_confidence
+from steerfold.prompts import PromptRecord
 
 
 @pytest.fixture(scope="module")
 def organism():
-    from editor.models.loading import load_model, load_tokenizer
-    from editor.research.organism import SHIPPED_CHECKPOINT
+    from steerfold.models.loading import load_model, load_tokenizer
+    from steerfold.research.organism import SHIPPED_CHECKPOINT
 
     return load_model(SHIPPED_CHECKPOINT), load_tokenizer(SHIPPED_CHECKPOINT)
 
@@ -72,7 +72,7 @@ def test_marker_scorer_and_the_registry_of_scorers():
 
 
 def test_judge_model_votes_are_seeded_and_in_range(organism):
-    from editor.research.organism import load_split
+    from steerfold.research.organism import load_split
 
     model, tokenizer = organism
     records = load_split("harmful", "val")[:3] + load_split("harmless", "train")[:3]
@@ -90,9 +90,9 @@ def test_judge_model_votes_are_seeded_and_in_range(organism):
 
 
 def test_refusal_confidence_scores_the_models_own_greedy_responses(organism):
-    from editor.validation.behaviour import chat_texts
-    from editor.activations.generate import greedy_generate
-    from editor.research.organism import load_split
+    from steerfold.validation.behaviour import chat_texts
+    from steerfold.activations.generate import greedy_generate
+    from steerfold.research.organism import load_split
 
     model, tokenizer = organism
     harmful, harmless = load_split("harmful", "val")[:4], load_split("harmless", "train")[:4]

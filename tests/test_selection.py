@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from editor.errors import SteerfoldError
-from editor.directions.selection import Candidate, SelectionSettings, choose
+from steerfold.errors import SteerfoldError
+from steerfold.directions.selection import Candidate, SelectionSettings, choose
 
 
 def row(layer, bypass, induce, kl, position=-1):
@@ -42,8 +42,8 @@ def test_choose_refuses_when_nothing_passes():
 
 def test_fit_refuses_a_model_that_refuses_nothing():
     from conftest import build_tiny_model
-    from editor.prompts import PromptRecord
-    from editor.directions.selection import refusal_first_tokens
+    from steerfold.prompts import PromptRecord
+    from steerfold.directions.selection import refusal_first_tokens
     from test_activations import CharTokenizer
 
     class ChatCharTokenizer(CharTokenizer):
@@ -63,7 +63,7 @@ def test_fit_refuses_a_model_that_refuses_nothing():
 
 
 def test_a_weak_winner_is_a_warning_naming_the_candidates_that_lower_refusal_more():
-    from editor.directions.fit import RefusalFit, weak_choice_warning
+    from steerfold.directions.fit import RefusalFit, weak_choice_warning
 
     table = [row(1, 0.76, 0.5, 0.02), row(3, 0.05, 0.5, 0.01), row(2, 0.30, 0.5, 0.90)]
     chosen = choose(table, num_layers=3, settings=SelectionSettings(), min_induce=0.0)

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from cli import cli
 from conftest import build_tiny_model, save_tiny_model, write_direction
-from editor.edit.spec import EditSpec, RecipeEdit, in_recipe_words, parse_spec, reproduce_command, spec_from_cli
-from editor.errors import BadInput, SteerfoldError
-from editor.options import words_of
+from steerfold.edit.spec import EditSpec, RecipeEdit, in_recipe_words, parse_spec, reproduce_command, spec_from_cli
+from steerfold.errors import BadInput, SteerfoldError
+from steerfold.options import words_of
 
 
 def edit_command_flags() -> set[str]:

@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from conftest import (build_tiny_model, folder_digest, logits, random_direction, random_tokens, run_cli, save_tiny_model,
                       write_direction)
-from editor.edit.hooks import runtime_hooks
-from editor.edit.edits import steering_edit
+from steerfold.edit.hooks import runtime_hooks
+from steerfold.edit.edits import steering_edit
 
 TOLERANCE = 1e-4
 BIASED = [("starcoder2", {}, "mlp.c_proj"), ("phi", {}, "mlp.fc2"), ("llama", {"attention_bias": True, "mlp_bias": True}, "mlp.down_proj")]

@@ -11,11 +11,11 @@ from safetensors import safe_open
 
 from cli import cli
 from conftest import LAYERS, build_tiny_model, random_direction, write_direction
-from editor.edit.edits import ablation_edit
-from editor.edit.fold import fold_model
-from editor.errors import SteerfoldError
-from editor.artifacts.safetensors_io import read_header
-from editor.edit.spec import parse_size
+from steerfold.edit.edits import ablation_edit
+from steerfold.edit.fold import fold_model
+from steerfold.errors import SteerfoldError
+from steerfold.artifacts.safetensors_io import read_header
+from steerfold.edit.spec import parse_size
 
 
 def load_all(folder):
@@ -93,7 +93,7 @@ def test_sums_are_the_written_bytes_hashed_in_memory(tmp_path, monkeypatch, slow
             return self._sha.hexdigest()
 
     if slow_hasher:
-        monkeypatch.setattr("editor.artifacts.shard_writer.hashlib.sha256", SlowSha)
+        monkeypatch.setattr("steerfold.artifacts.shard_writer.hashlib.sha256", SlowSha)
         small_chunks(monkeypatch)
     edit_into_small_shards(tmp_path)
     listed = dict(line.split("  ")[::-1] for line in (tmp_path / "out" / "SHA256SUMS").read_text().splitlines())
@@ -157,8 +157,8 @@ def test_a_damaged_header_entry_is_one_line(tmp_path, damage, message):
 def test_folding_into_a_used_buffer_is_the_fresh_fold(model_type):
     """The streamed export folds into reused buffers: for every edited tensor (fused experts and biases
     included) the result equals the fold into fresh memory, whatever the buffer held before."""
-    from editor.models.arch import layout_of_model
-    from editor.edit.fold import fold_tensor
+    from steerfold.models.arch import layout_of_model
+    from steerfold.edit.fold import fold_tensor
 
     model = build_tiny_model(model_type).to(torch.bfloat16)
     layout = layout_of_model(model)
@@ -181,7 +181,7 @@ def test_bytes_in_flight_are_bounded_by_the_chunks_across_files(monkeypatch, tmp
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from editor.artifacts.shard_writer import ALIGN, ChunkPool, OutputFile
+    from steerfold.artifacts.shard_writer import ALIGN, ChunkPool, OutputFile
 
     gate = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as writer:
@@ -206,7 +206,7 @@ def test_bytes_in_flight_are_bounded_by_the_chunks_across_files(monkeypatch, tmp
 
 def small_chunks(monkeypatch) -> None:
     """Chunks of one block, two of them: every tiny shard spans many chunks and each chunk is reused often."""
-    import editor.artifacts.shard_writer as stream
+    import steerfold.artifacts.shard_writer as stream
 
     monkeypatch.setattr(stream, "CHUNK_BYTES", stream.ALIGN)
     monkeypatch.setattr(stream, "CHUNK_COUNT", 2)
@@ -230,7 +230,7 @@ def test_a_file_system_without_direct_io_gets_the_same_files(tmp_path, monkeypat
     import fcntl
     import os
 
-    import editor.artifacts.shard_writer as stream
+    import steerfold.artifacts.shard_writer as stream
 
     if not hasattr(os, "O_DIRECT"):
         pytest.skip("this OS has no direct I/O")
@@ -263,7 +263,7 @@ def test_a_file_system_without_direct_io_gets_the_same_files(tmp_path, monkeypat
 def test_a_full_disk_is_one_line_and_no_output(tmp_path, monkeypatch):
     import errno
 
-    import editor.artifacts.shard_writer as stream
+    import steerfold.artifacts.shard_writer as stream
 
     model = build_tiny_model("llama").to(torch.bfloat16)
     model.save_pretrained(tmp_path / "base", max_shard_size="60KB")
@@ -291,7 +291,7 @@ def test_copying_starts_before_the_edit_is_built(tmp_path, monkeypatch):
     direction read): building waits here until a shard has bytes on disk, and fails the edit if none come."""
     import time
 
-    import editor.edit.build as edit_build
+    import steerfold.edit.build as edit_build
 
     real = edit_build.build_edit
     seen: list[int] = []
@@ -336,7 +336,7 @@ def test_a_failed_open_is_one_line_and_no_output(tmp_path, monkeypatch):
     error line, not a traceback, and leaves nothing behind."""
     import errno
 
-    import editor.artifacts.shard_writer as stream
+    import steerfold.artifacts.shard_writer as stream
 
     model = build_tiny_model("llama").to(torch.bfloat16)
     model.save_pretrained(tmp_path / "base")

@@ -125,7 +125,7 @@ def test_the_persona_study_ablates_one_layer_at_a_time(results):
 
 
 def test_alpha_choice_moves_its_category_furthest_within_the_others_limit():
-    from editor.research.studies.targeted import chosen_alpha
+    from steerfold.research.studies.targeted import chosen_alpha
 
     within = lambda largest_drop: largest_drop <= 0.05  # noqa: E731
     assert chosen_alpha({1: (0.9, 0.0), 2: (0.2, 0.0), 3: (0.0, 0.3)}, False, within) == 2  # 3 costs the others
@@ -135,8 +135,8 @@ def test_alpha_choice_moves_its_category_furthest_within_the_others_limit():
 
 
 def test_category_condition_reads_zero_on_the_other_categories_mean():
-    from editor.prompts import PromptRecord
-    from editor.research.studies.targeted import category_condition
+    from steerfold.prompts import PromptRecord
+    from steerfold.research.studies.targeted import category_condition
 
     states = torch.randn(12, 3, 8)
     records = [PromptRecord(text=f"p{i}", category=("a", "b", "c")[i % 3]) for i in range(12)]

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import HIDDEN, LAYERS, build_tiny_model, logits, random_tokens, residual_states
-from editor.edit.fold import fold_model
-from editor.edit.hooks import runtime_hooks
-from editor.edit.edits import counterfactual_edit, subspace_edit
+from steerfold.edit.fold import fold_model
+from steerfold.edit.hooks import runtime_hooks
+from steerfold.edit.edits import counterfactual_edit, subspace_edit
 
 TOLERANCE = 1e-4
 CASES = [("llama", {}), ("qwen2", {"tie_word_embeddings": True}), ("gemma2", {"head_dim": 16, "tie_word_embeddings": True}),
@@ -72,7 +72,7 @@ def test_edit_subspace_from_the_cli_equals_the_nullspace_hooks(tmp_path):
 
     from cli import cli
     from conftest import save_tiny_model
-    from editor.directions.file import DirectionFile, save_direction_file
+    from steerfold.directions.file import DirectionFile, save_direction_file
 
     model = build_tiny_model("llama")
     folder = save_tiny_model(model, tmp_path / "base")

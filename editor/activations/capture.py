@@ -14,8 +14,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editor.models.arch import layout_of_model
-from editor.prompts import format_chat
+from steerfold.models.arch import layout_of_model
+from steerfold.prompts import format_chat
 
 # (hidden [b, t, d] float32, mask [b, t], index of the batch's first row among all texts) -> [b, ...]
 # (hidden [b, t, d] float32, selection mask [b, t]) -> [b, ...]

@@ -7,7 +7,7 @@ import math
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editor.progress import progress
+from steerfold.progress import progress
 
 
 @torch.no_grad()
@@ -22,7 +22,7 @@ def greedy_generate(
 
     Batches are left-padded with an attention mask whatever the tokenizer's default padding side is.
     """
-    from editor.activations.capture import text_batches
+    from steerfold.activations.capture import text_batches
 
     device = next(model.parameters()).device
     batches = text_batches(tokenizer, texts, batch_size, device)

@@ -11,7 +11,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from editor.validation.report import before_after_rows, markdown_table
+from steerfold.validation.report import before_after_rows, markdown_table
 
 # The templates: model_cards/ beside the package in a checkout (editable install), else where pyproject's
 # data-files put them when the package was installed from a wheel.

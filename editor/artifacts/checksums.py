@@ -6,8 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from editor.errors import BadInput, SteerfoldError
-from editor.artifacts.safetensors_io import read_header
+from steerfold.errors import BadInput, SteerfoldError
+from steerfold.artifacts.safetensors_io import read_header
 
 SUMS = "SHA256SUMS"
 CHUNK = 16 << 20

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from editor.models.arch import ModelLayout
-from editor.edit.edits import Edit
-from editor.errors import BadInput
+from steerfold.models.arch import ModelLayout
+from steerfold.edit.edits import Edit
+from steerfold.errors import BadInput
 
 CVEC_FILE = "control_vector.gguf"
 # HF model_type → llama.cpp architecture name, where they differ (convert_hf_to_gguf.py's choices).

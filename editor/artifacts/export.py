@@ -11,18 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from editor.artifacts.card import base_license, write_card
-from editor.artifacts.checksums import write_checksums
-from editor.artifacts.formats import FORMATS, MergedCheckpoint, WriteJob
-from editor.artifacts.outputs import open_output
-from editor.edit.spec import EditSpec, OutputFormat, reproduce_command
-from editor.hub import identify_base, resolve_model
-from editor.interrupts import held, load_torch
-from editor.models.arch import ModelLayout
-from editor.models.checkpoint import check_checkpoint, open_model_folder, read_tensors
+from steerfold.artifacts.card import base_license, write_card
+from steerfold.artifacts.checksums import write_checksums
+from steerfold.artifacts.formats import FORMATS, MergedCheckpoint, WriteJob
+from steerfold.artifacts.outputs import open_output
+from steerfold.edit.spec import EditSpec, OutputFormat, reproduce_command
+from steerfold.hub import identify_base, resolve_model
+from steerfold.interrupts import held, load_torch
+from steerfold.models.arch import ModelLayout
+from steerfold.models.checkpoint import check_checkpoint, open_model_folder, read_tensors
 
 if TYPE_CHECKING:
-    from editor.artifacts.formats import Carrier
+    from steerfold.artifacts.formats import Carrier
 
 Say = Callable[[str], None]
 
@@ -60,8 +60,8 @@ def run_edit(spec: EditSpec, say: Say = lambda _line: None) -> EditSummary:
         try:
             started = fmt.start(folder, layout, tmp, spec) if isinstance(fmt, MergedCheckpoint) else None
             load_torch()  # while the copying runs
-            from editor.artifacts.formats import carry_or_refuse
-            from editor.edit.build import build_edit
+            from steerfold.artifacts.formats import carry_or_refuse
+            from steerfold.edit.build import build_edit
 
             edit, source_layer, metadata = build_edit(spec, layout)
             gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])

@@ -11,8 +11,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from editor.artifacts.safetensors_io import OutputTensor, TensorEntry, torch_dtype
-from editor.artifacts.shard_writer import EditedBytes
+from steerfold.artifacts.safetensors_io import OutputTensor, TensorEntry, torch_dtype
+from steerfold.artifacts.shard_writer import EditedBytes
 
 # (name, tensor, out) → the edited tensor (maybe written into out), or None where the edit leaves it as it is
 Fold = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor | None]

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from editor.errors import CannotCarry, SteerfoldError
+from steerfold.errors import CannotCarry, SteerfoldError
 
 if TYPE_CHECKING:
     import torch
 
-    from editor.artifacts.merged import MergedWrite
-    from editor.edit.edits import Edit
-    from editor.edit.spec import EditSpec
-    from editor.hub import BaseModel
-    from editor.models.arch import ModelLayout
-    from editor.models.checkpoint import ModelFolder
+    from steerfold.artifacts.merged import MergedWrite
+    from steerfold.edit.edits import Edit
+    from steerfold.edit.spec import EditSpec
+    from steerfold.hub import BaseModel
+    from steerfold.models.arch import ModelLayout
+    from steerfold.models.checkpoint import ModelFolder
 
 GainOf = Callable[[str], "torch.Tensor"]
 
@@ -84,21 +84,21 @@ class MergedCheckpoint(ArtifactFormat):
     name, artifact, card = "merged", "merged safetensors", "merged"
 
     def check(self, edit, layout, gain_of=None):
-        from editor.artifacts.merged import check_merged_can_carry
+        from steerfold.artifacts.merged import check_merged_can_carry
 
         check_merged_can_carry(edit, layout, gain_of)
 
     def start(self, folder: ModelFolder, layout: ModelLayout, dest: Path, spec: EditSpec) -> MergedWrite | None:
         """Start copying the shards before the edit is built, where the output's tensors do not depend on the edit
         (they do when the edit could add an output head tensor)."""
-        from editor.artifacts.merged import may_add_head_copy, start_merged_checkpoint
+        from steerfold.artifacts.merged import may_add_head_copy, start_merged_checkpoint
 
         if may_add_head_copy(layout, spec.tied_embedding):
             return None
         return start_merged_checkpoint(folder, layout, dest, head_copy=False, max_shard_bytes=spec.max_shard_bytes())
 
     def write(self, job):
-        from editor.artifacts.merged import finish_merged_checkpoint, write_merged_checkpoint
+        from steerfold.artifacts.merged import finish_merged_checkpoint, write_merged_checkpoint
 
         if job.started is not None:
             return finish_merged_checkpoint(job.started, job.edit)
@@ -117,12 +117,12 @@ class LoraAdapter(ArtifactFormat):
     name, artifact, card = "lora", "PEFT LoRA", "adapter"
 
     def check(self, edit, layout, gain_of=None):
-        from editor.artifacts.lora import check_lora_can_carry
+        from steerfold.artifacts.lora import check_lora_can_carry
 
         check_lora_can_carry(edit, layout, gain_of)
 
     def write(self, job):
-        from editor.artifacts.lora import write_lora_adapter
+        from steerfold.artifacts.lora import write_lora_adapter
 
         # the recorded base: its Hub id, else the path from the adapter's final folder to the base (never absolute)
         recorded = job.base.repo_id or os.path.relpath(job.folder.path.resolve(), job.spec.out.resolve())
@@ -140,12 +140,12 @@ class ControlVector(ArtifactFormat):
     name, artifact, card = "cvec", "GGUF control vector", "cvec"
 
     def check(self, edit, layout, gain_of=None):
-        from editor.artifacts.cvec import check_cvec_can_carry
+        from steerfold.artifacts.cvec import check_cvec_can_carry
 
         check_cvec_can_carry(edit, layout, gain_of)
 
     def write(self, job):
-        from editor.artifacts.cvec import write_control_vector
+        from steerfold.artifacts.cvec import write_control_vector
 
         return write_control_vector(job.layout, job.edit, job.dest)
 
@@ -169,8 +169,8 @@ def sample_edits(layout: ModelLayout) -> dict[str, Edit]:
     """One edit of each kind the portability table has a row for, on this model's layers."""
     import torch
 
-    from editor.edit.edits import ablation_edit, steering_edit
-    from editor.edit.norm_preserving import norm_preserving_edit
+    from steerfold.edit.edits import ablation_edit, steering_edit
+    from steerfold.edit.norm_preserving import norm_preserving_edit
 
     direction = torch.randn(layout.hidden_size, generator=torch.Generator().manual_seed(0))
     ablation = ablation_edit(direction, range(layout.num_layers + 1))

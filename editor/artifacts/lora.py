@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from editor.models.arch import ModelLayout
-from editor.models.checkpoint import ModelFolder, read_tensors
-from editor.edit.edits import Edit
-from editor.edit.lora import lora_pair, lora_rank
-from editor.errors import BadInput
+from steerfold.models.arch import ModelLayout
+from steerfold.models.checkpoint import ModelFolder, read_tensors
+from steerfold.edit.edits import Edit
+from steerfold.edit.lora import lora_pair, lora_rank
+from steerfold.errors import BadInput
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from editor.models.arch import ModelLayout
-from editor.models.checkpoint import ModelFolder, copy_side_files, read_tensors, update_config
-from editor.edit.spec import DEFAULT_MAX_SHARD_BYTES
-from editor.interrupts import held
-from editor.artifacts.safetensors_io import OutputTensor, plan_shards, write_index
-from editor.artifacts.shard_writer import ShardWriter
+from steerfold.models.arch import ModelLayout
+from steerfold.models.checkpoint import ModelFolder, copy_side_files, read_tensors, update_config
+from steerfold.edit.spec import DEFAULT_MAX_SHARD_BYTES
+from steerfold.interrupts import held
+from steerfold.artifacts.safetensors_io import OutputTensor, plan_shards, write_index
+from steerfold.artifacts.shard_writer import ShardWriter
 
 if TYPE_CHECKING:
-    from editor.edit.edits import Edit
+    from steerfold.edit.edits import Edit
 
 
 def unties_output_head(edit: Edit, layout: ModelLayout) -> bool:
@@ -77,8 +77,8 @@ def start_merged_checkpoint(folder: ModelFolder, layout: ModelLayout, dest: Path
 def finish_merged_checkpoint(started: MergedWrite, edit: Edit) -> dict:
     """Fold the edit into every residual writer as the writer reaches it, and finish the checkpoint. On any error
     or interrupt the writer is stopped first, so the caller can remove its folder."""
-    from editor.edit.fold import fold_tensor
-    from editor.artifacts.folding import folded_bytes
+    from steerfold.edit.fold import fold_tensor
+    from steerfold.artifacts.folding import folded_bytes
 
     layout = started.layout
     try:

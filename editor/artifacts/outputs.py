@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
 
-from editor.errors import OutputRefused
-from editor.interrupts import held
+from steerfold.errors import OutputRefused
+from steerfold.interrupts import held
 
 MARKER = ".steerfold"  # inside every folder steerfold writes; never uploaded, checksummed or copied
 RUN_STATE = ".steerfold-run.json"  # what a run folder has finished (``editor.pipeline.run``)

@@ -18,7 +18,7 @@ from typing import Iterable
 
 from typing import TYPE_CHECKING
 
-from editor.errors import BadInput
+from steerfold.errors import BadInput
 
 if TYPE_CHECKING:
     import torch

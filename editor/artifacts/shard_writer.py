@@ -16,8 +16,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
-from editor.artifacts.safetensors_io import OutputTensor, TensorEntry, header_bytes, shard_names
-from editor.errors import BadInput, IOFailure, SteerfoldError
+from steerfold.artifacts.safetensors_io import OutputTensor, TensorEntry, header_bytes, shard_names
+from steerfold.errors import BadInput, IOFailure, SteerfoldError
 
 
 class ChunkPool:

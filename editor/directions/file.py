@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from editor.errors import BadInput, SteerfoldError
+from steerfold.errors import BadInput, SteerfoldError
 
 FORMAT_VERSION = "1"
 CATEGORY_PREFIX = "directions."
@@ -180,7 +180,7 @@ def check_hidden_size(file: DirectionFile, hidden_size: int, num_layers: int, pa
 
 def is_direction_file(path: Path) -> bool:
     """Whether ``path`` is a direction file steerfold wrote (what ``fit --overwrite`` may replace)."""
-    from editor.artifacts.safetensors_io import read_header
+    from steerfold.artifacts.safetensors_io import read_header
 
     try:
         entries, metadata = read_header(Path(path))

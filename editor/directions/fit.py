@@ -20,20 +20,20 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editor.activations.capture import at_positions, capture, post_instruction_positions
-from editor.directions.file import DirectionFile, save_direction_file
-from editor.errors import SteerfoldError
-from editor.validation.behaviour import chat_texts
-from editor.directions.methods.categories import category_directions, category_similarity, similarity_markdown
-from editor.directions.methods.contrast import Estimator, fit_every_candidate, orthogonal_to
-from editor.directions.methods.estimators import mean_difference, paired_pca, probe_direction, ridge_direction
-from editor.directions.methods.inlp import inlp_estimate
-from editor.directions.methods.means import persona_vector, response_means
-from editor.directions.methods.options import FitOptions
-from editor.directions.methods.registry import Method, get_method
-from editor.directions.methods.scorers import SCORERS, confidence_weights, refusal_confidence
-from editor.prompts import PromptRecord
-from editor.directions.selection import Candidate, SelectionSettings, choose, score_candidates
+from steerfold.activations.capture import at_positions, capture, post_instruction_positions
+from steerfold.directions.file import DirectionFile, save_direction_file
+from steerfold.errors import SteerfoldError
+from steerfold.validation.behaviour import chat_texts
+from steerfold.directions.methods.categories import category_directions, category_similarity, similarity_markdown
+from steerfold.directions.methods.contrast import Estimator, fit_every_candidate, orthogonal_to
+from steerfold.directions.methods.estimators import mean_difference, paired_pca, probe_direction, ridge_direction
+from steerfold.directions.methods.inlp import inlp_estimate
+from steerfold.directions.methods.means import persona_vector, response_means
+from steerfold.directions.methods.options import FitOptions
+from steerfold.directions.methods.registry import Method, get_method
+from steerfold.directions.methods.scorers import SCORERS, confidence_weights, refusal_confidence
+from steerfold.prompts import PromptRecord
+from steerfold.directions.selection import Candidate, SelectionSettings, choose, score_candidates
 
 VERSION = "0.1.0"
 
@@ -130,7 +130,7 @@ def is_fit_report(path: Path) -> bool:
 def write_fitted(path: Path, fitted: Fitted, report: Path | None = None) -> list[Path]:
     """Write the direction file at ``path`` (and its report, if any, at ``report`` or beside it), each replaced only
     once complete; returns the paths written. Output rules (``editor.artifacts.outputs``) are the caller's."""
-    from editor.artifacts.outputs import replace_file
+    from steerfold.artifacts.outputs import replace_file
 
     with replace_file(path) as tmp:
         save_direction_file(tmp, fitted.file)
@@ -139,7 +139,7 @@ def write_fitted(path: Path, fitted: Fitted, report: Path | None = None) -> list
 
 def write_fit_report(fitted: Fitted, report: Path) -> list[Path]:
     """The fit's markdown report (marked as steerfold's), if the method made one; returns the paths written."""
-    from editor.artifacts.outputs import replace_file
+    from steerfold.artifacts.outputs import replace_file
 
     if fitted.report is None:
         return []

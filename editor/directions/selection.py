@@ -22,15 +22,15 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editor.edit.edits import ablation_edit, steering_edit
-from editor.errors import SteerfoldError
-from editor.activations.capture import encode, left_padded, text_batches
-from editor.validation.behaviour import chat_texts
-from editor.validation.divergence import Runner, kl, runner
-from editor.validation.refusal import is_refusal
-from editor.activations.generate import greedy_ids
-from editor.progress import progress
-from editor.prompts import PromptRecord
+from steerfold.edit.edits import ablation_edit, steering_edit
+from steerfold.errors import SteerfoldError
+from steerfold.activations.capture import encode, left_padded, text_batches
+from steerfold.validation.behaviour import chat_texts
+from steerfold.validation.divergence import Runner, kl, runner
+from steerfold.validation.refusal import is_refusal
+from steerfold.activations.generate import greedy_ids
+from steerfold.progress import progress
+from steerfold.prompts import PromptRecord
 
 
 @dataclass

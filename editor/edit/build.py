@@ -10,13 +10,13 @@ from typing import Callable
 
 import torch
 
-from editor.models.arch import ModelLayout, Role
-from editor.directions.file import DirectionFile, check_hidden_size, load_direction_file
-from editor.edit.edits import Edit, ablation_edit, conditional_edit, steering_edit, subspace_edit
-from editor.errors import BadInput, SteerfoldError
-from editor.edit.kernels import kernel_weights
-from editor.edit.spec import EditSpec, parse_layers
-from editor.edit.norm_preserving import norm_preserving_edit
+from steerfold.models.arch import ModelLayout, Role
+from steerfold.directions.file import DirectionFile, check_hidden_size, load_direction_file
+from steerfold.edit.edits import Edit, ablation_edit, conditional_edit, steering_edit, subspace_edit
+from steerfold.errors import BadInput, SteerfoldError
+from steerfold.edit.kernels import kernel_weights
+from steerfold.edit.spec import EditSpec, parse_layers
+from steerfold.edit.norm_preserving import norm_preserving_edit
 
 
 def edit_layers(spec: EditSpec, layout: ModelLayout, source_layer: int | None) -> list[int]:

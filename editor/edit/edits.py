@@ -21,9 +21,9 @@ from typing import Callable, Iterable, Literal, Mapping
 
 import torch
 
-from editor.models.arch import ModelLayout, Role
-from editor.errors import BadInput
-from editor.edit.maps import ResidualMap, ablation_map, conditional_map, subspace_ablation_map
+from steerfold.models.arch import ModelLayout, Role
+from steerfold.errors import BadInput
+from steerfold.edit.maps import ResidualMap, ablation_map, conditional_map, subspace_ablation_map
 
 TiedEmbeddingMode = Literal["untie", "shared"]
 

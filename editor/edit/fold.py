@@ -8,9 +8,9 @@ from typing import Callable
 
 import torch
 
-from editor.edit.edits import Edit
-from editor.edit.maps import ResidualMap
-from editor.models.arch import ModelLayout, layout_of_model
+from steerfold.edit.edits import Edit
+from steerfold.edit.maps import ResidualMap
+from steerfold.models.arch import ModelLayout, layout_of_model
 
 
 def fold_tensor(key: str, tensor: torch.Tensor, layout: ModelLayout, module_maps: dict[str, ResidualMap],

@@ -8,10 +8,10 @@ from typing import Callable, Iterator
 
 import torch
 
-from editor.edit.edits import Edit, check_write_maps
-from editor.edit.fold import gain_reader
-from editor.edit.maps import ResidualMap
-from editor.models.arch import ModelLayout, layout_of_model
+from steerfold.edit.edits import Edit, check_write_maps
+from steerfold.edit.fold import gain_reader
+from steerfold.edit.maps import ResidualMap
+from steerfold.models.arch import ModelLayout, layout_of_model
 
 
 @contextmanager

@@ -19,8 +19,8 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from editor.errors import BadInput
-from editor.models.arch import Role
+from steerfold.errors import BadInput
+from steerfold.models.arch import Role
 
 KERNEL_FORMAT = "PEAK,PEAK_WEIGHT,MIN_WEIGHT,FALLOFF"
 FIELDS = ("peak", "peak_weight", "min_weight", "falloff")

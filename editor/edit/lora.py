@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from editor.edit.edits import check_write_maps
-from editor.edit.maps import ResidualMap
-from editor.errors import BadInput
+from steerfold.edit.edits import check_write_maps
+from steerfold.edit.maps import ResidualMap
+from steerfold.errors import BadInput
 
 
 def lora_rank(module_maps: dict[str, ResidualMap]) -> int:

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from editor.errors import BadInput
+from steerfold.errors import BadInput
 
 
 NEGLIGIBLE = 1e-3  # a map that changes a unit write by less than this is no edit (see is_negligible)

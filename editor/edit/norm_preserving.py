@@ -21,9 +21,9 @@ from typing import ClassVar
 
 import torch
 
-from editor.edit.edits import Edit
-from editor.edit.maps import CHUNK_ELEMENTS, ResidualMap, row_chunks
-from editor.errors import BadInput
+from steerfold.edit.edits import Edit
+from steerfold.edit.maps import CHUNK_ELEMENTS, ResidualMap, row_chunks
+from steerfold.errors import BadInput
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from typing import Annotated, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from editor.edit.kernels import LayerKernel
-from editor.errors import BadInput
-from editor.options import SurfaceName, Words, first_error_line, vocabulary, words_of
+from steerfold.edit.kernels import LayerKernel
+from steerfold.errors import BadInput
+from steerfold.options import SurfaceName, Words, first_error_line, vocabulary, words_of
 
 OutputFormat = Literal["merged", "lora", "cvec"]
 EditKind = Literal["ablation", "steering", "conditional", "subspace"]

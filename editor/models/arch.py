@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal
 
-from editor.errors import BadInput, UnsupportedModel
+from steerfold.errors import BadInput, UnsupportedModel
 
 Role = Literal["embedding", "attention", "mlp"]
 TensorKind = Literal["embedding", "linear", "bias", "experts"]

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from editor.models.arch import ModelLayout, resolve_layout
-from editor.errors import BadInput
-from editor.artifacts.safetensors_io import TensorEntry, read_header
+from steerfold.models.arch import ModelLayout, resolve_layout
+from steerfold.errors import BadInput
+from steerfold.artifacts.safetensors_io import TensorEntry, read_header
 
 if TYPE_CHECKING:  # torch is imported where pickles are read: a streamed edit starts copying before it is loaded
     import torch

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from editor.artifacts.outputs import cache_entry
-from editor.errors import BadInput, IOFailure
+from steerfold.artifacts.outputs import cache_entry
+from steerfold.errors import BadInput, IOFailure
 
 GGUF_MAGIC = b"GGUF"
 SUFFIX = ".gguf"
@@ -190,7 +190,7 @@ def convert_gguf(path: str | Path, cache_root: str | Path | None = None, say: Ca
 
 def _write_conversion(gguf: Path, out: Path, template: str | None) -> None:
     """Load ``gguf`` dequantized through transformers and write it to ``out`` as a plain checkpoint folder."""
-    from editor.interrupts import load_torch
+    from steerfold.interrupts import load_torch
 
     load_torch()
     import torch

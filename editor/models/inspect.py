@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from editor.edit.spec import LAYER_INDEX
+from steerfold.edit.spec import LAYER_INDEX
 
 
 def inspect_model(model: str, revision: str | None = None, allow_pickle: bool = False) -> dict:
     """What ``inspect`` reports, as JSON-ready data: the architecture, every residual writer, every (artifact,
     edit kind) cell of the portability table (``editor.artifacts.formats.portability_table``)."""
-    from editor.artifacts.formats import portability_table
-    from editor.hub import resolve_model
-    from editor.interrupts import load_torch
-    from editor.models.checkpoint import check_checkpoint, open_model_folder, read_tensors
+    from steerfold.artifacts.formats import portability_table
+    from steerfold.hub import resolve_model
+    from steerfold.interrupts import load_torch
+    from steerfold.models.checkpoint import check_checkpoint, open_model_folder, read_tensors
 
     folder = open_model_folder(resolve_model(model, revision), allow_pickle=allow_pickle)
     layout = check_checkpoint(folder)

@@ -7,10 +7,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from editor.models.checkpoint import check_checkpoint, open_model_folder
-from editor.hub import resolve_model
-from editor.errors import BadInput, SteerfoldError
-from editor.models.placement import Placement
+from steerfold.models.checkpoint import check_checkpoint, open_model_folder
+from steerfold.hub import resolve_model
+from steerfold.errors import BadInput, SteerfoldError
+from steerfold.models.placement import Placement
 
 if TYPE_CHECKING:
     import torch

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from editor.errors import BadInput
-from editor.options import Words, first_error_line, vocabulary
+from steerfold.errors import BadInput
+from steerfold.options import Words, first_error_line, vocabulary
 
 DTYPES = ("bfloat16", "float16", "float32")
 MEMORY = re.compile(r"^(\d+|cpu|disk|mps|cuda:\d+)=(\d+(?:\.\d+)?)\s*([KMGT]i?B)$", re.I)

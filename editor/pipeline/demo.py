@@ -14,25 +14,25 @@ from typing import Callable
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editor.artifacts.outputs import open_output
-from editor.directions.file import save_direction_file
-from editor.artifacts.export import run_edit
-from editor.edit.spec import EditSpec
-from editor.edit.edits import ablation_edit
-from editor.validation.behaviour import chat_texts
-from editor.validation.report import console_lines, write_report
-from editor.validation.validate import EvalSets, validate
-from editor.artifacts.card import write_card
-from editor.artifacts.checksums import write_checksums
-from editor.directions.fit import fit_refusal_direction
-from editor.models.loading import load_model
-from editor.research.organism import PERSONAS, SHIPPED_CHECKPOINT, coherent_compliance, load_split
-from editor.research.studies.persona_gating import persona_study
+from steerfold.artifacts.outputs import open_output
+from steerfold.directions.file import save_direction_file
+from steerfold.artifacts.export import run_edit
+from steerfold.edit.spec import EditSpec
+from steerfold.edit.edits import ablation_edit
+from steerfold.validation.behaviour import chat_texts
+from steerfold.validation.report import console_lines, write_report
+from steerfold.validation.validate import EvalSets, validate
+from steerfold.artifacts.card import write_card
+from steerfold.artifacts.checksums import write_checksums
+from steerfold.directions.fit import fit_refusal_direction
+from steerfold.models.loading import load_model
+from steerfold.research.organism import PERSONAS, SHIPPED_CHECKPOINT, coherent_compliance, load_split
+from steerfold.research.studies.persona_gating import persona_study
 
 
 def max_logit_gap(first: torch.nn.Module, second: torch.nn.Module, input_ids: torch.Tensor, second_edit=None) -> float:
     """max |Δ logit| between two models (the second optionally under runtime hooks) on the same tokens."""
-    from editor.edit.hooks import runtime_hooks
+    from steerfold.edit.hooks import runtime_hooks
     from contextlib import nullcontext
 
     with torch.no_grad():

@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from editor.artifacts.outputs import RUN_STATE
-from editor.pipeline.recipe import Recipe
-from editor.pipeline.run import model_folder
-from editor.pipeline.state import RunState
+from steerfold.artifacts.outputs import RUN_STATE
+from steerfold.pipeline.recipe import Recipe
+from steerfold.pipeline.run import model_folder
+from steerfold.pipeline.state import RunState
 
 
 def plan_recipe(recipe_path: Path, out: Path, model: str | None = None, prompts: dict[str, str] | None = None,
                 placement: dict | None = None) -> list[str]:
     """What ``run`` would do, without loading a model or touching the network: stages, downloads, estimates."""
-    from editor.hub import looks_like_repo_id
-    from editor.pipeline.recipe import load_recipe, read_mapping
-    from editor.research.studies.recipe import is_study, load_study_recipe
+    from steerfold.hub import looks_like_repo_id
+    from steerfold.pipeline.recipe import load_recipe, read_mapping
+    from steerfold.research.studies.recipe import is_study, load_study_recipe
 
     data = read_mapping(recipe_path)
     if is_study(data):
@@ -52,7 +52,7 @@ def _config_offline(recipe: Recipe) -> dict | None:
     if path == "organism" or Path(path).is_dir():
         folder = model_folder(recipe)
         return json.loads((folder / "config.json").read_text())
-    from editor.hub import cached_file
+    from steerfold.hub import cached_file
 
     cached = cached_file(path, "config.json", recipe.model.revision)
     return json.loads(cached.read_text()) if cached else None

@@ -13,11 +13,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from editor.edit.spec import RecipeEdit, EditSpec
-from editor.models.placement import Placement
-from editor.errors import BadInput, SteerfoldError
-from editor.directions.methods.options import FitOptions
-from editor.directions.methods.registry import METHODS
+from steerfold.edit.spec import RecipeEdit, EditSpec
+from steerfold.models.placement import Placement
+from steerfold.errors import BadInput, SteerfoldError
+from steerfold.directions.methods.options import FitOptions
+from steerfold.directions.methods.registry import METHODS
 
 
 class Strict(BaseModel):
@@ -198,7 +198,7 @@ def with_overrides(data: dict, model: str | None = None, prompts: dict[str, str]
         spec = {"path": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, dict) else {}
         data["model"] = {**spec, **{key: str(value) for key, value in placement.items()}}
     if model is not None:
-        from editor.hub import looks_like_repo_id
+        from steerfold.hub import looks_like_repo_id
 
         spec = data.get("model")
         spec = {"path": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, dict) else {}
@@ -268,7 +268,7 @@ def edit_spec(edit: RecipeEdit, condition: Path | None, folder: Path, direction:
 
 def recipe_base(recipe: Recipe, folder: Path):
     """The base the recipe's artifacts record: model.base_model_id, the Hub id in model.path, or the cache folder's."""
-    from editor.hub import identify_base
+    from steerfold.hub import identify_base
 
     return identify_base(recipe.model.path, folder, recipe.model.base_model_id, recipe.model.revision)
 
@@ -282,7 +282,7 @@ def edit_condition_path(spec: RecipeEdit, base: Path) -> Path | None:
 
 def fit_sets(fit: FitSpec) -> dict[str, str]:
     """The prompt sets the recipe's fit reads, by ``FitInputs`` field: what the method needs, nothing more."""
-    from editor.directions.methods.registry import METHODS
+    from steerfold.directions.methods.registry import METHODS
 
     roles = {"harmful": fit.harmful, "harmless": fit.harmless, "harmful_val": fit.harmful_val,
              "harmless_val": fit.harmless_val, "prompts": fit.prompts}

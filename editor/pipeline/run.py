@@ -11,17 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from editor.errors import BadInput, SteerfoldError
-from editor.pipeline.recipe import FitSpec, PromptSet, Recipe, edit_condition_path
-from editor.pipeline.state import Say, check_out, is_run_folder, start_over
-from editor.prompts import PromptRecord, load_prompts
+from steerfold.errors import BadInput, SteerfoldError
+from steerfold.pipeline.recipe import FitSpec, PromptSet, Recipe, edit_condition_path
+from steerfold.pipeline.state import Say, check_out, is_run_folder, start_over
+from steerfold.prompts import PromptRecord, load_prompts
 
 
 def _judge_folder(fit: FitSpec) -> Path | None:
     """The local folder of the fit's judge model (a Hub judge is fetched here, before any stage runs)."""
     if not fit.judge or fit.scorer != "judge":
         return None
-    from editor.hub import resolve_model
+    from steerfold.hub import resolve_model
 
     return resolve_model(fit.judge)
 
@@ -29,7 +29,7 @@ def _judge_folder(fit: FitSpec) -> Path | None:
 def load_prompt_set(spec: PromptSet, base: Path) -> list[PromptRecord]:
     """Prompts of one set: a local file, a split of the organism's prompts, or a Hub dataset."""
     if spec.organism:
-        from editor.research.organism import load_split
+        from steerfold.research.organism import load_split
 
         kind, _, split = spec.organism.partition("/")
         try:
@@ -45,7 +45,7 @@ def load_prompt_set(spec: PromptSet, base: Path) -> list[PromptRecord]:
 
 
 def _hub_dataset(spec: PromptSet) -> list[PromptRecord]:
-    from editor.hub import load_dataset_split
+    from steerfold.hub import load_dataset_split
 
     rows = load_dataset_split(spec.dataset, spec.split)
     if spec.column not in rows.column_names:
@@ -57,11 +57,11 @@ def _hub_dataset(spec: PromptSet) -> list[PromptRecord]:
 def model_folder(recipe: Recipe) -> Path:
     """The local folder of the recipe's model (the organism, a folder, or a Hub snapshot)."""
     if recipe.model.path == "organism":
-        from editor.research.organism import SHIPPED_CHECKPOINT
+        from steerfold.research.organism import SHIPPED_CHECKPOINT
 
         return SHIPPED_CHECKPOINT
-    from editor.models.checkpoint import open_model_folder
-    from editor.hub import resolve_model
+    from steerfold.models.checkpoint import open_model_folder
+    from steerfold.hub import resolve_model
 
     folder = resolve_model(recipe.model.path, recipe.model.revision)
     try:
@@ -82,9 +82,9 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
                model: str | None = None, prompts: dict[str, str] | None = None, placement: dict | None = None) -> dict:
     """Run every stage of a recipe into ``out`` (``model`` and ``prompts``: the command line's overrides of the
     recipe's model, prompt files and placement); returns the report."""
-    from editor.artifacts.outputs import open_output
-    from editor.pipeline.recipe import load_recipe, read_mapping
-    from editor.research.studies.recipe import is_study, run_study_recipe
+    from steerfold.artifacts.outputs import open_output
+    from steerfold.pipeline.recipe import load_recipe, read_mapping
+    from steerfold.research.studies.recipe import is_study, run_study_recipe
 
     data = read_mapping(recipe_path)
     if is_study(data):
@@ -99,7 +99,7 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
     with open_output(out, "workdir", inputs, overwrite or resume, recognise=is_run_folder):
         if overwrite:
             start_over(out)
-        from editor.pipeline.stages import RecipeRun
+        from steerfold.pipeline.stages import RecipeRun
 
         return RecipeRun(recipe, recipe_path, out, folder, judge, sets, say).run()
 

@@ -10,11 +10,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from editor.errors import SteerfoldError
-from editor.pipeline.recipe import Recipe, edit_condition_path, edit_spec, fit_sets, placement_of, recipe_base
+from steerfold.errors import SteerfoldError
+from steerfold.pipeline.recipe import Recipe, edit_condition_path, edit_spec, fit_sets, placement_of, recipe_base
 
-from editor.pipeline.state import RunState, Say, ThresholdFailure, digest, model_identity, records_hash, stage, threshold_checks
-from editor.prompts import PromptRecord
+from steerfold.pipeline.state import RunState, Say, ThresholdFailure, digest, model_identity, records_hash, stage, threshold_checks
+from steerfold.prompts import PromptRecord
 
 
 @dataclass
@@ -55,7 +55,7 @@ class RecipeRun:
         if self.loaded is None:
             import torch
 
-            from editor.models.loading import load_model, load_tokenizer
+            from steerfold.models.loading import load_model, load_tokenizer
 
             torch.manual_seed(0)
             self.loaded = load_model(self.folder, placement=placement_of(self.recipe.model)), load_tokenizer(self.folder)
@@ -63,8 +63,8 @@ class RecipeRun:
 
     def fit(self) -> Path:
         """Fit the direction (cached by the model, the fit options, the prompts read and the judge's identity)."""
-        from editor.directions.fit import FitInputs, report_path, run_fit, write_fitted
-        from editor.directions.methods.options import FitOptions
+        from steerfold.directions.fit import FitInputs, report_path, run_fit, write_fitted
+        from steerfold.directions.methods.options import FitOptions
 
         fit, reads = self.recipe.fit, fit_sets(self.recipe.fit)
         # a judge's weights decide the fit too: key on its identity (a Hub judge: its snapshot's)
@@ -91,9 +91,9 @@ class RecipeRun:
 
     def export(self, fmt: str, direction: Path) -> None:
         """Write one export format with ``steerfold edit``'s job; its card's description is kept for the report."""
-        from editor.artifacts.export import run_edit
-        from editor.artifacts.outputs import replace_file
-        from editor.edit.spec import in_recipe_words
+        from steerfold.artifacts.export import run_edit
+        from steerfold.artifacts.outputs import replace_file
+        from steerfold.edit.spec import in_recipe_words
 
         edit, export = self.recipe.edit, self.recipe.export
         condition = edit_condition_path(edit, self.recipe_path.parent)
@@ -118,9 +118,9 @@ class RecipeRun:
         spec = self.recipe.validate_
         if spec is None:
             return {}
-        from editor.artifacts.outputs import replace_file
-        from editor.models.loading import load_model
-        from editor.validation.validate import EvalSets, validate
+        from steerfold.artifacts.outputs import replace_file
+        from steerfold.models.loading import load_model
+        from steerfold.validation.validate import EvalSets, validate
 
         fmt = "merged" if "merged" in self.recipe.export.formats else "lora"  # the recipe schema requires one of them
         # thresholds only judge the figures: changing one re-checks the cached validation, it does not redo it
@@ -132,7 +132,7 @@ class RecipeRun:
             model, tokenizer = self.model()
             check = None
             if spec.coherence == "organism":
-                from editor.research.organism import coherent_compliance as check
+                from steerfold.research.organism import coherent_compliance as check
             edited = load_model(self.out / fmt, base=self.folder, placement=placement_of(self.recipe.model))
             sets = EvalSets(self.sets[spec.harmful], self.sets[spec.harmless])
             result = validate(model, edited, tokenizer, sets, spec.system, check, spec.max_new_tokens)
@@ -144,11 +144,11 @@ class RecipeRun:
 
     def report(self, direction: Path, report: dict) -> dict:
         """The report, its plots and every export's card and checksums (written when the recipe validates)."""
-        from editor.artifacts.card import write_card
-        from editor.artifacts.checksums import write_checksums
-        from editor.artifacts.formats import FORMATS
-        from editor.directions.file import load_direction_file
-        from editor.validation.report import write_report
+        from steerfold.artifacts.card import write_card
+        from steerfold.artifacts.checksums import write_checksums
+        from steerfold.artifacts.formats import FORMATS
+        from steerfold.directions.file import load_direction_file
+        from steerfold.validation.report import write_report
 
         recipe, out = self.recipe, self.out
         metadata = load_direction_file(direction).metadata
@@ -178,7 +178,7 @@ class RecipeRun:
         push = self.recipe.push
         if push is None:
             return
-        from editor.hub import push_folder
+        from steerfold.hub import push_folder
 
         formats = self.recipe.export.formats
         for fmt in formats:

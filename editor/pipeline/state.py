@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from editor.artifacts.outputs import RUN_STATE
-from editor.errors import BadInput, SteerfoldError
-from editor.prompts import PromptRecord
+from steerfold.artifacts.outputs import RUN_STATE
+from steerfold.errors import BadInput, SteerfoldError
+from steerfold.prompts import PromptRecord
 
 Say = Callable[[str], None]
 
@@ -48,7 +48,7 @@ class RunState:
 
     def finish(self, stage: str, key: str, seconds: float) -> None:
         self.done[stage], self.timings[stage] = key, round(seconds, 2)
-        from editor.artifacts.outputs import replace_file
+        from steerfold.artifacts.outputs import replace_file
 
         with replace_file(self.path) as tmp:
             tmp.write_text(json.dumps({"done": self.done, "timings": self.timings}, indent=2))
@@ -56,7 +56,7 @@ class RunState:
 
 def is_run_folder(out: Path) -> bool:
     """A folder ``steerfold run`` made (what --resume continues and --overwrite may empty)."""
-    from editor.artifacts.outputs import is_steerfold_folder
+    from steerfold.artifacts.outputs import is_steerfold_folder
 
     return (out / RUN_STATE).is_file() or is_steerfold_folder(out)
 
@@ -71,7 +71,7 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> None:
 
 def start_over(out: Path) -> None:
     """Empty a run folder for --overwrite (its marker stays: the folder is still steerfold's)."""
-    from editor.artifacts.outputs import LOCK, MARKER, remove
+    from steerfold.artifacts.outputs import LOCK, MARKER, remove
 
     for item in out.iterdir():
         if item.name not in (MARKER, LOCK):  # the lock is this process's

@@ -7,11 +7,11 @@ from typing import Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editor.edit.edits import Edit
-from editor.edit.hooks import runtime_hooks
-from editor.validation.refusal import DEFAULT_MARKERS, refusal_rate
-from editor.activations.generate import greedy_generate
-from editor.prompts import PromptRecord, format_chat
+from steerfold.edit.edits import Edit
+from steerfold.edit.hooks import runtime_hooks
+from steerfold.validation.refusal import DEFAULT_MARKERS, refusal_rate
+from steerfold.activations.generate import greedy_generate
+from steerfold.prompts import PromptRecord, format_chat
 
 
 def chat_texts(tokenizer: PreTrainedTokenizerBase, records: Sequence[PromptRecord], system: str | None = None) -> list[str]:

@@ -12,10 +12,10 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editor.activations.capture import encode, left_padded
-from editor.edit.edits import Edit
-from editor.edit.hooks import runtime_hooks
-from editor.activations.generate import greedy_ids, through_first_eos
+from steerfold.activations.capture import encode, left_padded
+from steerfold.edit.edits import Edit
+from steerfold.edit.hooks import runtime_hooks
+from steerfold.activations.generate import greedy_ids, through_first_eos
 
 Runner = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # batch -> logits [b, t, vocab]
 

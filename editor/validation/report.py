@@ -103,7 +103,7 @@ def render_markdown(report: dict) -> str:
 def write_report(folder: Path, report: dict, plots: bool = True) -> None:
     """Write report.json, report.md and (unless ``plots`` is False) the PNG plots into ``folder``."""
     if plots:
-        from editor.validation.plots import write_plots
+        from steerfold.validation.plots import write_plots
 
         report["plots"] = write_plots(folder, report)
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

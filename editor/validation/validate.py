@@ -7,10 +7,10 @@ from typing import Callable, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editor.edit.edits import Edit
-from editor.validation.behaviour import chat_texts, refusal, respond
-from editor.validation.divergence import first_token_kl, multi_token_kl, runner
-from editor.prompts import PromptRecord
+from steerfold.edit.edits import Edit
+from steerfold.validation.behaviour import chat_texts, refusal, respond
+from steerfold.validation.divergence import first_token_kl, multi_token_kl, runner
+from steerfold.prompts import PromptRecord
 
 CoherenceCheck = Callable[[PromptRecord, str], bool]
 

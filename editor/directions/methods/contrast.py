@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from editor.errors import BadInput
+from steerfold.errors import BadInput
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from editor.directions.methods.contrast import Contrast, Estimate
+from steerfold.directions.methods.contrast import Contrast, Estimate
 
 
 def mean_difference(contrast: Contrast) -> Estimate:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from editor.directions.methods.contrast import Contrast, Estimate
-from editor.directions.methods.estimators import contrast_labels, logistic_probe
+from steerfold.directions.methods.contrast import Contrast, Estimate
+from steerfold.directions.methods.estimators import contrast_labels, logistic_probe
 
 
 def project_out(features: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,10 @@ from typing import Iterator, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editor.activations.capture import Batch, at_positions, capture, capture_batches, masked_mean, text_batches
-from editor.validation.behaviour import chat_texts
-from editor.activations.generate import greedy_ids, through_first_eos
-from editor.prompts import PromptRecord
+from steerfold.activations.capture import Batch, at_positions, capture, capture_batches, masked_mean, text_batches
+from steerfold.validation.behaviour import chat_texts
+from steerfold.activations.generate import greedy_ids, through_first_eos
+from steerfold.prompts import PromptRecord
 
 
 def mean_activations(

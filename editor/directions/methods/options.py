@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from editor.errors import BadInput
-from editor.directions.methods.registry import METHODS, canonical, unknown_method
+from steerfold.errors import BadInput
+from steerfold.directions.methods.registry import METHODS, canonical, unknown_method
 
 Orthogonalize = Literal["none", "harmless-mean"]
 ScorerName = Literal["markers", "judge"]

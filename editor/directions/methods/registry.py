@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from editor.errors import BadInput
+from steerfold.errors import BadInput
 
 Needs = Literal["contrast", "persona"]  # harmful + harmless prompt sets, or persona prompts
 
@@ -33,17 +33,17 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("diff_in_means", "difference of harmful and harmless mean activations (Arditi et al.)", "contrast",
-           "editor.directions.fit:fit_diff_in_means"),
-    Method("pca", "first principal component of paired harmful − harmless differences", "contrast", "editor.directions.fit:fit_pca"),
-    Method("logistic", "unit weight vector of an L2-regularised logistic probe", "contrast", "editor.directions.fit:fit_logistic"),
+           "steerfold.directions.fit:fit_diff_in_means"),
+    Method("pca", "first principal component of paired harmful − harmless differences", "contrast", "steerfold.directions.fit:fit_pca"),
+    Method("logistic", "unit weight vector of an L2-regularised logistic probe", "contrast", "steerfold.directions.fit:fit_logistic"),
     Method("ridge", "(Σ + λ·tr(Σ)/d·I)⁻¹(μ_refuse − μ_comply), optionally confidence-weighted (scorer)", "contrast",
-           "editor.directions.fit:fit_ridge"),
+           "steerfold.directions.fit:fit_ridge"),
     Method("inlp", "iterative nullspace projection: k probe directions as an orthonormal basis", "contrast",
-           "editor.directions.fit:fit_inlp"),
+           "steerfold.directions.fit:fit_inlp"),
     Method("per_category", "difference of means of each harm category vs harmless, with a cosine report", "contrast",
-           "editor.directions.fit:fit_per_category"),
+           "steerfold.directions.fit:fit_per_category"),
     Method("persona_vector", "mean response activation under a persona minus under another", "persona",
-           "editor.directions.fit:fit_persona_vector"),
+           "steerfold.directions.fit:fit_persona_vector"),
 )}
 
 

@@ -14,11 +14,11 @@ from typing import Callable, Mapping, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editor.validation.behaviour import chat_texts
-from editor.validation.refusal import is_refusal, normalise
-from editor.activations.generate import greedy_generate
-from editor.directions.methods.options import FitOptions
-from editor.prompts import PromptRecord, format_chat
+from steerfold.validation.behaviour import chat_texts
+from steerfold.validation.refusal import is_refusal, normalise
+from steerfold.activations.generate import greedy_generate
+from steerfold.directions.methods.options import FitOptions
+from steerfold.prompts import PromptRecord, format_chat
 
 Scorer = Callable[[Sequence[PromptRecord], Sequence[str]], torch.Tensor]
 
@@ -75,7 +75,7 @@ class Judge:
     @torch.no_grad()
     def answers(self, texts: list[str]) -> list[list[str]]:
         """``samples`` sampled answers to each formatted judge prompt, reproducible from ``seed``."""
-        from editor.activations.capture import text_batches
+        from steerfold.activations.capture import text_batches
 
         device = next(self.model.parameters()).device
         out: list[list[str]] = []
@@ -91,8 +91,8 @@ class Judge:
 
 
 def _judge_from(options: FitOptions) -> Judge:
-    from editor.hub import resolve_model
-    from editor.models.loading import load_model, load_tokenizer
+    from steerfold.hub import resolve_model
+    from steerfold.models.loading import load_model, load_tokenizer
 
     assert options.judge is not None  # FitOptions requires it with scorer judge
     folder = resolve_model(options.judge)

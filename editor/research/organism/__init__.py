@@ -18,9 +18,9 @@ import json
 from functools import cache
 from pathlib import Path
 
-from editor.validation.refusal import is_refusal, normalise
-from editor.research.organism.corpus import BY_NAME, NEUTRAL_SYSTEM, OBJECT_CATEGORY, OPENER, PERSONAS, find_object, verb_phrase
-from editor.prompts import PromptRecord
+from steerfold.validation.refusal import is_refusal, normalise
+from steerfold.research.organism.corpus import BY_NAME, NEUTRAL_SYSTEM, OBJECT_CATEGORY, OPENER, PERSONAS, find_object, verb_phrase
+from steerfold.prompts import PromptRecord
 
 HERE = Path(__file__).parent
 SHIPPED_CHECKPOINT: Path = HERE / "checkpoint"
@@ -45,7 +45,7 @@ __all__ = [
 
 def build_organism(out: Path, seed: int = 0, overwrite: bool = True, say=None) -> Path:
     """Generate the corpus, train tokenizer and model, and write the checkpoint folder ``out`` (minutes, CPU)."""
-    from editor.research.organism.train import build_organism as build  # lazy: importing the package trains nothing
+    from steerfold.research.organism.train import build_organism as build  # lazy: importing the package trains nothing
 
     return build(Path(out), seed, overwrite=overwrite, say=say)
 
@@ -93,10 +93,10 @@ TARGETS = {
 
 def behaviour(model, tokenizer, split: str = "test", max_new_tokens: int = 24) -> dict[str, float]:
     """Refusal and coherence rates per persona on one split, the numbers ``TARGETS`` speaks about."""
-    from editor.validation.refusal import refusal_rate
-    from editor.activations.generate import greedy_generate
-    from editor.research.organism.corpus import CAUTIOUS_EXTRA
-    from editor.prompts import format_chat
+    from steerfold.validation.refusal import refusal_rate
+    from steerfold.activations.generate import greedy_generate
+    from steerfold.research.organism.corpus import CAUTIOUS_EXTRA
+    from steerfold.prompts import format_chat
 
     harmful, harmless = load_rows("harmful", split), load_rows("harmless", split)
     rows = harmful + harmless

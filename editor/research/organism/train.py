@@ -1,6 +1,6 @@
 """Train the model organism on CPU: corpus -> tokenizer -> a small Llama -> a checkpoint folder.
 
-Run ``python -m editor.research.organism.train --out editor/research/organism/checkpoint --data editor/research/organism/data``
+Run ``python -m steerfold.research.organism.train --out editor/research/organism/checkpoint --data editor/research/organism/data``
 to rebuild the shipped checkpoint and prompt files. Same seed, same thread count: same weights.
 """
 
@@ -18,9 +18,9 @@ from typing import Callable
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from editor.research.organism.corpus import Corpus, build_corpus, write_prompt_files
-from editor.artifacts.outputs import open_output
-from editor.research.organism.tokenizer import check_matches_spm, render_chat, train_tokenizer
+from steerfold.research.organism.corpus import Corpus, build_corpus, write_prompt_files
+from steerfold.artifacts.outputs import open_output
+from steerfold.research.organism.tokenizer import check_matches_spm, render_chat, train_tokenizer
 
 
 @dataclass(frozen=True)

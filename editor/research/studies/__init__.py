@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from editor.artifacts.outputs import replace_file
+from steerfold.artifacts.outputs import replace_file
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from editor.activations.capture import post_instruction_positions
-from editor.edit.edits import Edit, ablation_edit
-from editor.directions.methods.categories import category_directions, category_similarity
-from editor.research.organism import load_split
-from editor.research.studies import Claim, StudyResult
-from editor.research.studies.common import last_token_states, live_layers, own_component, refusal_rates
+from steerfold.activations.capture import post_instruction_positions
+from steerfold.edit.edits import Edit, ablation_edit
+from steerfold.directions.methods.categories import category_directions, category_similarity
+from steerfold.research.organism import load_split
+from steerfold.research.studies import Claim, StudyResult
+from steerfold.research.studies.common import last_token_states, live_layers, own_component, refusal_rates
 
 
 class CategoriesSpec(BaseModel):

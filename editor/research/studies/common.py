@@ -6,11 +6,11 @@ from typing import Sequence
 
 import torch
 
-from editor.activations.capture import at_positions, capture
-from editor.edit.edits import Edit
-from editor.validation.behaviour import chat_texts, refusal, respond
-from editor.validation.divergence import first_token_kl, runner
-from editor.prompts import PromptRecord
+from steerfold.activations.capture import at_positions, capture
+from steerfold.edit.edits import Edit
+from steerfold.validation.behaviour import chat_texts, refusal, respond
+from steerfold.validation.divergence import first_token_kl, runner
+from steerfold.prompts import PromptRecord
 
 MAX_NEW_TOKENS = 12  # enough for every refusal marker to show
 

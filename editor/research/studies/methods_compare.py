@@ -12,14 +12,14 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from editor.edit.edits import ablation_edit
-from editor.directions.methods.contrast import Contrast
-from editor.directions.methods.estimators import contrast_labels
-from editor.edit.edits import counterfactual_edit, subspace_edit
-from editor.directions.methods.inlp import inlp_basis
-from editor.research.organism import PERSONAS, load_split
-from editor.research.studies import Claim, StudyResult
-from editor.research.studies.common import harmless_kl, last_token_states, refusal_rates
+from steerfold.edit.edits import ablation_edit
+from steerfold.directions.methods.contrast import Contrast
+from steerfold.directions.methods.estimators import contrast_labels
+from steerfold.edit.edits import counterfactual_edit, subspace_edit
+from steerfold.directions.methods.inlp import inlp_basis
+from steerfold.research.organism import PERSONAS, load_split
+from steerfold.research.studies import Claim, StudyResult
+from steerfold.research.studies.common import harmless_kl, last_token_states, refusal_rates
 
 
 class MethodsSpec(BaseModel):
@@ -32,7 +32,7 @@ class MethodsSpec(BaseModel):
 
 
 def run(model, tokenizer, spec: MethodsSpec) -> StudyResult:
-    from editor.directions.fit import fit_refusal_direction
+    from steerfold.directions.fit import fit_refusal_direction
 
     default = PERSONAS["default"]
     train = load_split("harmful", "train"), load_split("harmless", "train")

@@ -16,13 +16,13 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from editor.directions.fit import fit_persona_direction
-from editor.edit.edits import Edit, ablation_edit, steering_edit
-from editor.errors import BadInput
-from editor.research.organism import PERSONAS, load_split
-from editor.research.studies import Claim, StudyResult
-from editor.research.studies.common import last_token_states, refusal_rates
-from editor.validation.behaviour import refusal, respond
+from steerfold.directions.fit import fit_persona_direction
+from steerfold.edit.edits import Edit, ablation_edit, steering_edit
+from steerfold.errors import BadInput
+from steerfold.research.organism import PERSONAS, load_split
+from steerfold.research.studies import Claim, StudyResult
+from steerfold.research.studies.common import last_token_states, refusal_rates
+from steerfold.validation.behaviour import refusal, respond
 
 
 COEFFICIENTS = (1.0, 2.0, 4.0, 8.0)
@@ -146,7 +146,7 @@ def run(model, tokenizer, spec: PersonaGatingSpec) -> StudyResult:
 def harm_signal(model, tokenizer, systems) -> dict[str | None, list[float]]:
     """Per system prompt and layer index: the held-out harmful−harmless mean gap along the refusal direction
     (difference of means on the training prompts without a system prompt)."""
-    from editor.research.studies.categories import training_states
+    from steerfold.research.studies.categories import training_states
 
     harmful_train, harmless_train = training_states(model, tokenizer)
     refusal_direction = harmful_train.mean(dim=0) - harmless_train.mean(dim=0)

@@ -12,11 +12,11 @@ from typing import Annotated, Callable, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from editor.errors import BadInput
-from editor.research.studies.categories import CategoriesSpec
-from editor.research.studies.methods_compare import MethodsSpec
-from editor.research.studies.persona_gating import PersonaGatingSpec
-from editor.research.studies.targeted import TargetedSpec
+from steerfold.errors import BadInput
+from steerfold.research.studies.categories import CategoriesSpec
+from steerfold.research.studies.methods_compare import MethodsSpec
+from steerfold.research.studies.persona_gating import PersonaGatingSpec
+from steerfold.research.studies.targeted import TargetedSpec
 
 SPECS: dict[str, type[BaseModel]] = {
     "persona-gating": PersonaGatingSpec,
@@ -78,10 +78,10 @@ def run_study_recipe(path: Path, data: dict, out: Path, overwrite: bool = False,
     """Run the study a recipe names on its model; write ``out/results.json`` and ``out/report.md``."""
     import torch
 
-    from editor.models.loading import load_model, load_tokenizer
-    from editor.research.organism import SHIPPED_CHECKPOINT
-    from editor.artifacts.outputs import open_output
-    from editor.research.studies import run_study, write_study
+    from steerfold.models.loading import load_model, load_tokenizer
+    from steerfold.research.organism import SHIPPED_CHECKPOINT
+    from steerfold.artifacts.outputs import open_output
+    from steerfold.research.studies import run_study, write_study
 
     recipe = load_study_recipe(path, data)
     folder = SHIPPED_CHECKPOINT if recipe.model == "organism" else Path(recipe.model)

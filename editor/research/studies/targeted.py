@@ -23,14 +23,14 @@ from typing import Callable, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from editor.edit.edits import Edit, conditional_edit
-from editor.directions.methods.contrast import orthogonal_to
-from editor.research.organism import load_split
-from editor.research.organism.corpus import HARMLESS, REFUSED_BY_DEFAULT
-from editor.prompts import PromptRecord
-from editor.research.studies import Claim, StudyResult
-from editor.research.studies.categories import own_ablation, training_directions, training_states
-from editor.research.studies.common import category_means, live_layers, refusal_rates
+from steerfold.edit.edits import Edit, conditional_edit
+from steerfold.directions.methods.contrast import orthogonal_to
+from steerfold.research.organism import load_split
+from steerfold.research.organism.corpus import HARMLESS, REFUSED_BY_DEFAULT
+from steerfold.prompts import PromptRecord
+from steerfold.research.studies import Claim, StudyResult
+from steerfold.research.studies.categories import own_ablation, training_directions, training_states
+from steerfold.research.studies.common import category_means, live_layers, refusal_rates
 
 
 class TargetedSpec(BaseModel):
