@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 import click
 
+from steerfold.click_options import edit_option_flags, fit_option_flags, placement_flags, placement_from
 from steerfold.endings import EXIT_INTERRUPT, EXIT_TERMINATED, SteerfoldGroup, Terminated, UserError, run_command
 
 
@@ -18,76 +18,9 @@ def cli() -> None:
     """Fit residual-stream directions and fold edits along them into weights, LoRA adapters or control vectors."""
 
 
-def _spec_options(spec, prefix: str = ""):
-    """A decorator adding one option per field of ``spec`` (a pydantic model whose fields carry ``Words``: EditSpec,
-    Placement) that has a flag, plus a switch for each kind no field's flag picks (--subspace). Values are checked by
-    the spec; an option not given is None, so the spec's default applies."""
-    from typing import get_args, get_origin
-
-    from steerfold.options import words_of
-
-    flags = {words_of(spec, name).flag for name in spec.model_fields} - {None}
-    options = []
-    for name, info in spec.model_fields.items():
-        words = words_of(spec, name)
-        options += [click.option(flag, f"kind_{kind}", is_flag=True, default=None, help=words.kind_help.get(kind))
-                    for kind, flag in words.kinds.items() if flag not in flags]
-        if not words.flag:
-            continue
-        kwargs: dict = {"default": None, "help": words.help, "required": info.is_required()}
-        if info.annotation is bool:
-            kwargs.update(is_flag=True, flag_value=not info.default)
-        else:
-            choices = [a for a in (info.annotation, *get_args(info.annotation)) if get_origin(a) is Literal]
-            kwargs["type"] = click.Choice(get_args(choices[0])) if choices else _click_type(info.annotation)
-            kwargs["metavar"] = words.metavar
-            if info.default is not None and not info.is_required():  # shown, not passed: None lets the spec decide
-                kwargs["help"] = f"{words.help}  [default: {info.default}]"
-        options.append(click.option(words.flag, prefix + name, **kwargs))
-
-    def decorate(function):
-        for option in reversed(options):
-            function = option(function)
-        return function
-
-    return decorate
-
-
-def _placement(options: dict, surface: str = "cli"):
-    """The Placement given by the ``place_``-prefixed options (removed from ``options``)."""
-    from steerfold.models.placement import parse_placement
-
-    given = {name.removeprefix("place_"): options.pop(name) for name in list(options) if name.startswith("place_")}
-    placement = parse_placement(given, surface)
-    placement.check()
-    return placement
-
-
-def _click_type(annotation):
-    """The click type of a spec field: paths, numbers, else text (kernels, sizes and devices are parsed by the spec)."""
-    from typing import get_args
-
-    kinds = set(get_args(annotation)) | {annotation}
-    if Path in kinds:
-        return click.Path(path_type=Path)
-    return next((t for t in (int, float) if t in kinds), str)
-
-
-def _edit_option_flags(function):
-    from steerfold.edit.spec import EditSpec
-
-    return _spec_options(EditSpec)(function)
-
-
-def _placement_flags(function):
-    from steerfold.models.placement import Placement
-
-    return _spec_options(Placement, prefix="place_")(function)
-
-
 @cli.command()
 @click.argument("model_dir")
-@_edit_option_flags
+@edit_option_flags
 def edit(model_dir: str, **options) -> None:
     """Fold an edit along a direction into MODEL_DIR's weights (or a LoRA adapter, or a control vector).
 
@@ -184,7 +117,7 @@ def clean(out: Path) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan (stages, downloads, estimates) without running a model.")
 @click.option("--model", "model_path", default=None, metavar="PATH", help="Run on this model instead of the recipe's (a local folder, a .gguf file or a Hub id); a Hub id the recipe names stays the base its artifacts record.")
 @click.option("--prompts", "prompt_files", multiple=True, metavar="NAME=FILE", help="Read the recipe's prompt set NAME from FILE instead (repeatable).")
-@_placement_flags
+@placement_flags
 def run(recipe: Path, out: Path | None, resume: bool, overwrite: bool, dry_run: bool, model_path: str | None,
         prompt_files: tuple[str, ...], **options) -> None:
     """Run every stage of a RECIPE (YAML): fit, export, validate, report, push."""
@@ -233,30 +166,6 @@ def _records(path: Path | None):
     return load_prompts(path) if path is not None else None
 
 
-def _metavar(annotation) -> str:
-    """How a FitOptions field's value is shown in --help: [a|b] for choices, else FLOAT, INT or TEXT."""
-    from typing import Literal, get_args, get_origin
-
-    if get_origin(annotation) is Literal:
-        return "[" + "|".join(get_args(annotation)) + "]"
-    args = [a for a in get_args(annotation) if a is not type(None)]
-    if args:
-        return _metavar(args[0])
-    return {float: "FLOAT", int: "INT"}.get(annotation, "TEXT")
-
-
-def _fit_option_flags(function):
-    """One --flag per FitOptions field (editor/directions/methods/options.py, which recipes share); values are checked there."""
-    from steerfold.directions.methods.options import FitOptions
-
-    for name, field in reversed(list(FitOptions.model_fields.items())):
-        default = "" if field.default is None else f" [default: {field.default}]"
-        metavar = "NAME" if name == "method" else _metavar(field.annotation)
-        function = click.option(f"--{name.replace('_', '-')}", name, default=None, metavar=metavar,
-                                help=f"{field.description}.{default}")(function)
-    return function
-
-
 @cli.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Direction file to write (.safetensors); a method's report goes beside it (.md).")
@@ -265,10 +174,10 @@ def _fit_option_flags(function):
 @click.option("--harmful-val", type=click.Path(path_type=Path), help="Validation harmful prompts (default: every 4th of --harmful).")
 @click.option("--harmless-val", type=click.Path(path_type=Path), help="Validation harmless prompts (default: every 4th of --harmless).")
 @click.option("--prompts", type=click.Path(path_type=Path), help="persona_vector: prompts whose responses are averaged.")
-@_fit_option_flags
+@fit_option_flags
 @click.option("--revision", default=None, help="Revision (branch, tag or commit) when MODEL_DIR is a Hub id.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@_placement_flags
+@placement_flags
 def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None, harmful_val: Path | None,
         harmless_val: Path | None, prompts: Path | None, revision: str | None, overwrite: bool, **options: str | None) -> None:
     """Fit a direction in MODEL_DIR (a checkpoint folder or a Hub id) with --method (default diff_in_means;
@@ -287,7 +196,7 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
     from steerfold.directions.methods.options import parse_fit_options
     from steerfold.artifacts.outputs import check_apart, open_output
 
-    placement = _placement(options)
+    placement = placement_from(options)
     given = {name: value for name, value in options.items() if value is not None}
     if "persona" in given:
         given.setdefault("method", "persona_vector")
@@ -336,7 +245,7 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
 @click.option("--coherence", type=click.Choice(["none", "organism"]), default="none", show_default=True, help="Check coherent compliance (the organism's answer template).")
 @click.option("--max-new-tokens", type=int, default=48, show_default=True, help="Tokens generated per prompt.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-@_placement_flags
+@placement_flags
 def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harmless: Path, out: Path, system: str | None,
              coherence: str, max_new_tokens: int, overwrite: bool, **options) -> None:
     """Measure EDITED (a checkpoint or an adapter folder) against --base; write report.json and report.md."""
@@ -351,7 +260,7 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
 
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {max_new_tokens} must be at least 1: pass e.g. --max-new-tokens 48")
-    placement = _placement(options)
+    placement = placement_from(options)
     base_folder = resolve_model(base, revision)
     with open_output(out, "folder", [edited, base_folder, harmful, harmless], overwrite) as tmp:
         sets = EvalSets(_records(harmful), _records(harmless))

@@ -90,7 +90,7 @@ def test_the_folders_follow_the_pipeline():
     present = {p.stem if p.is_file() else p.name for p in (ROOT / "editor").iterdir() if not p.name.startswith("__")}
     assert set(stages) <= present
     flat = sorted(p.name for p in (ROOT / "editor").glob("*.py") if p.name != "__init__.py")
-    assert flat == ["cli.py", "endings.py", "errors.py", "hub.py", "interrupts.py", "options.py", "progress.py", "prompts.py"], flat
+    assert flat == ["cli.py", "click_options.py", "endings.py", "errors.py", "hub.py", "interrupts.py", "options.py", "progress.py", "prompts.py"], flat
 
 
 def test_the_distribution_claims_one_top_level_name():
