@@ -29,6 +29,28 @@ def test_selection_plot_labels_every_panel_and_marks_a_relaxed_winner(tmp_path, 
     plt.close(figure)
 
 
+def test_selection_plot_reads_the_status_and_leaves_out_scores_a_search_did_not_compute(tmp_path, monkeypatch):
+    figures = drawn(monkeypatch)
+    rows = [{"position": -1, "layer": layer, "bypass": 0.5 - 0.1 * layer, "induce": 0.3, "kl": 0.02, "kept": True,
+             "reason": "", "status": "kept"} for layer in range(4)]
+    rows[2].update(status="chosen", reason="chosen")
+    rows[0].update(induce=None, kl=None, kept=False, status="outranked", reason="outranked: its bypass 0.5000, above 0.3")
+    rows[3].update(bypass=None, induce=None, kl=None, kept=False, status="outranked", reason="outranked: at least 0.4",
+                   bypass_at_least=0.4)
+    rows.append({"position": -1, "layer": 4, "bypass": None, "induce": None, "kl": None, "kept": False,
+                 "reason": "layer ≥ 0.8·L: the rule cannot choose it", "status": "not_scored"})
+    plots.selection_plot(rows, tmp_path / "s.png")
+    (figure,) = figures
+    bypass, induce, kl = figure.axes
+    points = lambda axis: [list(line.get_xdata()) for line in axis.get_lines() if line.get_label() == "position -1"]
+    assert points(bypass) == [[0, 1, 2]] and points(induce) == [[1, 2]] and points(kl) == [[1, 2]]
+    (bound,) = [line for line in bypass.get_lines() if line.get_label() == "position -1: at least"]
+    assert list(bound.get_xdata()) == [3] and list(bound.get_ydata()) == [0.4]
+    assert all(any(line.get_label().startswith("chosen: layer 2, position -1") for line in axis.get_lines())
+               for axis in figure.axes)
+    plt.close(figure)
+
+
 def test_category_plot_sets_harmless_categories_apart_and_has_a_title(tmp_path, monkeypatch):
     figures = drawn(monkeypatch)
     after = {"weapons": 0.0, "cooking": 0.0, "cyber": 0.1, "travel": 0.0}

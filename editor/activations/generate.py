@@ -27,7 +27,8 @@ def greedy_generate(
     device = next(model.parameters()).device
     batches = text_batches(tokenizer, texts, batch_size, device)
     outputs: list[str] = []
-    for inputs, _ in progress(batches, "generating", total=math.ceil(len(texts) / batch_size)):
+    description = f"generating up to {max_new_tokens} tokens for {len(texts)} prompts"
+    for inputs, _ in progress(batches, description, total=math.ceil(len(texts) / batch_size), unit="batch"):
         new = greedy_ids(model, tokenizer, inputs, max_new_tokens)
         outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return outputs

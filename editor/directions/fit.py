@@ -33,7 +33,7 @@ from steerfold.directions.methods.options import FitOptions
 from steerfold.directions.methods.registry import Method, get_method
 from steerfold.directions.methods.scorers import SCORERS, confidence_weights, refusal_confidence
 from steerfold.prompts import PromptRecord
-from steerfold.directions.selection import Candidate, SelectionSettings, choose, score_candidates
+from steerfold.directions.selection import Candidate, Search, SelectionSettings, choose, score_candidates, selection_summary
 
 VERSION = "0.1.0"
 
@@ -184,10 +184,12 @@ def select_refusal_direction(
     estimator: Estimator,
     weights: tuple[torch.Tensor, torch.Tensor] | None = None,
     batch_size: int = 32,
+    search: Search = "pruned",
 ) -> RefusalFit:
     """``estimator`` at every post-instruction position and layer index, then the Arditi et al. selection.
 
-    ``weights`` (one per training prompt, harmful and harmless) make the means weighted means.
+    ``weights`` (one per training prompt, harmful and harmless) make the means weighted means; ``search`` is the
+    selection's (``steerfold.directions.selection``: every search chooses the same candidate).
     """
     inputs = inputs.with_validation_sets()
     model, tokenizer, options = inputs.model, inputs.tokenizer, inputs.options
@@ -199,10 +201,9 @@ def select_refusal_direction(
         for records in (inputs.harmful, inputs.harmless)
     )
     vectors, bases = fit_every_candidate(harmful_acts, harmless_acts, estimator, weights, options.orthogonalize != "none")
-    settings = SelectionSettings(options.max_layer_fraction, options.max_kl, batch_size)
-    scored_layers = [layer for layer in layers if layer < settings.max_layer_fraction * num_layers]
-    table, baseline = score_candidates(model, tokenizer, vectors[:, scored_layers], positions, scored_layers,
-                                       inputs.harmful_val, inputs.harmless_val, settings, options.system)
+    settings = SelectionSettings(options.max_layer_fraction, options.max_kl, batch_size, search)
+    table, baseline = score_candidates(model, tokenizer, vectors, positions, layers, inputs.harmful_val,
+                                       inputs.harmless_val, settings, options.system)
     chosen = choose(table, num_layers, settings, min_induce=baseline["harmless_refusal_score"])
     p = positions.index(chosen.position)
     projections = chosen_projections(model, tokenizer, vectors[p, chosen.layer], chosen, inputs.harmful_val,
@@ -235,7 +236,7 @@ def fit_refusal_direction(
     """Difference of means at every post-instruction position and layer, then the Arditi et al. selection."""
     options = FitOptions(system=system, max_kl=settings.max_kl, max_layer_fraction=settings.max_layer_fraction)
     inputs = FitInputs(model, tokenizer, options, harmful, harmless, harmful_val, harmless_val, model_name=model_name)
-    return select_refusal_direction(inputs, mean_difference, batch_size=settings.batch_size)
+    return select_refusal_direction(inputs, mean_difference, batch_size=settings.batch_size, search=settings.search)
 
 
 def chosen_projections(model, tokenizer, vector: torch.Tensor, chosen: Candidate, harmful, harmless, system, batch_size) -> dict:
@@ -272,12 +273,12 @@ def _contrast_fitted(result: RefusalFit, max_kl: float) -> Fitted:
     """What the CLI says about a selected candidate."""
     c, base = result.chosen, result.baseline["harmful_refusal_score"]
     warnings = []
-    if "relaxed" in c.reason:
+    if c.status == "chosen_relaxed":
         warnings.append(f"no candidate kept harmless first-token KL ≤ {max_kl:g}; the lowest-bypass one was taken (KL {c.kl:.3f})")
     if weak := weak_choice_warning(result):
         warnings.append(weak)
     lines = [f"chose layer index {c.layer}, position {c.position}: refusal score {base:.3f} → {c.bypass:.3f} ablated, "
-             f"induce {c.induce:.3f}, KL {c.kl:.4f}"]
+             f"induce {c.induce:.3f}, KL {c.kl:.4f}", selection_summary(result.table, result.baseline)]
     if result.file.basis is not None:
         lines.append(f"basis of rank {len(result.file.basis)} at that candidate: remove it with steerfold edit --subspace; "
                      "for inlp, --scale 2 reflects across the first probe's hyperplane")

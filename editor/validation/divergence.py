@@ -31,6 +31,16 @@ def runner(model: PreTrainedModel, edit: Edit | None = None) -> Runner:
     return run
 
 
+@torch.no_grad()
+def last_position_logits(run: Runner, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+    """Logits of the last position of each text, in left-padded batches: [n, 1, vocab]."""
+    rows = []
+    with left_padded(tokenizer):
+        for start in range(0, len(texts), batch_size):
+            rows.append(run(encode(tokenizer, texts[start : start + batch_size], torch.device("cpu")))[:, -1:])
+    return torch.cat(rows)
+
+
 def kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """KL(p ‖ q) over the last dimension, in nats."""
     p_log, q_log = p_logits.log_softmax(-1), q_logits.log_softmax(-1)

@@ -12,16 +12,28 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
+def is_chosen(row: dict) -> bool:
+    """Whether a selection-table row (as stored in a direction file) is the chosen candidate, relaxed filters or not;
+    rows written before the ``status`` key existed say so in their reason."""
+    if "status" in row:
+        return row["status"] in ("chosen", "chosen_relaxed")
+    return str(row.get("reason", "")).startswith("chosen")
+
+
 def selection_plot(selection: list[dict], path: Path) -> None:
-    """Bypass, induce and KL of every candidate, one line per position, against the (integer) layer index; the
-    chosen candidate, relaxed filters or not, is a labelled vertical line."""
+    """Bypass, induce and KL of every candidate, one line per position, against the (integer) layer index (a score
+    not computed, as for candidates a pruned search outranked, is left out; the lower bound of bypass that
+    outranked one is an open triangle); the chosen candidate, relaxed filters or not, is a labelled vertical line."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for position in sorted({row["position"] for row in selection}):
-        rows = [r for r in selection if r["position"] == position and r["bypass"] is not None]
-        layers = [r["layer"] for r in rows]
         for axis, key in zip(axes, ("bypass", "induce", "kl")):
-            axis.plot(layers, [r[key] for r in rows], marker="o", label=f"position {position}")
-    chosen = next((r for r in selection if str(r.get("reason", "")).startswith("chosen")), None)
+            rows = [r for r in selection if r["position"] == position and r.get(key) is not None]
+            line, = axis.plot([r["layer"] for r in rows], [r[key] for r in rows], marker="o", label=f"position {position}")
+            bounds = [r for r in selection if r["position"] == position and r.get("bypass_at_least") is not None]
+            if key == "bypass" and bounds:  # outranked with part of the prompts scored: a lower bound
+                axis.plot([r["layer"] for r in bounds], [r["bypass_at_least"] for r in bounds], linestyle="none",
+                          marker="^", fillstyle="none", color=line.get_color(), label=f"position {position}: at least")
+    chosen = next((r for r in selection if is_chosen(r)), None)
     panels = (("bypass: refusal score, ablated", "refusal score"), ("induce: refusal score, added", "refusal score"),
               ("KL on harmless, ablated", "first-token KL (nats)"))
     for axis, (title, ylabel) in zip(axes, panels):
