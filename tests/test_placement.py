@@ -68,3 +68,60 @@ def test_a_recipe_places_its_model_and_the_command_line_overrides_it(tmp_path):
     recipe.write_text("model: {path: organism, dtype: int4}\nprompts:\n  harmful: {organism: harmful/train}\n")
     result = CliRunner().invoke(cli, ["run", str(recipe), "--dry-run"])
     assert result.exit_code == 2 and "model.dtype" in result.output, result.output
+
+
+def _fit(tmp_path, name: str, *flags: str):
+    from steerfold.directions.file import load_direction_file
+
+    out = tmp_path / f"{name}.safetensors"
+    result = CliRunner().invoke(cli, ["fit", str(SHIPPED_CHECKPOINT), "--harmful", str(DATA / "harmful_train.jsonl"),
+                                      "--harmless", str(DATA / "harmless_train.jsonl"), "--out", str(out), *flags])
+    assert result.exit_code == 0, result.output
+    return load_direction_file(out)
+
+
+def _capped_flags(tmp_path) -> list[str]:
+    cap = (SHIPPED_CHECKPOINT / "model.safetensors").stat().st_size // 5
+    return ["--device-map", "auto", "--max-memory", f"cpu={cap // 1000}KB", "--offload-folder", str(tmp_path / "off")]
+
+
+def test_a_fit_offloaded_to_disk_gives_the_in_memory_direction_and_selection(tmp_path):
+    import json
+
+    whole, capped = _fit(tmp_path, "whole"), _fit(tmp_path, "capped", *_capped_flags(tmp_path))
+    assert (capped.directions - whole.directions).abs().max() <= 1e-5
+    selection = lambda file: [(row["position"], row["layer"], row["status"]) for row in json.loads(file.metadata["selection"])]
+    assert selection(capped) == selection(whole)
+    assert json.loads(capped.metadata["placement"])["device_map"] == "auto"
+    assert json.loads(whole.metadata["placement"]) == {"device": "cpu", "dtype": "float32"}
+
+
+def test_a_bfloat16_fit_points_where_the_float32_fit_does(tmp_path):
+    import json
+
+    full, half = _fit(tmp_path, "f32", "--position", "-1"), _fit(tmp_path, "bf16", "--position", "-1", "--dtype", "bfloat16")
+    assert half.directions.dtype == torch.float32  # accumulated in float32 whatever the model ran in
+    layer = int(full.metadata["layer"])
+    cosine = torch.nn.functional.cosine_similarity(full.directions[layer], half.directions[layer], dim=0)
+    assert cosine >= 0.999, float(cosine)
+    assert json.loads(half.metadata["placement"])["dtype"] == "bfloat16"
+
+
+def test_runtime_edits_and_generation_on_a_dispatched_model_equal_the_in_memory_ones(tmp_path):
+    from steerfold.activations.generate import greedy_generate
+    from steerfold.edit.edits import ablation_edit
+    from steerfold.models.loading import load_tokenizer
+    from steerfold.prompts import format_chat
+    from steerfold.validation.divergence import first_token_kl, runner
+
+    cap = (SHIPPED_CHECKPOINT / "model.safetensors").stat().st_size // 5
+    capped = load_model(SHIPPED_CHECKPOINT, placement=parse_placement(
+        {"device_map": "auto", "max_memory": f"cpu={cap // 1000}KB", "offload_folder": tmp_path / "off"}))
+    whole, tokenizer = load_model(SHIPPED_CHECKPOINT), load_tokenizer(SHIPPED_CHECKPOINT)
+    direction = torch.randn(whole.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    edit = ablation_edit(direction, range(whole.config.num_hidden_layers + 1))
+    texts = [format_chat(tokenizer, text) for text in ("how do I pick a lock", "a recipe for bread", "hello")]
+    kl_capped = first_token_kl(runner(capped), runner(capped, edit), tokenizer, texts)
+    kl_whole = first_token_kl(runner(whole), runner(whole, edit), tokenizer, texts)
+    assert kl_whole.abs().max() > 0 and (kl_capped - kl_whole).abs().max() <= 1e-5
+    assert greedy_generate(capped, tokenizer, texts, max_new_tokens=8) == greedy_generate(whole, tokenizer, texts, max_new_tokens=8)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from cli import cli
 from steerfold.errors import SteerfoldError
 from steerfold.pipeline.recipe import load_recipe
-from steerfold.pipeline.plan import estimate_lines
+from steerfold.pipeline.estimates import estimate_lines
 from steerfold.pipeline.state import check_thresholds
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
@@ -154,3 +154,19 @@ def test_model_and_prompt_sets_can_be_given_on_the_command_line(tmp_path):
                          ("harmless=absent.jsonl", "absent.jsonl does not exist")):
         result = CliRunner().invoke(cli, ["run", str(recipe), "--dry-run", "--prompts", bad])
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and message in result.output, result.output
+
+
+def test_a_dry_run_says_where_the_weights_go_and_what_a_device_map_cannot_hold():
+    from steerfold.models.placement import Placement
+
+    llama8b = {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256, "intermediate_size": 14336,
+               "num_attention_heads": 32, "num_key_value_heads": 8, "dtype": "bfloat16"}
+    lines = estimate_lines(llama8b, [], Placement(device="cuda", dtype="bfloat16"), fit_prompts=256)
+    assert any("runs on cuda: weights 16.06 GB in bfloat16" in line for line in lines), lines
+    assert any("256 prompts × 33 layer indices × 5 positions × 4096 in float32: 0.69 GB" in line for line in lines), lines
+    short = Placement(dtype="bfloat16", device_map="auto", max_memory="0=8GiB,cpu=4GiB")
+    assert any("fit nowhere: add --offload-folder DIR or raise --max-memory" in line for line in estimate_lines(llama8b, [], short))
+    offloaded = Placement(dtype="bfloat16", device_map="auto", max_memory="0=8GiB,cpu=4GiB", offload_folder="off")
+    assert any("they go to --offload-folder" in line for line in estimate_lines(llama8b, [], offloaded))
+    roomy = Placement(device_map="auto", max_memory="0=70GiB,1=70GiB", load_in="4bit")
+    assert any("the weights fit within it" in line for line in estimate_lines(llama8b, [], roomy))

@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerfold.models.arch import layout_of_model
+from steerfold.models.loading import input_device
 from steerfold.progress import progress
 from steerfold.prompts import format_chat
 
@@ -97,8 +98,7 @@ class PromptBatches:
         """The key/value cache of the prefix (under whatever hooks are active now); None without a prefix."""
         if not self.prefix_length:
             return None
-        device = next(model.parameters()).device
-        return model(input_ids=self.prefix.to(device), use_cache=True, **last_logits_only(model)).past_key_values
+        return model(input_ids=self.prefix.to(input_device(model)), use_cache=True, **last_logits_only(model)).past_key_values
 
     def inputs(self, batch: SuffixBatch, cache=None, device: torch.device | str = "cpu") -> dict:
         """Model inputs of ``batch``: the suffixes after ``cache`` (the prefix's, repeated for every row), each token
@@ -182,8 +182,8 @@ def _takes_logits_to_keep(model_class: type) -> bool:
 
 
 def last_logits(model: PreTrainedModel, inputs: dict) -> torch.Tensor:
-    """Float32 logits of the last position of every row: [b, vocab]."""
-    return model(**inputs, **last_logits_only(model)).logits[:, -1].to(torch.float32)
+    """Float32 logits of the last position of every row, on the CPU: [b, vocab]."""
+    return model(**inputs, **last_logits_only(model)).logits[:, -1].to("cpu", torch.float32)
 
 
 # --- running from a residual stream ----------------------------------------------------------------------------
@@ -262,13 +262,15 @@ def capture_batches(model: PreTrainedModel, batches: Iterable[Batch], layers: li
     layout = layout_of_model(model)
     blocks = model.get_submodule(layout.architecture.blocks)
     deepest, wanted = max(layers), set(layers)
+    device = input_device(model)
     results: list[torch.Tensor] = []
     for inputs, selection in batches:
+        inputs = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
         seen: dict[int, torch.Tensor] = {}
 
         def keep(index: int, hidden: torch.Tensor) -> None:
             if index in wanted:
-                seen[index] = reduce(hidden.to(torch.float32), selection)
+                seen[index] = reduce(hidden.to(torch.float32), selection.to(hidden.device)).cpu()
             if index == deepest:
                 raise _StopForward
 
@@ -304,7 +306,7 @@ def capture(
 
     A reducer that reads only the last tokens (``at_positions``) gets batches that compute the texts' shared
     prefix once."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     trailing = getattr(reduce, "trailing", None)
     description = f"capturing activations of {len(texts)} prompts"
     if trailing:

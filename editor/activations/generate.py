@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerfold.progress import progress
+from steerfold.models.loading import input_device
 
 
 @torch.no_grad()
@@ -24,8 +25,7 @@ def greedy_generate(
     """
     from steerfold.activations.capture import text_batches
 
-    device = next(model.parameters()).device
-    batches = text_batches(tokenizer, texts, batch_size, device)
+    batches = text_batches(tokenizer, texts, batch_size, input_device(model))
     outputs: list[str] = []
     description = f"generating up to {max_new_tokens} tokens for {len(texts)} prompts"
     for inputs, _ in progress(batches, description, total=math.ceil(len(texts) / batch_size), unit="batch"):
@@ -36,12 +36,15 @@ def greedy_generate(
 
 @torch.no_grad()
 def greedy_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, inputs: dict, max_new_tokens: int) -> torch.Tensor:
-    """Greedy continuation token ids of a left-padded batch (only the new tokens)."""
+    """Greedy continuation token ids of a left-padded batch (only the new tokens), on the CPU; ``inputs`` may be
+    anywhere (they are moved to where the model takes them)."""
+    device = input_device(model)
+    inputs = {key: value.to(device) for key, value in inputs.items()}
     sequences = model.generate(
         **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
         pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
     )
-    return sequences[:, inputs["input_ids"].shape[1] :]
+    return sequences[:, inputs["input_ids"].shape[1] :].cpu()
 
 
 def through_first_eos(generated: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:

@@ -32,6 +32,7 @@ from steerfold.directions.methods.means import persona_vector, response_means
 from steerfold.directions.methods.options import FitOptions
 from steerfold.directions.methods.registry import Method, get_method
 from steerfold.directions.methods.scorers import SCORERS, confidence_weights, refusal_confidence
+from steerfold.models.loading import placement_metadata
 from steerfold.prompts import PromptRecord
 from steerfold.directions.selection import Candidate, Search, SelectionSettings, choose, score_candidates, selection_summary
 
@@ -149,8 +150,10 @@ def write_fit_report(fitted: Fitted, report: Path) -> list[Path]:
 
 
 def _provenance(inputs: FitInputs, **extra: str) -> dict[str, str]:
+    """Metadata every fitted file carries: method, model, options, and where and in which dtype the model ran."""
     return {"method": inputs.options.method, "model": inputs.model_name, **extra,
-            "options": json.dumps(inputs.options.model_dump(), sort_keys=True), "steerfold_version": VERSION}
+            "options": json.dumps(inputs.options.model_dump(), sort_keys=True), "steerfold_version": VERSION,
+            **placement_metadata(inputs.model)}
 
 
 def read_positions(tokenizer: PreTrainedTokenizerBase, options: FitOptions, default: int | None = None) -> list[int]:
@@ -373,6 +376,7 @@ def fit_persona_direction(
         "positions": "response tokens",
         "prompts_hash": prompt_hash(records),
         "steerfold_version": VERSION,
+        **placement_metadata(model),
     }
     return DirectionFile(directions=vectors, metadata=metadata)
 

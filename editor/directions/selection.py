@@ -45,6 +45,7 @@ from steerfold.activations.generate import greedy_ids
 from steerfold.edit.edits import Edit, ablation_edit, steering_edit
 from steerfold.edit.hooks import runtime_hooks
 from steerfold.errors import SteerfoldError
+from steerfold.models.loading import input_device
 from steerfold.progress import progress, step
 from steerfold.prompts import PromptRecord
 from steerfold.validation.behaviour import chat_texts
@@ -205,7 +206,7 @@ class _FastScorer:
 
     def __init__(self, model, tokenizer, refusal_tokens, harmful_texts, harmless_texts, settings, layers):
         self.model, self.settings, self.refusal_tokens = model, settings, refusal_tokens
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         self.dtype = next(model.parameters()).dtype
         self.num_layers = model.config.num_hidden_layers
         self.all_layers = range(self.num_layers + 1)

@@ -62,6 +62,13 @@ def input_device(model) -> "torch.device":
     return next(model.parameters()).device
 
 
+def placement_metadata(model) -> dict[str, str]:
+    """``{"placement": JSON}``: the device, dtype and map the model was loaded with (see ``load_model``), for a
+    fitted file's metadata; empty for a model steerfold did not load."""
+    placement = getattr(model, "steerfold_placement", None)
+    return {"placement": json.dumps(placement, sort_keys=True)} if placement else {}
+
+
 def checkpoint_dtype(config: dict) -> str | None:
     """The dtype a checkpoint's config records (``dtype``, or the older ``torch_dtype``; a wrapper's text config)."""
     inner = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}

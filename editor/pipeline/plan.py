@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from steerfold.artifacts.outputs import RUN_STATE
-from steerfold.pipeline.recipe import Recipe
-from steerfold.pipeline.run import model_folder
+from steerfold.pipeline.estimates import estimate_lines
+from steerfold.pipeline.recipe import Recipe, fit_sets, placement_of
+from steerfold.pipeline.run import load_prompt_set, model_folder
 from steerfold.pipeline.state import RunState
 
 
@@ -42,8 +43,24 @@ def plan_recipe(recipe_path: Path, out: Path, model: str | None = None, prompts:
     for name in stages:
         status = "finished before (re-checked by key on --resume)" if state and name in state.done else "would run"
         lines.append(f"stage {name}: {status}")
-    lines += estimate_lines(config, recipe.export.formats)
+    new_tokens = recipe.validate_.max_new_tokens if recipe.validate_ else 64
+    lines += estimate_lines(config, recipe.export.formats, placement_of(recipe.model), _fit_prompt_count(recipe, recipe_path.parent),
+                            new_tokens=new_tokens)
     return lines
+
+
+def _fit_prompt_count(recipe: Recipe, base: Path) -> int | None:
+    """How many harmful and harmless prompts the fit reads, when they are local (None when a Hub dataset is)."""
+    total = 0
+    for role in ("harmful", "harmless"):
+        name = fit_sets(recipe.fit).get(role)
+        if name is None:
+            continue
+        spec = recipe.prompts[name]
+        if spec.dataset:
+            return None
+        total += len(load_prompt_set(spec, base))
+    return total or None
 
 
 def _config_offline(recipe: Recipe) -> dict | None:
@@ -56,33 +73,3 @@ def _config_offline(recipe: Recipe) -> dict | None:
 
     cached = cached_file(path, "config.json", recipe.model.revision)
     return json.loads(cached.read_text()) if cached else None
-
-
-BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-def estimate_lines(config: dict | None, formats: list[str]) -> list[str]:
-    """Disk and memory estimates from a config (parameter count from the shapes of a decoder-only model)."""
-    if not config:
-        return ["estimate: the model's config.json is not available offline (not in the Hugging Face cache)"]
-    config = config.get("text_config", config)
-    d, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
-    inter = config.get("intermediate_size", 4 * d)
-    heads = config.get("num_attention_heads", 1)
-    head_dim = config.get("head_dim") or d // heads
-    kv = config.get("num_key_value_heads", heads)
-    experts = config.get("num_local_experts") or config.get("num_experts") or 1
-    moe_inter = config.get("moe_intermediate_size", inter)
-    attention = d * head_dim * heads * 2 + 2 * d * head_dim * kv
-    mlp = 3 * d * (moe_inter * experts if experts > 1 else inter)
-    embeddings = vocab * d * (1 if config.get("tie_word_embeddings") else 2)
-    params = embeddings + layers * (attention + mlp)
-    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
-    size = params * BYTES.get(dtype, 4)
-    gb = lambda n: f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
-    count = f"{params / 1e9:.2f} B" if params >= 1e8 else f"{params / 1e6:.2f} M"
-    lines = [f"estimate: about {count} parameters, {gb(size)} of weights in {dtype}"]
-    if "merged" in formats:
-        lines.append(f"estimate: merged export writes about {gb(size)}, streaming (memory: about two of its largest tensors)")
-    lines.append(f"estimate: fit and validate hold the model in float32: about {gb(params * 4)} of memory")
-    return lines

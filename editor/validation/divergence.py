@@ -15,18 +15,22 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from steerfold.activations.capture import encode, left_padded
 from steerfold.edit.edits import Edit
 from steerfold.edit.hooks import runtime_hooks
+from steerfold.models.loading import input_device
 from steerfold.activations.generate import greedy_ids, through_first_eos
 
 Runner = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # batch -> logits [b, t, vocab]
 
 
 def runner(model: PreTrainedModel, edit: Edit | None = None) -> Runner:
-    """Logits of ``model`` on a batch, with ``edit`` applied by hooks when given."""
+    """Float32 logits of ``model`` on a batch (moved to where the model takes its inputs), on the CPU, with ``edit``
+    applied by hooks when given."""
+    device = input_device(model)
 
     @torch.no_grad()
     def run(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with runtime_hooks(model, edit) if edit is not None else nullcontext():
-            return model(**batch, use_cache=False).logits.to(torch.float32)
+            inputs = {key: value.to(device) for key, value in batch.items()}
+            return model(**inputs, use_cache=False).logits.to("cpu", torch.float32)
 
     return run
 

@@ -51,7 +51,7 @@ def response_batches(
 ) -> Iterator[Batch]:
     """Prompt + greedy response token ids, with the response tokens (through the first EOS) selected."""
     eos = tokenizer.eos_token_id
-    for inputs, prompt_mask in text_batches(tokenizer, texts, batch_size, next(model.parameters()).device):
+    for inputs, prompt_mask in text_batches(tokenizer, texts, batch_size, torch.device("cpu")):
         generated = greedy_ids(model, tokenizer, inputs, max_new_tokens)
         response = through_first_eos(generated, eos).long()
         mask = torch.cat([prompt_mask, response], dim=1)

@@ -76,8 +76,9 @@ class Judge:
     def answers(self, texts: list[str]) -> list[list[str]]:
         """``samples`` sampled answers to each formatted judge prompt, reproducible from ``seed``."""
         from steerfold.activations.capture import text_batches
+        from steerfold.models.loading import input_device
 
-        device = next(self.model.parameters()).device
+        device = input_device(self.model)
         out: list[list[str]] = []
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
