@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -14,8 +15,11 @@ from steerfold.endings import EXIT_INTERRUPT, EXIT_TERMINATED, SteerfoldGroup, T
 
 @click.group(cls=SteerfoldGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="steerfold")
-def cli() -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or step lines on stderr (results and errors still print).")
+def cli(quiet: bool) -> None:
     """Fit residual-stream directions and fold edits along them into weights, LoRA adapters or control vectors."""
+    if quiet:
+        os.environ["STEERFOLD_PROGRESS"] = "off"
 
 
 @cli.command()

@@ -6,7 +6,7 @@ shows where the time goes::
     steerfold: scoring candidate directions: done, 100 candidates in 212.4 s (2.12 s per candidate)
 
 An in-memory stderr (output captured in process, as by click's test runner) gets neither. ``STEERFOLD_PROGRESS=off``
-silences both; ``bars`` or ``lines`` force one kind.
+(or ``steerfold --quiet``) silences both; ``bars`` or ``lines`` force one kind.
 """
 
 from __future__ import annotations
@@ -79,6 +79,23 @@ def _lines(items: Iterable[T], description: str, total: int | None, unit: str) -
         done += 1
     elapsed = time.perf_counter() - start
     _say(f"{description}: done, {_count(done, unit)} in {elapsed:.1f} s{_rate(done, elapsed, unit)}")
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' own bars (loading weights) only where ours are shown: on a terminal, unless silenced."""
+    if _mode() == "bars":
+        yield
+        return
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
 
 
 @contextmanager

@@ -44,3 +44,33 @@ def test_silenced_and_quiet_on_an_in_memory_stream(capsys, monkeypatch):
     monkeypatch.delenv("STEERFOLD_PROGRESS")  # capsys: an in-memory stderr, as click's CliRunner gives a command
     assert list(progress([1, 2], "in memory")) == [1, 2]
     assert capsys.readouterr().err == ""
+
+
+def _fit_log(tmp_path, *flags: str) -> list[str]:
+    import os
+    import subprocess
+    import sys
+
+    from steerfold.research.organism import SHIPPED_CHECKPOINT
+
+    data = SHIPPED_CHECKPOINT.parent / "data"
+    env = {key: value for key, value in os.environ.items() if key != "STEERFOLD_PROGRESS"}
+    log = tmp_path / "fit.log"
+    with log.open("w") as stderr:  # a log file, as a batch job gives
+        done = subprocess.run([sys.executable, "cli.py", *flags, "fit", str(SHIPPED_CHECKPOINT), "--harmful",
+                               str(data / "harmful_train.jsonl"), "--harmless", str(data / "harmless_train.jsonl"),
+                               "--out", str(tmp_path / f"d{len(flags)}.safetensors")], stderr=stderr, stdout=subprocess.PIPE,
+                              env=env, text=True)
+    assert done.returncode == 0, log.read_text()
+    return log.read_text().splitlines()
+
+
+def test_a_fit_logs_each_step_with_its_time_and_quiet_silences_them(tmp_path):
+    lines = _fit_log(tmp_path)
+    done = [line for line in lines if re.fullmatch(r"steerfold: .+: done(,| in) .*\d+\.\d s.*", line)]
+    steps = {line.split(":")[1].strip().split(" (")[0] for line in done}
+    assert any(step.startswith("loading the model") for step in steps), lines
+    assert any(step.startswith("capturing activations") for step in steps), lines
+    assert any(step.startswith("screening candidates") or step.startswith("scoring") for step in steps), lines
+    assert not any("Loading weights" in line for line in lines), lines  # transformers' bar is not a log line
+    assert not [line for line in _fit_log(tmp_path, "--quiet") if line.startswith("steerfold: ")]

@@ -11,6 +11,7 @@ from steerfold.models.checkpoint import check_checkpoint, open_model_folder
 from steerfold.hub import resolve_model
 from steerfold.errors import BadInput, SteerfoldError
 from steerfold.models.placement import Placement
+from steerfold.progress import quiet_transformers, step
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +45,8 @@ def load_model(path: str | Path, base: str | Path | None = None, allow_pickle: b
     check_checkpoint(folder)
     arguments, chosen = placement.from_pretrained_arguments(checkpoint_dtype(folder.config))
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **arguments).eval()
+        with step(f"loading the model {path.name} ({', '.join(chosen.values())})"), quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(path, **arguments).eval()
         model.steerfold_placement = chosen
         return model
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
