@@ -156,7 +156,7 @@ def check_checkpoint(folder: ModelFolder) -> ModelLayout:
     beyond num_hidden_layers, and every residual writer floating point with the hidden size where it writes."""
     names = folder.parameter_names()
     layout = resolve_layout(folder.config, names)
-    blocks = re.compile(re.escape(layout.architecture.blocks) + r"\.(\d+)\.")
+    blocks = re.compile(re.escape(layout.blocks) + r"\.(\d+)\.")
     extra = sorted({int(m.group(1)) for name in names if (m := blocks.match(name)) and int(m.group(1)) >= layout.num_layers})
     if extra:
         raise BadInput(f"{folder.path} holds decoder block {extra[0]} but config.json says num_hidden_layers="
@@ -187,6 +187,10 @@ def _fits(shape: tuple[int, ...], kind: str, hidden: int) -> bool:
         return len(shape) == 2 and shape[0] == hidden
     if kind == "experts":
         return len(shape) == 3 and hidden in shape[1:]
+    if kind == "experts_t":  # [E, inter, hidden]
+        return len(shape) == 3 and shape[2] == hidden
+    if kind == "experts_bias":  # [E, hidden]
+        return len(shape) == 2 and shape[1] == hidden
     return tuple(shape) == (hidden,)
 
 

@@ -1,0 +1,174 @@
+"""The conformance harness: every model type in the architecture table, on a tiny random model built from its
+transformers config class (tests/archcases.py), must satisfy what docs/design.md promises:
+
+- the streamed merged export and the in-memory fold give the logits of the runtime hooks;
+- every tensor that is not a residual writer (vision tower, projector, norms, ...) is copied byte for byte;
+- the LoRA adapter gives the merged checkpoint's logits, or is refused for the stated reason;
+- after a full ablation no residual state has a component along the direction.
+
+A table row without a harness case fails, and so does a row with a writer pattern deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from archcases import CASES, build_case
+from conftest import random_direction, random_tokens, run_cli, write_direction
+from steerfold.activations.capture import recording
+from steerfold.edit.edits import ablation_edit
+from steerfold.edit.fold import fold_model
+from steerfold.edit.hooks import runtime_hooks
+from steerfold.errors import UnsupportedModel
+from steerfold.models.arch import ARCHITECTURES, REFUSED, architecture_for, layout_of_model, resolve_layout
+from steerfold.models.coverage import coverage
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread: several threads spin against each other (and other jobs) on every
+    64-wide matrix product."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def residual_states(model: torch.nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
+    layers = range(layout_of_model(model).num_layers + 1)
+    with torch.no_grad(), recording(model, layers) as seen:
+        model(ids)
+    return [seen[layer].to(torch.float32) for layer in layers]
+
+
+def check_fold_equals_hooks(model: torch.nn.Module, direction: torch.Tensor) -> None:
+    """Fold a full ablation into ``model`` in place; its logits must be the runtime hooks' and its residual states
+    orthogonal to the direction (raises AssertionError otherwise)."""
+    ids = random_tokens()
+    edit = ablation_edit(direction, range(layout_of_model(model).num_layers + 1))
+    before = logits(model, ids)
+    with runtime_hooks(model, edit):
+        reference = logits(model, ids)
+    fold_model(model, edit)
+    assert (logits(model, ids) - reference).abs().max() <= TOLERANCE, "the fold differs from the runtime hooks"
+    assert (reference - before).abs().max() > 100 * TOLERANCE, "the edit did not move the logits"
+    check_orthogonal(model, ids, direction)
+
+
+def check_orthogonal(model: torch.nn.Module, ids: torch.Tensor, direction: torch.Tensor) -> None:
+    for layer, state in enumerate(residual_states(model, ids)):
+        ratio = ((state @ direction).abs() / state.norm(dim=-1)).max()
+        assert ratio <= 1e-5, f"layer index {layer} keeps a component {float(ratio):.2e} along the direction"
+
+
+def tensors(folder) -> dict[str, torch.Tensor]:
+    found = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            found.update({key: handle.get_tensor(key) for key in handle.keys()})
+    return found
+
+
+def test_every_table_row_has_a_harness_case():
+    assert sorted(ARCHITECTURES) == sorted(CASES)
+    assert not set(REFUSED) & set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("model_type", sorted(CASES))
+def test_row_conforms(model_type, tmp_path):
+    model = build_case(model_type)
+    folder = tmp_path / "base"
+    model.save_pretrained(folder)
+    direction = random_direction()
+    direction_file = write_direction(tmp_path / "d.safetensors", direction)
+    result = run_cli("edit", folder, "--direction", direction_file, "--out", tmp_path / "merged")
+    assert result.exit_code == 0, result.output
+
+    base = AutoModelForCausalLM.from_pretrained(folder).eval()  # the model a user's runtime hooks would run on
+    ids = random_tokens()
+    with runtime_hooks(base, ablation_edit(direction, range(layout_of_model(base).num_layers + 1))):
+        reference = logits(base, ids)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert (logits(merged, ids) - reference).abs().max() <= TOLERANCE
+    assert (logits(merged, ids) - logits(base, ids)).abs().max() > 100 * TOLERANCE
+    check_orthogonal(merged, ids, direction)
+    check_untouched_tensors_copied(folder, tmp_path / "merged")
+    check_lora(model_type, folder, direction_file, logits(merged, ids), ids, tmp_path)
+    check_fold_equals_hooks(model, direction)
+
+
+def check_untouched_tensors_copied(folder, merged_folder) -> None:
+    source, merged = tensors(folder), tensors(merged_folder)
+    import json
+
+    layout = resolve_layout(json.loads((folder / "config.json").read_text()), source)
+    assert set(source) <= set(merged) and len(set(merged) - set(source)) <= 1  # an untied head's copy at most
+    for key, tensor in source.items():
+        if layout.writer_of_key(key) is None:
+            assert torch.equal(merged[key], tensor), key
+    assert any(not torch.equal(merged[k], source[k]) for k in source if layout.writer_of_key(k))
+
+
+def check_lora(model_type: str, folder, direction_file, merged_logits, ids, tmp_path) -> None:
+    result = run_cli("edit", folder, "--direction", direction_file, "--out", tmp_path / "lora", "--format", "lora")
+    refusal = CASES[model_type].lora_refusal
+    if refusal is not None:
+        assert result.exit_code == 2 and refusal in result.output, result.output
+        assert not (tmp_path / "lora").exists()
+        return
+    assert result.exit_code == 0, result.output
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), tmp_path / "lora").eval()
+    assert (logits(adapted, ids) - merged_logits).abs().max() <= TOLERANCE
+
+
+def without(model_type: str, hook: str, pattern: str | None = None):
+    """The row of ``model_type`` with one writer (``hook``) deleted, or only one of its tensor patterns."""
+    arch = ARCHITECTURES[model_type]
+    writers = []
+    for spec in arch.writers:
+        if spec.hook != hook:
+            writers.append(spec)
+        elif pattern is not None:
+            writers.append(dataclasses.replace(spec, tensors=tuple(t for t in spec.tensors if t.pattern != pattern)))
+    return dataclasses.replace(arch, writers=tuple(writers))
+
+
+@pytest.mark.parametrize("model_type,hook,pattern", [
+    ("qwen2_moe", "mlp", "mlp.shared_expert.down_proj.weight"),  # the shared expert's write escapes the fold
+    ("gemma2", "mlp.down_proj", None),  # a whole writer: the stream keeps its component
+    ("llama", "self_attn.o_proj", None),
+])
+def test_harness_detects_a_deleted_writer_pattern(model_type, hook, pattern, monkeypatch):
+    monkeypatch.setitem(ARCHITECTURES, model_type, without(model_type, hook, pattern))
+    with pytest.raises(AssertionError):
+        check_fold_equals_hooks(build_case(model_type), random_direction())
+
+
+def test_every_causal_lm_type_is_supported_or_refused_with_a_reason():
+    table = coverage()
+    assert set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) <= set(table)
+    for model_type, (status, reason) in table.items():
+        assert status in ("supported", "refused"), model_type
+        if status == "supported":
+            assert model_type in ARCHITECTURES and architecture_for(model_type)
+        else:
+            assert reason and "\n" not in reason
+            with pytest.raises(UnsupportedModel, match="not supported"):
+                architecture_for(model_type)
+    for model_type in ("llama", "qwen2_moe", "gemma2"):
+        assert table[model_type][0] == "supported"
+    assert table["mamba"][0] == "refused"  # no row yet: said so, in one line
