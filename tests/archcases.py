@@ -13,8 +13,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageText
 from conftest import HIDDEN, VOCAB
 
 LAYERS4 = 4  # hybrids need both block kinds, MoE families a dense first block: four blocks for every case
+HYBRID = {"layer_types": ["linear_attention", "full_attention", "linear_attention", "full_attention"],
+          "linear_num_value_heads": 4, "linear_num_key_heads": 2, "linear_key_head_dim": 16, "linear_value_head_dim": 16,
+          "head_dim": 16}
 EXPERTS = {"num_local_experts": 4, "num_experts_per_tok": 2}
 QWEN_EXPERTS = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 48}
+ROUTED = {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "first_k_dense_replace": 1,
+          "n_group": 1, "topk_group": 1, "n_shared_experts": 1}
+QWEN_VISION = {"depth": 1, "hidden_size": 32, "num_heads": 2, "out_hidden_size": HIDDEN, "intermediate_size": 64}
 MOE, BIAS = "mixture-of-experts", "has a bias"
 
 
@@ -31,18 +37,41 @@ class Case:
 CASES: dict[str, Case] = {
     "llama": Case(),
     "mistral": Case(),
+    "ministral3": Case({"head_dim": 16}),
     "qwen2": Case(),  # biases on q, k, v only: the writers have none
     "qwen3": Case({"head_dim": 16}),
     "phi3": Case(),
+    "smollm3": Case(),
+    "seed_oss": Case({"head_dim": 16}),
+    "ernie4_5": Case({"head_dim": 16}),
+    "cohere2": Case({"head_dim": 16}),
     "granite": Case({"embedding_multiplier": 2.0, "residual_multiplier": 0.5, "logits_scaling": 2.0}),
     "gemma": Case({"head_dim": 16, "tie_word_embeddings": True}),
     "gemma2": Case({"head_dim": 16, "tie_word_embeddings": True}),
     "gemma3_text": Case({"head_dim": 16, "tie_word_embeddings": True}),
+    "gemma3": Case({"head_dim": 16, "tie_word_embeddings": True}, {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                       "num_attention_heads": 2, "image_size": 28, "patch_size": 14}),
     "olmo2": Case(),
     "olmo3": Case(),
+    "exaone4": Case({"head_dim": 16}),
+    "glm4": Case({"head_dim": 16}),
     "mixtral": Case(EXPERTS, lora_refusal=MOE),
     "qwen3_moe": Case({**QWEN_EXPERTS, "head_dim": 16}, lora_refusal=MOE),
     "qwen2_moe": Case(QWEN_EXPERTS, lora_refusal=MOE),
+    "olmoe": Case(EXPERTS, lora_refusal=MOE),
+    "phimoe": Case(EXPERTS, lora_refusal=MOE),
+    "deepseek_v3": Case({**ROUTED, "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8,
+                         "v_head_dim": 16}, lora_refusal=MOE),
+    "glm4_moe": Case({**ROUTED, "head_dim": 16}, lora_refusal=MOE),
+    "ernie4_5_moe": Case({"moe_num_experts": 4, "moe_k": 2, "moe_intermediate_size": 32, "moe_num_shared_experts": 1,
+                          "moe_layer_start_index": 1, "head_dim": 16}, lora_refusal=MOE),
+    "granitemoe": Case({**EXPERTS, "embedding_multiplier": 2.0, "residual_multiplier": 0.5}, lora_refusal=MOE),
+    "gpt_oss": Case({**EXPERTS, "head_dim": 16}, lora_refusal=BIAS),
+    "qwen3_next": Case({**HYBRID, **QWEN_EXPERTS, "mlp_only_layers": [0]}, lora_refusal=MOE),  # block 0 dense
+    "qwen3_5_text": Case(HYBRID),
+    "qwen3_5": Case({**HYBRID, "tie_word_embeddings": True}, QWEN_VISION),
+    "qwen3_5_moe_text": Case({**HYBRID, **QWEN_EXPERTS}, lora_refusal=MOE),
+    "qwen3_5_moe": Case({**HYBRID, **QWEN_EXPERTS}, QWEN_VISION, lora_refusal=MOE),
     "starcoder2": Case(lora_refusal=BIAS),
     "phi": Case(lora_refusal=BIAS),
 }

@@ -26,7 +26,7 @@ from steerfold.activations.capture import recording
 from steerfold.edit.edits import ablation_edit
 from steerfold.edit.fold import fold_model
 from steerfold.edit.hooks import runtime_hooks
-from steerfold.errors import UnsupportedModel
+from steerfold.errors import BadInput, UnsupportedModel
 from steerfold.models.arch import ARCHITECTURES, REFUSED, architecture_for, layout_of_model, resolve_layout
 from steerfold.models.coverage import coverage
 
@@ -149,13 +149,25 @@ def without(model_type: str, hook: str, pattern: str | None = None):
 
 @pytest.mark.parametrize("model_type,hook,pattern", [
     ("qwen2_moe", "mlp", "mlp.shared_expert.down_proj.weight"),  # the shared expert's write escapes the fold
+    ("qwen3_next", "mlp", "mlp.shared_expert.down_proj.weight"),
+    ("gpt_oss", "mlp", "mlp.experts.down_proj_bias"),  # the experts' biases keep the direction
+    ("gpt_oss", "mlp", "mlp.experts.down_proj"),
     ("gemma2", "mlp.down_proj", None),  # a whole writer: the stream keeps its component
+    ("gemma3", "mlp.down_proj", None),
     ("llama", "self_attn.o_proj", None),
 ])
 def test_harness_detects_a_deleted_writer_pattern(model_type, hook, pattern, monkeypatch):
     monkeypatch.setitem(ARCHITECTURES, model_type, without(model_type, hook, pattern))
     with pytest.raises(AssertionError):
         check_fold_equals_hooks(build_case(model_type), random_direction())
+
+
+def test_a_hybrid_block_without_its_token_mixer_is_refused(monkeypatch):
+    """Deleting the linear-attention writer of a hybrid leaves those blocks without a writer for their layer type:
+    resolving the layout refuses it before any number is computed."""
+    monkeypatch.setitem(ARCHITECTURES, "qwen3_5_text", without("qwen3_5_text", "linear_attn.out_proj"))
+    with pytest.raises(BadInput, match="layer type 'linear_attention'"):
+        layout_of_model(build_case("qwen3_5_text"))
 
 
 def test_every_causal_lm_type_is_supported_or_refused_with_a_reason():
@@ -169,6 +181,7 @@ def test_every_causal_lm_type_is_supported_or_refused_with_a_reason():
             assert reason and "\n" not in reason
             with pytest.raises(UnsupportedModel, match="not supported"):
                 architecture_for(model_type)
-    for model_type in ("llama", "qwen2_moe", "gemma2"):
+    for model_type in ("llama", "qwen2_moe", "gemma2", "qwen3_next", "gpt_oss", "gemma3"):
         assert table[model_type][0] == "supported"
+    assert table["mistral3"] == ("refused", REFUSED["mistral3"])
     assert table["mamba"][0] == "refused"  # no row yet: said so, in one line

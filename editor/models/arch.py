@@ -196,8 +196,9 @@ def _block_writer(spec: WriterSpec, prefix: str, names: set[str], layer: int, sc
     """Resolve one writer spec of one block against the tensor names."""
     tensors = [(key, t.kind) for t in spec.tensors for key in _matching(prefix + t.pattern, names)]
     if not tensors:
-        raise BadInput(f"no tensor of {prefix}{spec.hook} was found: the checkpoint does not match its config.json; "
-                       "re-download or re-save the checkpoint")
+        expected = ", ".join(t.pattern for t in spec.tensors)
+        raise BadInput(f"no tensor of {prefix}{spec.hook} was found (expected one of {expected}): the checkpoint does "
+                       "not match its config.json or is quantized; re-download, re-save or dequantize it")
     bias = None
     if len(tensors) == 1 and tensors[0][1] == "linear":
         candidate = tensors[0][0].removesuffix(".weight") + ".bias"

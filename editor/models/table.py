@@ -7,30 +7,71 @@ harness (tests/test_architectures.py) then proves the row exact on a tiny random
 
 from __future__ import annotations
 
-from steerfold.models.writers import PRE_NORM, POST_NORM, Architecture, linear_writer, moe_writer, sqrt_hidden
+from steerfold.models.writers import (PRE_NORM, POST_NORM, Architecture, Spelling, TensorPattern, WriterSpec,
+                                      linear_writer, moe_writer, sqrt_hidden)
 
 GRANITE_SCALES = {"embedding_multiplier": "embedding_multiplier", "residual_multiplier": "residual_multiplier"}
-# A sigmoid-gated shared expert (Qwen2-MoE): the gate is a per-token scalar.
+# Qwen3-Next and Qwen3.5: a gated-delta-net (linear attention) block or a full attention block, by layer_types.
+HYBRID_ATTENTION = (linear_writer("attention", "linear_attn.out_proj", layer_type="linear_attention"),
+                    linear_writer("attention", "self_attn.o_proj", layer_type="full_attention"))
+# A sigmoid-gated shared expert (Qwen2-MoE, Qwen3-Next, Qwen3.5-MoE): the gate is a per-token scalar.
 SHARED_EXPERT = ("mlp.shared_expert.down_proj.weight",)
+SHARED_EXPERTS = ("mlp.shared_experts.down_proj.weight",)  # DeepSeek-V3, GLM-4-MoE, ERNIE 4.5 MoE: added as is
+# gpt-oss: x @ down_proj[e] + down_proj_bias[e], with down_proj [E, inter, hidden]; attention sinks write nothing.
+GPT_OSS_EXPERTS = WriterSpec("mlp", "mlp", (TensorPattern("mlp.experts.down_proj", "experts_t"),
+                                            TensorPattern("mlp.experts.down_proj_bias", "experts_bias")))
+# Vision-language wrappers: the language model under model.language_model (v5) or language_model.model (on disk).
+GEMMA3_SPELLINGS = (Spelling("model.language_model"), Spelling("language_model.model", "language_model.lm_head"))
+# Qwen3.5 checkpoints hold the vision-language model; AutoModelForCausalLM loads its language model alone.
+QWEN3_5_SPELLINGS = (Spelling("model"), Spelling("model.language_model"))
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture(),
     "mistral": Architecture(),
+    "ministral3": Architecture(),
     "qwen2": Architecture(),
     "qwen3": Architecture(),
     "phi3": Architecture(),
+    "smollm3": Architecture(),
+    "seed_oss": Architecture(),
+    "ernie4_5": Architecture(),
+    "cohere2": Architecture(notes="parallel block: attention and MLP read the same norm, both add to the stream"),
     "granite": Architecture(**GRANITE_SCALES),
     "gemma": Architecture(embedding_scale=sqrt_hidden),
     "gemma2": Architecture(POST_NORM, embedding_scale=sqrt_hidden, norm_gain_offset=1.0),
     "gemma3_text": Architecture(POST_NORM, embedding_scale=sqrt_hidden, norm_gain_offset=1.0),
+    "gemma3": Architecture(POST_NORM, GEMMA3_SPELLINGS, "text_config", sqrt_hidden, norm_gain_offset=1.0,
+                           notes="vision tower and projector are copied unchanged"),
     "olmo2": Architecture(POST_NORM),
     "olmo3": Architecture(POST_NORM),
+    "exaone4": Architecture(POST_NORM),
+    "glm4": Architecture((linear_writer("attention", "self_attn.o_proj", post_norm="post_self_attn_layernorm"),
+                          linear_writer("mlp", "mlp.down_proj", post_norm="post_mlp_layernorm"))),
     "mixtral": Architecture((PRE_NORM[0], moe_writer(("block_sparse_moe.experts.{e}.w2.weight",)))),
     "qwen3_moe": Architecture((PRE_NORM[0], moe_writer())),
     "qwen2_moe": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERT))),
+    "olmoe": Architecture((PRE_NORM[0], moe_writer())),
+    "phimoe": Architecture((PRE_NORM[0], moe_writer(("block_sparse_moe.experts.{e}.w2.weight",)))),
+    "deepseek_v3": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS))),
+    "glm4_moe": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS))),
+    "ernie4_5_moe": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS))),
+    "granitemoe": Architecture((PRE_NORM[0], moe_writer((), hook="block_sparse_moe", fused=(
+        "block_sparse_moe.experts.down_proj", "block_sparse_moe.output_linear.weight"))), **GRANITE_SCALES),
+    "gpt_oss": Architecture((PRE_NORM[0], GPT_OSS_EXPERTS),
+                            notes="biased o_proj and experts: no LoRA; MXFP4 checkpoints must be dequantized first"),
+    "qwen3_next": Architecture((*HYBRID_ATTENTION, moe_writer(shared=SHARED_EXPERT))),
+    "qwen3_5_text": Architecture((*HYBRID_ATTENTION, PRE_NORM[1])),
+    "qwen3_5": Architecture((*HYBRID_ATTENTION, PRE_NORM[1]), QWEN3_5_SPELLINGS, "text_config"),
+    "qwen3_5_moe_text": Architecture((*HYBRID_ATTENTION, moe_writer(shared=SHARED_EXPERT))),
+    "qwen3_5_moe": Architecture((*HYBRID_ATTENTION, moe_writer(shared=SHARED_EXPERT)), QWEN3_5_SPELLINGS, "text_config"),
     "starcoder2": Architecture((linear_writer("attention", "self_attn.o_proj"), linear_writer("mlp", "mlp.c_proj"))),
     "phi": Architecture((linear_writer("attention", "self_attn.dense"), linear_writer("mlp", "mlp.fc2"))),
 }
 
 # Types people ask for that no row can make exact, each with the one-line reason steerfold gives.
-REFUSED: dict[str, str] = {}
+REFUSED: dict[str, str] = {
+    "mistral3": "transformers loads mistral3 only as an image-text-to-text model (no AutoModelForCausalLM class), so "
+                "steerfold cannot fit, hook or validate it: edit its language model as a ministral3/mistral checkpoint",
+    "gemma3n": "Gemma 3n keeps several residual streams (AltUp) and adds per-layer embeddings inside each block, so "
+               "no one map on a block's writes is exact",
+}
