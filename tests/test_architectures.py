@@ -185,3 +185,19 @@ def test_every_causal_lm_type_is_supported_or_refused_with_a_reason():
         assert table[model_type][0] == "supported"
     assert table["mistral3"] == ("refused", REFUSED["mistral3"])
     assert table["mamba"][0] == "refused"  # no row yet: said so, in one line
+
+
+def test_architectures_command_prints_the_table_from_the_same_data():
+    import json
+
+    text = run_cli("architectures")
+    assert text.exit_code == 0, text.output
+    lines = {line.split()[0]: line for line in text.output.splitlines() if line.startswith("  ")}
+    assert set(ARCHITECTURES) | set(REFUSED) <= set(lines)
+    assert "linear_attn.out_proj [linear_attention]" in lines["qwen3_next"] and "mlp (experts)" in lines["qwen3_next"]
+    assert "language model only" in lines["gemma3"] and "post-norm" in lines["gemma3"]
+    assert REFUSED["mistral3"] in lines["mistral3"]
+    every = run_cli("architectures", "--all")
+    assert set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) <= {line.split()[0] for line in every.output.splitlines() if line.startswith("  ")}
+    as_json = json.loads(run_cli("architectures", "--json").output)
+    assert as_json == {t: list(entry) for t, entry in coverage().items()}

@@ -27,3 +27,34 @@ def coverage() -> dict[str, tuple[Status, str]]:
         else:
             table[model_type] = ("refused", REFUSED.get(model_type, NO_ROW))
     return table
+
+
+def describe(model_type: str) -> str:
+    """One line on a supported row, from its data: each writer's hooked module (with its layer type on a hybrid),
+    then what is particular about the family."""
+    arch = ARCHITECTURES[model_type]
+    writers = ", ".join(spec.hook + (f" [{spec.layer_type}]" if spec.layer_type else "") +
+                        (" (experts)" if len(spec.tensors) > 1 else "") for spec in arch.writers)
+    traits = [("post-norm", any(spec.post_norm for spec in arch.writers)),
+              ("vision-language wrapper: language model only, the rest copied", arch.text_config is not None),
+              ("embedding scaled", arch.embedding_scale is not None),
+              ("multipliers", arch.embedding_multiplier is not None or arch.residual_multiplier is not None)]
+    notes = [name for name, present in traits if present] + ([arch.notes] if arch.notes else [])
+    return writers + (f"; {'; '.join(notes)}" if notes else "")
+
+
+def coverage_lines(every: bool = False) -> list[str]:
+    """The coverage table as text: supported rows with their writers, refused types with their reason, and the
+    causal-LM types without a row (named one per line with ``every``, else counted)."""
+    table = coverage()
+    supported = [t for t, (status, _) in table.items() if status == "supported"]
+    refused = [t for t, (status, _) in table.items() if status == "refused" and t in REFUSED]
+    no_row = [t for t, (status, _) in table.items() if status == "refused" and t not in REFUSED]
+    lines = [f"supported ({len(supported)}):"] + [f"  {t:<18} {describe(t)}" for t in supported]
+    lines += [f"refused ({len(refused)}):"] + [f"  {t:<18} {REFUSED[t]}" for t in refused]
+    if every:
+        lines += [f"no row yet ({len(no_row)}): {NO_ROW}"] + [f"  {t}" for t in no_row]
+    else:
+        lines.append(f"no row yet: {len(no_row)} other causal-LM types of the installed transformers "
+                     "(--all lists them)")
+    return lines
