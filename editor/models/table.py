@@ -17,6 +17,10 @@ HYBRID_ATTENTION = (linear_writer("attention", "linear_attn.out_proj", layer_typ
 # A sigmoid-gated shared expert (Qwen2-MoE, Qwen3-Next, Qwen3.5-MoE): the gate is a per-token scalar.
 SHARED_EXPERT = ("mlp.shared_expert.down_proj.weight",)
 SHARED_EXPERTS = ("mlp.shared_experts.down_proj.weight",)  # DeepSeek-V3, GLM-4-MoE, ERNIE 4.5 MoE: added as is
+# Granite MoE: experts fused in memory and on disk (output_linear); GraniteMoeShared adds a shared MLP beside them.
+GRANITE_EXPERTS = moe_writer((), hook="block_sparse_moe", fused=("block_sparse_moe.experts.down_proj",
+                                                                  "block_sparse_moe.output_linear.weight"))
+PARALLEL = "parallel block: attention and MLP read the same norm, both add to the stream"
 # gpt-oss: x @ down_proj[e] + down_proj_bias[e], with down_proj [E, inter, hidden]; attention sinks write nothing.
 GPT_OSS_EXPERTS = WriterSpec("mlp", "mlp", (TensorPattern("mlp.experts.down_proj", "experts_t"),
                                             TensorPattern("mlp.experts.down_proj_bias", "experts_bias")))
@@ -35,7 +39,17 @@ ARCHITECTURES: dict[str, Architecture] = {
     "smollm3": Architecture(),
     "seed_oss": Architecture(),
     "ernie4_5": Architecture(),
-    "cohere2": Architecture(notes="parallel block: attention and MLP read the same norm, both add to the stream"),
+    "ministral": Architecture(),
+    "olmo": Architecture(),
+    "helium": Architecture(),
+    "glm": Architecture(),
+    "arcee": Architecture(),
+    "apertus": Architecture(),
+    "nemotron": Architecture(),
+    "hunyuan_v1_dense": Architecture(),
+    "stablelm": Architecture(notes="parallel or sequential residual: the same two writers"),
+    "cohere": Architecture(notes=PARALLEL),
+    "cohere2": Architecture(notes=PARALLEL),
     "granite": Architecture(**GRANITE_SCALES),
     "gemma": Architecture(embedding_scale=sqrt_hidden),
     "gemma2": Architecture(POST_NORM, embedding_scale=sqrt_hidden, norm_gain_offset=1.0),
@@ -54,8 +68,12 @@ ARCHITECTURES: dict[str, Architecture] = {
     "deepseek_v3": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS))),
     "glm4_moe": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS))),
     "ernie4_5_moe": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS))),
-    "granitemoe": Architecture((PRE_NORM[0], moe_writer((), hook="block_sparse_moe", fused=(
-        "block_sparse_moe.experts.down_proj", "block_sparse_moe.output_linear.weight"))), **GRANITE_SCALES),
+    "dots1": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS))),
+    "exaone_moe": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS))),
+    "hunyuan_v1_moe": Architecture((PRE_NORM[0], moe_writer(shared=("mlp.shared_mlp.down_proj.weight",)))),
+    "granitemoeshared": Architecture((PRE_NORM[0], GRANITE_EXPERTS, linear_writer("mlp", "shared_mlp.output_linear")),
+                                     **GRANITE_SCALES),
+    "granitemoe": Architecture((PRE_NORM[0], GRANITE_EXPERTS), **GRANITE_SCALES),
     "gpt_oss": Architecture((PRE_NORM[0], GPT_OSS_EXPERTS),
                             notes="biased o_proj and experts: no LoRA; MXFP4 checkpoints must be dequantized first"),
     "qwen3_next": Architecture((*HYBRID_ATTENTION, moe_writer(shared=SHARED_EXPERT))),
