@@ -162,6 +162,47 @@ def test_harness_detects_a_deleted_writer_pattern(model_type, hook, pattern, mon
         check_fold_equals_hooks(build_case(model_type), random_direction())
 
 
+@pytest.mark.parametrize("model_type", ["qwen3_next", "qwen3_5"])
+def test_a_hybrid_config_without_layer_types_gets_its_class_defaults(model_type, tmp_path):
+    """Released hybrid configs may give only full_attention_interval: the layer types are then the config class's."""
+    import json
+
+    build_case(model_type).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    text = config.get("text_config", config)
+    del text["layer_types"]
+    text["full_attention_interval"] = 2
+    layout = resolve_layout(config, tensors(tmp_path))
+    mixers = [w.hook.split(".")[-2] for w in layout.writers if w.role == "attention"]
+    assert mixers == ["linear_attn", "self_attn", "linear_attn", "self_attn"]
+
+
+@pytest.mark.parametrize("model_type", ["deepseek_v3", "glm4_moe"])
+def test_multi_token_prediction_blocks_are_copied_unedited(model_type, tmp_path):
+    """Released DeepSeek-V3 and GLM-4.5 checkpoints store their MTP layer as one block after the last: allowed when the
+    config counts it, copied byte for byte, and refused as a mismatch when it does not."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "base"
+    build_case(model_type).save_pretrained(folder)
+    stored = tensors(folder)
+    mtp = {k.replace(".layers.3.", ".layers.4."): v.clone() for k, v in stored.items() if ".layers.3." in k}
+    save_file({**stored, **mtp}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("num_mtp_layers", None)
+    (folder / "config.json").write_text(json.dumps({**config, "num_nextn_predict_layers": 1}))
+    direction_file = write_direction(tmp_path / "d.safetensors")
+    assert run_cli("edit", folder, "--direction", direction_file, "--out", tmp_path / "m").exit_code == 0
+    merged = tensors(tmp_path / "m")
+    assert all(torch.equal(merged[k], v) for k, v in mtp.items())
+    assert not torch.equal(merged["model.layers.3.self_attn.o_proj.weight"], stored["model.layers.3.self_attn.o_proj.weight"])
+    (folder / "config.json").write_text(json.dumps({**config, "num_nextn_predict_layers": 0}))
+    refused = run_cli("edit", folder, "--direction", direction_file, "--out", tmp_path / "m0")
+    assert refused.exit_code == 2 and "holds decoder block 4" in refused.output
+
+
 def test_a_hybrid_block_without_its_token_mixer_is_refused(monkeypatch):
     """Deleting the linear-attention writer of a hybrid leaves those blocks without a writer for their layer type:
     resolving the layout refuses it before any number is computed."""

@@ -58,6 +58,7 @@ class ModelLayout:
     has_lm_head_tensor: bool
     writers: tuple[ResidualWriter, ...]
     spelling: Spelling = Spelling()  # the naming these tensor names use (one of the architecture's spellings)
+    extra_blocks: int = 0  # blocks stored after the decoder blocks that the causal LM does not run (MTP layers)
     _by_hook: dict[str, ResidualWriter] = field(default_factory=dict, repr=False, compare=False)
     _by_key: dict[str, tuple[ResidualWriter, TensorKind]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -146,7 +147,8 @@ def _with_defaults(config: Any, arch: Architecture) -> Any:
     if not isinstance(config, dict):
         return config
     text = _text(config, arch)
-    read = ("num_hidden_layers", "hidden_size", arch.embedding_multiplier, arch.residual_multiplier)
+    hybrid = "layer_types" if any(spec.layer_type for spec in arch.writers) else None
+    read = ("num_hidden_layers", "hidden_size", arch.embedding_multiplier, arch.residual_multiplier, hybrid)
     if isinstance(text, dict) and "tie_word_embeddings" in config and all(key in text for key in read if key):
         return config
     from transformers import AutoConfig
@@ -236,6 +238,7 @@ def resolve_layout(config: Any, parameter_names: Iterable[str]) -> ModelLayout:
         has_lm_head_tensor=f"{spelling.lm_head}.weight" in names,
         writers=tuple(writers),
         spelling=spelling,
+        extra_blocks=next((int(_value(text, key)) for key in arch.extra_blocks if _value(text, key) is not None), 0),
     )
 
 

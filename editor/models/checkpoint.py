@@ -157,7 +157,8 @@ def check_checkpoint(folder: ModelFolder) -> ModelLayout:
     names = folder.parameter_names()
     layout = resolve_layout(folder.config, names)
     blocks = re.compile(re.escape(layout.blocks) + r"\.(\d+)\.")
-    extra = sorted({int(m.group(1)) for name in names if (m := blocks.match(name)) and int(m.group(1)) >= layout.num_layers})
+    stored = layout.num_layers + layout.extra_blocks
+    extra = sorted({int(m.group(1)) for name in names if (m := blocks.match(name)) and int(m.group(1)) >= stored})
     if extra:
         raise BadInput(f"{folder.path} holds decoder block {extra[0]} but config.json says num_hidden_layers="
                              f"{layout.num_layers}: the checkpoint does not match its config; re-download or re-save it")

@@ -20,6 +20,8 @@ SHARED_EXPERTS = ("mlp.shared_experts.down_proj.weight",)  # DeepSeek-V3, GLM-4-
 # Granite MoE: experts fused in memory and on disk (output_linear); GraniteMoeShared adds a shared MLP beside them.
 GRANITE_EXPERTS = moe_writer((), hook="block_sparse_moe", fused=("block_sparse_moe.experts.down_proj",
                                                                   "block_sparse_moe.output_linear.weight"))
+MTP = ("num_nextn_predict_layers", "num_mtp_layers")
+MTP_NOTE = "multi-token-prediction blocks after the last one are copied unedited (drafts only; outputs stay exact)"
 PARALLEL = "parallel block: attention and MLP read the same norm, both add to the stream"
 # gpt-oss: x @ down_proj[e] + down_proj_bias[e], with down_proj [E, inter, hidden]; attention sinks write nothing.
 GPT_OSS_EXPERTS = WriterSpec("mlp", "mlp", (TensorPattern("mlp.experts.down_proj", "experts_t"),
@@ -65,8 +67,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen2_moe": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERT))),
     "olmoe": Architecture((PRE_NORM[0], moe_writer())),
     "phimoe": Architecture((PRE_NORM[0], moe_writer(("block_sparse_moe.experts.{e}.w2.weight",)))),
-    "deepseek_v3": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS))),
-    "glm4_moe": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS))),
+    "deepseek_v3": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS)), extra_blocks=MTP, notes=MTP_NOTE),
+    "glm4_moe": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS)), extra_blocks=MTP, notes=MTP_NOTE),
     "ernie4_5_moe": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS))),
     "dots1": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS))),
     "exaone_moe": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS))),

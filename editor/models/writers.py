@@ -111,6 +111,9 @@ class Architecture:
     embedding_multiplier: str | None = None
     residual_multiplier: str | None = None
     norm_gain_offset: float = 0.0  # post-norm gain = offset + weight (Gemma's RMSNorm: 1 + weight)
+    # Config keys (the first present wins) counting blocks stored after the decoder blocks that the causal LM does not
+    # run (DeepSeek-V3's and GLM-4.5's multi-token-prediction layers): allowed in a checkpoint and copied unchanged.
+    extra_blocks: tuple[str, ...] = ()
     notes: str = ""
 
     @property
