@@ -142,6 +142,8 @@ def without(model_type: str, hook: str, pattern: str | None = None):
     for spec in arch.writers:
         if spec.hook != hook:
             writers.append(spec)
+        elif pattern is not None and pattern == spec.offset:
+            writers.append(dataclasses.replace(spec, offset=None))
         elif pattern is not None:
             writers.append(dataclasses.replace(spec, tensors=tuple(t for t in spec.tensors if t.pattern != pattern)))
     return dataclasses.replace(arch, writers=tuple(writers))
@@ -151,7 +153,7 @@ def without(model_type: str, hook: str, pattern: str | None = None):
     ("qwen2_moe", "mlp", "mlp.shared_expert.down_proj.weight"),  # the shared expert's write escapes the fold
     ("qwen3_next", "mlp", "mlp.shared_expert.down_proj.weight"),
     ("gpt_oss", "mlp", "mlp.experts.down_proj_bias"),  # the experts' biases keep the direction
-    ("gpt_oss", "mlp", "mlp.experts.down_proj"),
+    ("gpt_oss", "self_attn.o_proj", None),
     ("gemma2", "mlp.down_proj", None),  # a whole writer: the stream keeps its component
     ("gemma3", "mlp.down_proj", None),
     ("llama", "self_attn.o_proj", None),
@@ -209,6 +211,26 @@ def test_a_hybrid_block_without_its_token_mixer_is_refused(monkeypatch):
     monkeypatch.setitem(ARCHITECTURES, "qwen3_5_text", without("qwen3_5_text", "linear_attn.out_proj"))
     with pytest.raises(BadInput, match="layer type 'linear_attention'"):
         layout_of_model(build_case("qwen3_5_text"))
+
+
+@pytest.mark.parametrize("model_type", ["gpt_oss", "starcoder2", "phi"])
+def test_steering_folds_into_the_writers_that_carry_an_offset(model_type, tmp_path):
+    """A constant offset folds into the last writer's bias; on gpt-oss into every expert's bias, since its routing
+    weights sum to one: the streamed export gives the runtime hooks' logits."""
+    from steerfold.edit.edits import steering_edit
+
+    model = build_case(model_type)
+    model.save_pretrained(tmp_path / "base")
+    vector = 2.0 * random_direction(seed=5)
+    result = run_cli("edit", tmp_path / "base", "--direction", write_direction(tmp_path / "v.safetensors", vector),
+                     "--out", tmp_path / "m", "--steer", "1.5", "--layers", "2-3")
+    assert result.exit_code == 0, result.output
+    ids = random_tokens()
+    with runtime_hooks(model, steering_edit(vector, [2, 3], 1.5)):
+        reference = logits(model, ids)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    assert (logits(merged, ids) - reference).abs().max() <= TOLERANCE
+    assert (reference - logits(model, ids)).abs().max() > 100 * TOLERANCE
 
 
 def test_every_causal_lm_type_is_supported_or_refused_with_a_reason():

@@ -27,7 +27,7 @@ def fold_tensor(key: str, tensor: torch.Tensor, layout: ModelLayout, module_maps
         return tensor
     if kind == "embedding":
         return residual_map.scaled_offset(writer.weight_scale).fold_embedding(tensor, out)
-    if kind == "bias":
+    if kind == "bias":  # [hidden], or gpt-oss's [E, hidden] expert biases: every row gets the offset
         return residual_map.fold_bias(tensor)
     if kind == "linear":
         return residual_map.fold_linear_weight(tensor, out)
@@ -36,8 +36,6 @@ def fold_tensor(key: str, tensor: torch.Tensor, layout: ModelLayout, module_maps
 
 def _fold_experts(kind: TensorKind, tensor: torch.Tensor, linear: ResidualMap, out: torch.Tensor | None) -> torch.Tensor:
     """Fold the linear part of a map into each expert of a fused tensor (docs/design.md's ``TensorKind`` list)."""
-    if kind == "experts_bias":  # [E, hidden]: each row is one expert's bias
-        return linear.fold_bias(tensor)
     out = torch.empty_like(tensor) if out is None else out
     for expert, expert_out in zip(tensor, out):
         if kind == "experts":  # [hidden, inter]: a linear writer's weight

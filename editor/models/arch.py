@@ -29,7 +29,7 @@ class ResidualWriter:
     role: Role
     hook: str  # absolute module name; the runtime hook applies the map to its output
     tensors: tuple[tuple[str, TensorKind], ...]  # absolute tensor names the fold edits
-    bias: str | None  # the bias of the writer's single linear tensor, which can carry a constant offset
+    bias: str | None  # the tensor that carries a constant offset: its single linear tensor's bias, or its spec's offset
     post_norm: str | None  # absolute name of the post-norm weight, when the write is g ⊙ norm(y)
     stream_scale: float  # the write is the hook module's output times this
     weight_scale: float = 1.0  # the hook module's output is its weights' rows times this (Gemma embedding)
@@ -202,7 +202,9 @@ def _block_writer(spec: WriterSpec, prefix: str, names: set[str], layer: int, sc
         raise BadInput(f"no tensor of {prefix}{spec.hook} was found (expected one of {expected}): the checkpoint does "
                        "not match its config.json or is quantized; re-download, re-save or dequantize it")
     bias = None
-    if len(tensors) == 1 and tensors[0][1] == "linear":
+    if spec.offset is not None:
+        bias = prefix + spec.offset if prefix + spec.offset in names else None
+    elif len(tensors) == 1 and tensors[0][1] == "linear":
         candidate = tensors[0][0].removesuffix(".weight") + ".bias"
         bias = candidate if candidate in names else None
     post_norm = f"{prefix}{spec.post_norm}.weight" if spec.post_norm else None

@@ -167,7 +167,7 @@ def check_checkpoint(folder: ModelFolder) -> ModelLayout:
     entries = {entry.name: entry for shard in folder.shards for entry in read_header(shard)[0]}
     hidden = layout.hidden_size
     for writer in layout.writers:
-        checks = [(key, kind) for key, kind in writer.tensors] + ([(writer.bias, "bias")] if writer.bias else [])
+        checks = [(key, kind) for key, kind in writer.tensors] + ([(writer.bias, "offset")] if writer.bias else [])
         checks += [(writer.post_norm, "bias")] if writer.post_norm else []
         for key, kind in checks:
             entry = entries[key]
@@ -190,8 +190,8 @@ def _fits(shape: tuple[int, ...], kind: str, hidden: int) -> bool:
         return len(shape) == 3 and hidden in shape[1:]
     if kind == "experts_t":  # [E, inter, hidden]
         return len(shape) == 3 and shape[2] == hidden
-    if kind == "experts_bias":  # [E, hidden]
-        return len(shape) == 2 and shape[1] == hidden
+    if kind == "offset":  # a writer's bias, or gpt-oss's one per expert
+        return len(shape) in (1, 2) and shape[-1] == hidden
     return tuple(shape) == (hidden,)
 
 

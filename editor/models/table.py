@@ -24,8 +24,9 @@ MTP = ("num_nextn_predict_layers", "num_mtp_layers")
 MTP_NOTE = "multi-token-prediction blocks after the last one are copied unedited (drafts only; outputs stay exact)"
 PARALLEL = "parallel block: attention and MLP read the same norm, both add to the stream"
 # gpt-oss: x @ down_proj[e] + down_proj_bias[e], with down_proj [E, inter, hidden]; attention sinks write nothing.
-GPT_OSS_EXPERTS = WriterSpec("mlp", "mlp", (TensorPattern("mlp.experts.down_proj", "experts_t"),
-                                            TensorPattern("mlp.experts.down_proj_bias", "experts_bias")))
+# Its routing weights are a softmax over the chosen experts (they sum to one), so the expert biases carry an offset.
+GPT_OSS_EXPERTS = WriterSpec("mlp", "mlp", (TensorPattern("mlp.experts.down_proj", "experts_t"),),
+                             offset="mlp.experts.down_proj_bias")
 # Vision-language wrappers: the language model under model.language_model (v5) or language_model.model (on disk).
 GEMMA3_SPELLINGS = (Spelling("model.language_model"), Spelling("language_model.model", "language_model.lm_head"))
 # Qwen3.5 checkpoints hold the vision-language model; AutoModelForCausalLM loads its language model alone.
@@ -77,7 +78,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                                      **GRANITE_SCALES),
     "granitemoe": Architecture((PRE_NORM[0], GRANITE_EXPERTS), **GRANITE_SCALES),
     "gpt_oss": Architecture((PRE_NORM[0], GPT_OSS_EXPERTS),
-                            notes="biased o_proj and experts: no LoRA; MXFP4 checkpoints must be dequantized first"),
+                            notes="biased o_proj and experts (which carry steering offsets): no LoRA; dequantize MXFP4 checkpoints first"),
     "qwen3_next": Architecture((*HYBRID_ATTENTION, moe_writer(shared=SHARED_EXPERT))),
     "qwen3_5_text": Architecture((*HYBRID_ATTENTION, PRE_NORM[1])),
     "qwen3_5": Architecture((*HYBRID_ATTENTION, PRE_NORM[1]), QWEN3_5_SPELLINGS, "text_config"),

@@ -18,8 +18,8 @@ Role = Literal["embedding", "attention", "mlp"]
 #   linear        [hidden, in] (+ its bias, found by name)     W ← (I + U Vᵀ) W
 #   experts       fused [E, hidden, in]                         each expert as a linear weight
 #   experts_t     fused [E, in, hidden] (gpt-oss: x @ W)        each expert's rows are residual vectors
-#   experts_bias  [E, hidden] (gpt-oss: one bias per expert)    each row as a bias, linear part only
-TensorKind = Literal["embedding", "linear", "bias", "experts", "experts_t", "experts_bias"]
+#   bias          a writer's offset carrier: [hidden], or [E, hidden] expert biases     β ← (I + U Vᵀ) β + b per row
+TensorKind = Literal["embedding", "linear", "bias", "experts", "experts_t"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class WriterSpec:
     post_norm: str | None = None  # norm module applied to the hook's output before the residual add
     # Hybrids: the writer exists only on blocks whose entry in the config's ``layer_types`` is this value.
     layer_type: str | None = None
+    # A tensor (pattern) that carries a constant offset for the whole writer, where it is not a linear tensor's bias
+    # found by name: gpt-oss's [E, hidden] expert biases, since its routing weights sum to one per token.
+    offset: str | None = None
 
 
 @dataclass(frozen=True)
