@@ -12,6 +12,7 @@ A table row without a harness case fails, and so does a row with a writer patter
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -106,21 +107,23 @@ def test_row_conforms(model_type, tmp_path):
     assert (logits(merged, ids) - reference).abs().max() <= TOLERANCE
     assert (logits(merged, ids) - logits(base, ids)).abs().max() > 100 * TOLERANCE
     check_orthogonal(merged, ids, direction)
-    check_untouched_tensors_copied(folder, tmp_path / "merged")
+    copied = check_untouched_tensors_copied(folder, tmp_path / "merged")
+    if CASES[model_type].vision is not None:  # the vision tower and projector are among the tensors copied as they are
+        assert any("vision" in key or "visual" in key for key in copied)
     check_lora(model_type, folder, direction_file, logits(merged, ids), ids, tmp_path)
     check_fold_equals_hooks(model, direction)
 
 
-def check_untouched_tensors_copied(folder, merged_folder) -> None:
+def check_untouched_tensors_copied(folder, merged_folder) -> list[str]:
+    """Every tensor that is no residual writer comes out byte for byte (returns their names); the writers change."""
     source, merged = tensors(folder), tensors(merged_folder)
-    import json
-
     layout = resolve_layout(json.loads((folder / "config.json").read_text()), source)
     assert set(source) <= set(merged) and len(set(merged) - set(source)) <= 1  # an untied head's copy at most
-    for key, tensor in source.items():
-        if layout.writer_of_key(key) is None:
-            assert torch.equal(merged[key], tensor), key
+    copied = [key for key in source if layout.writer_of_key(key) is None]
+    for key in copied:
+        assert torch.equal(merged[key], source[key]), key
     assert any(not torch.equal(merged[k], source[k]) for k in source if layout.writer_of_key(k))
+    return copied
 
 
 def check_lora(model_type: str, folder, direction_file, merged_logits, ids, tmp_path) -> None:
@@ -167,8 +170,6 @@ def test_harness_detects_a_deleted_writer_pattern(model_type, hook, pattern, mon
 @pytest.mark.parametrize("model_type", ["qwen3_next", "qwen3_5"])
 def test_a_hybrid_config_without_layer_types_gets_its_class_defaults(model_type, tmp_path):
     """Released hybrid configs may give only full_attention_interval: the layer types are then the config class's."""
-    import json
-
     build_case(model_type).save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     text = config.get("text_config", config)
@@ -183,8 +184,6 @@ def test_a_hybrid_config_without_layer_types_gets_its_class_defaults(model_type,
 def test_multi_token_prediction_blocks_are_copied_unedited(model_type, tmp_path):
     """Released DeepSeek-V3 and GLM-4.5 checkpoints store their MTP layer as one block after the last: allowed when the
     config counts it, copied byte for byte, and refused as a mismatch when it does not."""
-    import json
-
     from safetensors.torch import save_file
 
     folder = tmp_path / "base"
@@ -251,8 +250,6 @@ def test_every_causal_lm_type_is_supported_or_refused_with_a_reason():
 
 
 def test_architectures_command_prints_the_table_from_the_same_data():
-    import json
-
     text = run_cli("architectures")
     assert text.exit_code == 0, text.output
     lines = {line.split()[0]: line for line in text.output.splitlines() if line.startswith("  ")}
