@@ -16,6 +16,8 @@ LAYERS4 = 4  # hybrids need both block kinds, MoE families a dense first block: 
 HYBRID = {"layer_types": ["linear_attention", "full_attention", "linear_attention", "full_attention"],
           "linear_num_value_heads": 4, "linear_num_key_heads": 2, "linear_key_head_dim": 16, "linear_value_head_dim": 16,
           "head_dim": 16}
+MAMBA = {"layer_types": ["mamba", "attention", "mamba", "attention"], "mamba_n_heads": 8, "mamba_d_head": 16,
+         "mamba_d_state": 16, "mamba_n_groups": 1, "mamba_expand": 2}
 EXPERTS = {"num_local_experts": 4, "num_experts_per_tok": 2}
 QWEN_EXPERTS = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 48}
 ROUTED = {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "first_k_dense_replace": 1,
@@ -83,6 +85,14 @@ CASES: dict[str, Case] = {
                               "residual_multiplier": 0.5}, lora_refusal=MOE),
     "granitemoe": Case({**EXPERTS, "embedding_multiplier": 2.0, "residual_multiplier": 0.5}, lora_refusal=MOE),
     "gpt_oss": Case({**EXPERTS, "head_dim": 16}, lora_refusal=BIAS),
+    "granitemoehybrid": Case({**EXPERTS, **MAMBA, "shared_intermediate_size": 48, "embedding_multiplier": 2.0,
+                              "residual_multiplier": 0.5}, lora_refusal=MOE),
+    "jamba": Case({**EXPERTS, "attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2,
+                   "expert_layer_offset": 1, "mamba_d_state": 8, "mamba_dt_rank": 8, "use_mamba_kernels": False},
+                  lora_refusal=MOE),
+    "lfm2": Case({"layer_types": ["conv", "full_attention", "conv", "full_attention"], "norm_eps": 1e-5}),
+    "llama4_text": Case({**EXPERTS, "interleave_moe_layer_step": 2, "intermediate_size_mlp": 96, "head_dim": 16},
+                        lora_refusal=MOE),
     "qwen3_next": Case({**HYBRID, **QWEN_EXPERTS, "mlp_only_layers": [0]}, lora_refusal=MOE),  # block 0 dense
     "qwen3_5_text": Case(HYBRID),
     "qwen3_5": Case({**HYBRID, "tie_word_embeddings": True}, QWEN_VISION),
@@ -97,10 +107,12 @@ BASE = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS4, num_attention_heads=4
             initializer_range=0.2, max_position_embeddings=128, tie_word_embeddings=False)
 
 
-def build_case(model_type: str, seed: int = 0) -> torch.nn.Module:
+def build_case(model_type: str, seed: int = 0, **extra: Any) -> torch.nn.Module:
     """A tiny random model of ``model_type`` in float32 with random non-zero biases (so bias folds are exercised);
-    a vision-language wrapper as its image-text-to-text class, which is what its checkpoints hold."""
+    a vision-language wrapper as its image-text-to-text class, which is what its checkpoints hold. ``extra`` overrides
+    the case's text config (a variant of the row)."""
     case = CASES[model_type]
+    case = Case({**case.text, **extra}, case.vision, case.lora_refusal)
     torch.manual_seed(seed)
     if case.vision is None:
         model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **{**BASE, **case.text}))

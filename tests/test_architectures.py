@@ -204,6 +204,13 @@ def test_multi_token_prediction_blocks_are_copied_unedited(model_type, tmp_path)
     assert refused.exit_code == 2 and "holds decoder block 4" in refused.output
 
 
+def test_an_optional_writer_may_be_absent():
+    """Granite 4.0-H comes with experts or without (num_local_experts = 0): both are the same row."""
+    model = build_case("granitemoehybrid", num_local_experts=0)
+    assert not [w for w in layout_of_model(model).writers if w.hook.endswith("block_sparse_moe")]
+    check_fold_equals_hooks(model, random_direction())
+
+
 def test_a_hybrid_block_without_its_token_mixer_is_refused(monkeypatch):
     """Deleting the linear-attention writer of a hybrid leaves those blocks without a writer for their layer type:
     resolving the layout refuses it before any number is computed."""

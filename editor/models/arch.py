@@ -7,6 +7,7 @@ tensor patterns, spellings) is ``editor.models.writers``; this module re-exports
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -147,17 +148,35 @@ def _with_defaults(config: Any, arch: Architecture) -> Any:
     if not isinstance(config, dict):
         return config
     text = _text(config, arch)
-    hybrid = "layer_types" if any(spec.layer_type for spec in arch.writers) else None
-    read = ("num_hidden_layers", "hidden_size", arch.embedding_multiplier, arch.residual_multiplier, hybrid)
-    if isinstance(text, dict) and "tie_word_embeddings" in config and all(key in text for key in read if key):
+    # A hybrid's layer types go through its config class: a config.json may imply them (full_attention_interval) or
+    # spell them in legacy names ("mamba", "attention").
+    hybrid = any(spec.layer_type for spec in arch.writers)
+    read = ("num_hidden_layers", "hidden_size", arch.embedding_multiplier, arch.residual_multiplier)
+    if isinstance(text, dict) and "tie_word_embeddings" in config and all(key in text for key in read if key) and not hybrid:
         return config
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
-    fields = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version", "architectures")}
+    fields = {k: _decoded(v) for k, v in config.items() if k not in ("model_type", "transformers_version", "architectures")}
     try:
         return AutoConfig.for_model(config["model_type"], **fields)
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, StrictDataclassError):
         return config
+
+
+SPECIAL_FLOATS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def _decoded(value: Any) -> Any:
+    """A config.json value with transformers' tagged floats (``{"__float__": "Infinity"}``) decoded, as its
+    config loader does (Mamba configs hold time_step_limit = [0, ∞])."""
+    if isinstance(value, dict):
+        if set(value) == {"__float__"} and value["__float__"] in SPECIAL_FLOATS:
+            return SPECIAL_FLOATS[value["__float__"]]
+        return {k: _decoded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    return value
 
 
 def _matching(pattern: str, names: set[str]) -> list[str]:
@@ -230,7 +249,9 @@ def resolve_layout(config: Any, parameter_names: Iterable[str]) -> ModelLayout:
                               emb_scale)]
     for block in range(num_layers):
         prefix = f"{spelling.blocks}.{block}."
-        writers += [_block_writer(spec, prefix, names, block + 1, res_mult) for spec in _block_specs(arch, text, block)]
+        specs = [spec for spec in _block_specs(arch, text, block)
+                 if not spec.optional or any(_matching(prefix + t.pattern, names) for t in spec.tensors)]
+        writers += [_block_writer(spec, prefix, names, block + 1, res_mult) for spec in specs]
     return ModelLayout(
         model_type=model_type,
         architecture=arch,

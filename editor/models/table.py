@@ -7,6 +7,8 @@ harness (tests/test_architectures.py) then proves the row exact on a tiny random
 
 from __future__ import annotations
 
+import dataclasses
+
 from steerfold.models.writers import (PRE_NORM, POST_NORM, Architecture, Spelling, TensorPattern, WriterSpec,
                                       linear_writer, moe_writer, sqrt_hidden)
 
@@ -22,6 +24,9 @@ GRANITE_EXPERTS = moe_writer((), hook="block_sparse_moe", fused=("block_sparse_m
                                                                   "block_sparse_moe.output_linear.weight"))
 MTP = ("num_nextn_predict_layers", "num_mtp_layers")
 MTP_NOTE = "multi-token-prediction blocks after the last one are copied unedited (drafts only; outputs stay exact)"
+# Mamba/attention hybrids (config layer_types, legacy names remapped by the config class), and LFM2's conv blocks.
+MAMBA_HYBRID = (linear_writer("attention", "mamba.out_proj", layer_type="linear_attention"),
+                linear_writer("attention", "self_attn.o_proj", layer_type="full_attention"))
 PARALLEL = "parallel block: attention and MLP read the same norm, both add to the stream"
 # gpt-oss: x @ down_proj[e] + down_proj_bias[e], with down_proj [E, inter, hidden]; attention sinks write nothing.
 # Its routing weights are a softmax over the chosen experts (they sum to one), so the expert biases carry an offset.
@@ -79,6 +84,16 @@ ARCHITECTURES: dict[str, Architecture] = {
     "granitemoe": Architecture((PRE_NORM[0], GRANITE_EXPERTS), **GRANITE_SCALES),
     "gpt_oss": Architecture((PRE_NORM[0], GPT_OSS_EXPERTS),
                             notes="biased o_proj and experts (which carry steering offsets): no LoRA; dequantize MXFP4 checkpoints first"),
+    "granitemoehybrid": Architecture((*MAMBA_HYBRID, dataclasses.replace(GRANITE_EXPERTS, optional=True),
+                                       linear_writer("mlp", "shared_mlp.output_linear")), **GRANITE_SCALES),
+    "jamba": Architecture((*MAMBA_HYBRID, moe_writer(("feed_forward.experts.{e}.down_proj.weight",), hook="feed_forward",
+                                                     fused=("feed_forward.experts.down_proj",)))),
+    "lfm2": Architecture((linear_writer("attention", "conv.out_proj", layer_type="conv"),
+                          linear_writer("attention", "self_attn.out_proj", layer_type="full_attention"),
+                          linear_writer("mlp", "feed_forward.w2"))),
+    "llama4_text": Architecture((PRE_NORM[0], WriterSpec("mlp", "feed_forward", (
+        TensorPattern("feed_forward.experts.down_proj", "experts_t"), TensorPattern("feed_forward.shared_expert.down_proj.weight"),
+        TensorPattern("feed_forward.down_proj.weight"))))),
     "qwen3_next": Architecture((*HYBRID_ATTENTION, moe_writer(shared=SHARED_EXPERT))),
     "qwen3_5_text": Architecture((*HYBRID_ATTENTION, PRE_NORM[1])),
     "qwen3_5": Architecture((*HYBRID_ATTENTION, PRE_NORM[1]), QWEN3_5_SPELLINGS, "text_config"),

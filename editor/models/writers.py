@@ -43,6 +43,8 @@ class WriterSpec:
     # A tensor (pattern) that carries a constant offset for the whole writer, where it is not a linear tensor's bias
     # found by name: gpt-oss's [E, hidden] expert biases, since its routing weights sum to one per token.
     offset: str | None = None
+    # A writer some blocks lack by configuration (Granite 4.0-H: experts only when num_local_experts > 0).
+    optional: bool = False
 
 
 @dataclass(frozen=True)
