@@ -180,7 +180,7 @@ def test_a_hybrid_config_without_layer_types_gets_its_class_defaults(model_type,
     assert mixers == ["linear_attn", "self_attn", "linear_attn", "self_attn"]
 
 
-@pytest.mark.parametrize("model_type", ["deepseek_v3", "glm4_moe"])
+@pytest.mark.parametrize("model_type", ["deepseek_v3", "glm4_moe", "glm4_moe_lite"])
 def test_multi_token_prediction_blocks_are_copied_unedited(model_type, tmp_path):
     """Released DeepSeek-V3 and GLM-4.5 checkpoints store their MTP layer as one block after the last: allowed when the
     config counts it, copied byte for byte, and refused as a mismatch when it does not."""

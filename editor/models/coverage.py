@@ -9,6 +9,7 @@ from steerfold.models.table import ARCHITECTURES, REFUSED
 
 Status = Literal["supported", "refused"]
 NO_ROW = "no row yet: its residual writers have not been checked against its modeling file"
+NO_ROWS = "their residual writers have not been checked against their modeling files"
 
 
 def causal_lm_types() -> list[str]:
@@ -53,7 +54,7 @@ def coverage_lines(every: bool = False) -> list[str]:
     lines = [f"supported ({len(supported)}):"] + [f"  {t:<18} {describe(t)}" for t in supported]
     lines += [f"refused ({len(refused)}):"] + [f"  {t:<18} {REFUSED[t]}" for t in refused]
     if every:
-        lines += [f"no row yet ({len(no_row)}): {NO_ROW}"] + [f"  {t}" for t in no_row]
+        lines += [f"no row yet ({len(no_row)}): {NO_ROWS}"] + [f"  {t}" for t in no_row]
     else:
         lines.append(f"no row yet: {len(no_row)} other causal-LM types of the installed transformers "
                      "(--all lists them)")

@@ -27,6 +27,8 @@ MTP_NOTE = "multi-token-prediction blocks after the last one are copied unedited
 # Mamba/attention hybrids (config layer_types, legacy names remapped by the config class), and LFM2's conv blocks.
 MAMBA_HYBRID = (linear_writer("attention", "mamba.out_proj", layer_type="linear_attention"),
                 linear_writer("attention", "self_attn.o_proj", layer_type="full_attention"))
+SHORT_CONV_HYBRID = (linear_writer("attention", "conv.out_proj", layer_type="conv"),
+                     linear_writer("attention", "self_attn.out_proj", layer_type="full_attention"))
 PARALLEL = "parallel block: attention and MLP read the same norm, both add to the stream"
 # gpt-oss: x @ down_proj[e] + down_proj_bias[e], with down_proj [E, inter, hidden]; attention sinks write nothing.
 # Its routing weights are a softmax over the chosen experts (they sum to one), so the expert biases carry an offset.
@@ -59,6 +61,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "cohere": Architecture(notes=PARALLEL),
     "cohere2": Architecture(notes=PARALLEL),
     "granite": Architecture(**GRANITE_SCALES),
+    "granite_swa": Architecture(**GRANITE_SCALES),
+    "vaultgemma": Architecture(embedding_scale=sqrt_hidden),
     "gemma": Architecture(embedding_scale=sqrt_hidden),
     "gemma2": Architecture(POST_NORM, embedding_scale=sqrt_hidden, norm_gain_offset=1.0),
     "gemma3_text": Architecture(POST_NORM, embedding_scale=sqrt_hidden, norm_gain_offset=1.0),
@@ -82,15 +86,21 @@ ARCHITECTURES: dict[str, Architecture] = {
     "granitemoeshared": Architecture((PRE_NORM[0], GRANITE_EXPERTS, linear_writer("mlp", "shared_mlp.output_linear")),
                                      **GRANITE_SCALES),
     "granitemoe": Architecture((PRE_NORM[0], GRANITE_EXPERTS), **GRANITE_SCALES),
+    "granitemoe_swa": Architecture((PRE_NORM[0], GRANITE_EXPERTS, linear_writer("mlp", "shared_mlp.output_linear")),
+                                   **GRANITE_SCALES),
+    "deepseek_v2": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS))),
+    "glm4_moe_lite": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS)), extra_blocks=MTP, notes=MTP_NOTE),
+    "minimax_m2": Architecture((PRE_NORM[0], moe_writer(("block_sparse_moe.experts.{e}.w2.weight",)))),
+    "cohere2_moe": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS)), notes=PARALLEL),
+    "lfm2_moe": Architecture((*SHORT_CONV_HYBRID, moe_writer(("feed_forward.experts.{e}.w2.weight",), hook="feed_forward",
+                                                             fused=("feed_forward.experts.down_proj",), dense="w2"))),
     "gpt_oss": Architecture((PRE_NORM[0], GPT_OSS_EXPERTS),
                             notes="biased o_proj and experts (which carry steering offsets): no LoRA; dequantize MXFP4 checkpoints first"),
     "granitemoehybrid": Architecture((*MAMBA_HYBRID, dataclasses.replace(GRANITE_EXPERTS, optional=True),
                                        linear_writer("mlp", "shared_mlp.output_linear")), **GRANITE_SCALES),
     "jamba": Architecture((*MAMBA_HYBRID, moe_writer(("feed_forward.experts.{e}.down_proj.weight",), hook="feed_forward",
                                                      fused=("feed_forward.experts.down_proj",)))),
-    "lfm2": Architecture((linear_writer("attention", "conv.out_proj", layer_type="conv"),
-                          linear_writer("attention", "self_attn.out_proj", layer_type="full_attention"),
-                          linear_writer("mlp", "feed_forward.w2"))),
+    "lfm2": Architecture((*SHORT_CONV_HYBRID, linear_writer("mlp", "feed_forward.w2"))),
     "llama4_text": Architecture((PRE_NORM[0], WriterSpec("mlp", "feed_forward", (
         TensorPattern("feed_forward.experts.down_proj", "experts_t"), TensorPattern("feed_forward.shared_expert.down_proj.weight"),
         TensorPattern("feed_forward.down_proj.weight"))))),

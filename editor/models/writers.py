@@ -70,13 +70,13 @@ def linear_writer(role: Role, module: str, post_norm: str | None = None, layer_t
 
 
 def moe_writer(experts: tuple[str, ...] = ("mlp.experts.{e}.down_proj.weight",), shared: tuple[str, ...] = (),
-               hook: str = "mlp", fused: tuple[str, ...] = ("mlp.experts.down_proj",)) -> WriterSpec:
+               hook: str = "mlp", fused: tuple[str, ...] = ("mlp.experts.down_proj",), dense: str = "down_proj") -> WriterSpec:
     """The whole MLP block of a mixture-of-experts model, hooked as one writer: its output is a sum of expert outputs
     times per-token scalars (routing weights, a shared expert's sigmoid gate), so folding the same map into every
     expert's down projection is exact. ``experts``: per-expert keys on disk; ``shared``: shared experts' down
-    projections; ``fused``: ``[E, hidden, inter]`` tensors; the block's own ``down_proj`` covers dense blocks."""
+    projections; ``fused``: ``[E, hidden, inter]`` tensors; the block's own ``dense`` projection covers dense blocks."""
     patterns = [TensorPattern(p, "experts") for p in fused]
-    patterns += [TensorPattern(p) for p in experts + shared + (f"{hook}.down_proj.weight",)]
+    patterns += [TensorPattern(p) for p in experts + shared + (f"{hook}.{dense}.weight",)]
     return WriterSpec("mlp", hook, tuple(patterns))
 
 
