@@ -18,13 +18,14 @@ HYBRID_ATTENTION = (linear_writer("attention", "linear_attn.out_proj", layer_typ
                     linear_writer("attention", "self_attn.o_proj", layer_type="full_attention"))
 # A sigmoid-gated shared expert (Qwen2-MoE, Qwen3-Next, Qwen3.5-MoE): the gate is a per-token scalar.
 SHARED_EXPERT = ("mlp.shared_expert.down_proj.weight",)
-SHARED_EXPERTS = ("mlp.shared_experts.down_proj.weight",)  # DeepSeek-V3, GLM-4-MoE, ERNIE 4.5 MoE: added as is
+SHARED_EXPERTS = ("mlp.shared_experts.down_proj.weight",)  # DeepSeek, GLM-4-MoE, ERNIE 4.5 MoE, ...: added as is
 # Granite MoE: experts fused in memory and on disk (output_linear); GraniteMoeShared adds a shared MLP beside them.
 GRANITE_EXPERTS = moe_writer((), hook="block_sparse_moe", fused=("block_sparse_moe.experts.down_proj",
                                                                   "block_sparse_moe.output_linear.weight"))
 MTP = ("num_nextn_predict_layers", "num_mtp_layers")
 MTP_NOTE = "multi-token-prediction blocks after the last one are copied unedited (drafts only; outputs stay exact)"
 # Mamba/attention hybrids (config layer_types, legacy names remapped by the config class), and LFM2's conv blocks.
+# A hybrid block's token mixer, whatever its kind, has the attention role (per-role kernel weights apply to it).
 MAMBA_HYBRID = (linear_writer("attention", "mamba.out_proj", layer_type="linear_attention"),
                 linear_writer("attention", "self_attn.o_proj", layer_type="full_attention"))
 SHORT_CONV_HYBRID = (linear_writer("attention", "conv.out_proj", layer_type="conv"),
@@ -34,6 +35,10 @@ PARALLEL = "parallel block: attention and MLP read the same norm, both add to th
 # Its routing weights are a softmax over the chosen experts (they sum to one), so the expert biases carry an offset.
 GPT_OSS_EXPERTS = WriterSpec("mlp", "mlp", (TensorPattern("mlp.experts.down_proj", "experts_t"),),
                              offset="mlp.experts.down_proj_bias")
+# Llama 4: experts stored [E, inter, hidden] like gpt-oss's (no biases), a shared expert, dense blocks between.
+LLAMA4_FEED_FORWARD = WriterSpec("mlp", "feed_forward", (TensorPattern("feed_forward.experts.down_proj", "experts_t"),
+                                                         TensorPattern("feed_forward.shared_expert.down_proj.weight"),
+                                                         TensorPattern("feed_forward.down_proj.weight")))
 # Vision-language wrappers: the language model under model.language_model (v5) or language_model.model (on disk).
 GEMMA3_SPELLINGS = (Spelling("model.language_model"), Spelling("language_model.model", "language_model.lm_head"))
 # Qwen3.5 checkpoints hold the vision-language model; AutoModelForCausalLM loads its language model alone.
@@ -94,16 +99,14 @@ ARCHITECTURES: dict[str, Architecture] = {
     "cohere2_moe": Architecture((PRE_NORM[0], moe_writer(shared=SHARED_EXPERTS)), notes=PARALLEL),
     "lfm2_moe": Architecture((*SHORT_CONV_HYBRID, moe_writer(("feed_forward.experts.{e}.w2.weight",), hook="feed_forward",
                                                              fused=("feed_forward.experts.down_proj",), dense="w2"))),
-    "gpt_oss": Architecture((PRE_NORM[0], GPT_OSS_EXPERTS),
-                            notes="biased o_proj and experts (which carry steering offsets): no LoRA; dequantize MXFP4 checkpoints first"),
+    "gpt_oss": Architecture((PRE_NORM[0], GPT_OSS_EXPERTS), notes="biased o_proj and experts (which carry steering "
+                            "offsets): no LoRA; dequantize MXFP4 checkpoints first"),
     "granitemoehybrid": Architecture((*MAMBA_HYBRID, dataclasses.replace(GRANITE_EXPERTS, optional=True),
                                        linear_writer("mlp", "shared_mlp.output_linear")), **GRANITE_SCALES),
     "jamba": Architecture((*MAMBA_HYBRID, moe_writer(("feed_forward.experts.{e}.down_proj.weight",), hook="feed_forward",
                                                      fused=("feed_forward.experts.down_proj",)))),
     "lfm2": Architecture((*SHORT_CONV_HYBRID, linear_writer("mlp", "feed_forward.w2"))),
-    "llama4_text": Architecture((PRE_NORM[0], WriterSpec("mlp", "feed_forward", (
-        TensorPattern("feed_forward.experts.down_proj", "experts_t"), TensorPattern("feed_forward.shared_expert.down_proj.weight"),
-        TensorPattern("feed_forward.down_proj.weight"))))),
+    "llama4_text": Architecture((PRE_NORM[0], LLAMA4_FEED_FORWARD)),
     "qwen3_next": Architecture((*HYBRID_ATTENTION, moe_writer(shared=SHARED_EXPERT))),
     "qwen3_5_text": Architecture((*HYBRID_ATTENTION, PRE_NORM[1])),
     "qwen3_5": Architecture((*HYBRID_ATTENTION, PRE_NORM[1]), QWEN3_5_SPELLINGS, "text_config"),
