@@ -59,6 +59,17 @@ def inspect(model_dir: str, as_json: bool, allow_pickle: bool, revision: str | N
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: model_type to [status, note].")
+@click.option("--all", "every", is_flag=True, help="Also name each causal-LM type that has no row yet.")
+def architectures(as_json: bool, every: bool) -> None:
+    """List the model types steerfold edits, with their residual writers, and those it refuses and why."""
+    from steerfold.models.coverage import coverage, coverage_lines
+
+    for line in [json.dumps(coverage(), indent=2)] if as_json else coverage_lines(every):
+        click.echo(line)
+
+
+@cli.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 def verify(folder: Path) -> None:
     """Re-check FOLDER's SHA256SUMS and shard index; exit 1 on any mismatch."""

@@ -208,7 +208,7 @@ def resumed(model: PreTrainedModel, layer: int) -> Iterator[Resumed]:
     """Run ``model`` from the residual stream at ``layer`` (0 = embedding output ≤ layer < L): the blocks before it
     are swapped for pass-throughs and a pre-hook on block ``layer`` hands it ``Resumed.hidden``. The embedding,
     rotary tables and attention masks are still computed by the model as for a whole forward pass."""
-    blocks = model.get_submodule(layout_of_model(model).architecture.blocks)
+    blocks = model.get_submodule(layout_of_model(model).blocks)
     if not 0 <= layer < len(blocks):
         raise ValueError(f"can resume only at layer indices 0..{len(blocks) - 1}, not {layer}")
     state = Resumed()
@@ -236,7 +236,7 @@ def resumed(model: PreTrainedModel, layer: int) -> Iterator[Resumed]:
 def recording(model: PreTrainedModel, layers: Iterable[int]) -> Iterator[dict[int, torch.Tensor]]:
     """While open, each forward pass stores the residual stream at ``layers`` ([b, t, d], the model's dtype) in the
     dict it yields (the last pass's)."""
-    blocks = model.get_submodule(layout_of_model(model).architecture.blocks)
+    blocks = model.get_submodule(layout_of_model(model).blocks)
     seen: dict[int, torch.Tensor] = {}
     wanted = sorted(set(layers))
     handles = []
@@ -260,7 +260,7 @@ def recording(model: PreTrainedModel, layers: Iterable[int]) -> Iterator[dict[in
 def capture_batches(model: PreTrainedModel, batches: Iterable[Batch], layers: list[int], reduce: Reducer) -> torch.Tensor:
     """``reduce(hidden, selection)`` at each layer index for every batch, stacked as [n, len(layers), ...]."""
     layout = layout_of_model(model)
-    blocks = model.get_submodule(layout.architecture.blocks)
+    blocks = model.get_submodule(layout.blocks)
     deepest, wanted = max(layers), set(layers)
     device = input_device(model)
     results: list[torch.Tensor] = []

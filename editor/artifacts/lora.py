@@ -69,10 +69,10 @@ def write_lora_adapter(folder: ModelFolder, layout: ModelLayout, edit: Edit, des
             continue
         embedding = writer.role == "embedding"
         lora_a, lora_b = lora_pair(module_maps[writer.hook], entry.load(), embedding, rank)
-        key_a, key_b = lora_keys(writer.lora_module, embedding)
+        key_a, key_b = lora_keys(layout.in_memory(writer.lora_module), embedding)
         tensors[key_a], tensors[key_b] = lora_a, lora_b
     shutil.rmtree(dest / ".scratch", ignore_errors=True)
-    target_modules = sorted(by_key[k].lora_module for k in by_key)
+    target_modules = sorted(layout.in_memory(by_key[k].lora_module) for k in by_key)
     config = LoraConfig(
         r=rank,
         lora_alpha=rank,

@@ -60,7 +60,7 @@ def start_merged_checkpoint(folder: ModelFolder, layout: ModelLayout, dest: Path
     a copy of the unedited embedding (a tied checkpoint that stores none, untied by the edit). Pickled shards are
     converted to safetensors first, which imports torch."""
     embedding_key = layout.embedding.tensors[0][0]
-    head_key = f"{layout.architecture.lm_head}.weight"
+    head_key = f"{layout.lm_head}.weight"
     fixed: list[OutputTensor] = []
     editable: list[OutputTensor] = []
     for entry in folder.entries(scratch=dest / ".scratch"):

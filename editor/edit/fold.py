@@ -10,7 +10,7 @@ import torch
 
 from steerfold.edit.edits import Edit
 from steerfold.edit.maps import ResidualMap
-from steerfold.models.arch import ModelLayout, layout_of_model
+from steerfold.models.arch import ModelLayout, TensorKind, layout_of_model
 
 
 def fold_tensor(key: str, tensor: torch.Tensor, layout: ModelLayout, module_maps: dict[str, ResidualMap],
@@ -27,19 +27,27 @@ def fold_tensor(key: str, tensor: torch.Tensor, layout: ModelLayout, module_maps
         return tensor
     if kind == "embedding":
         return residual_map.scaled_offset(writer.weight_scale).fold_embedding(tensor, out)
-    if kind == "bias":
+    if kind == "bias":  # [hidden], or gpt-oss's [E, hidden] expert biases: every row gets the offset
         return residual_map.fold_bias(tensor)
-    if kind == "experts":  # fused [E, hidden, inter]: each expert's down projection is a writer
-        out = torch.empty_like(tensor) if out is None else out
-        for expert, expert_out in zip(tensor, out):
-            residual_map.fold_linear_weight(expert, expert_out)
-        return out
-    return residual_map.fold_linear_weight(tensor, out)
+    if kind == "linear":
+        return residual_map.fold_linear_weight(tensor, out)
+    return _fold_experts(kind, tensor, residual_map.linear_part(), out)
+
+
+def _fold_experts(kind: TensorKind, tensor: torch.Tensor, linear: ResidualMap, out: torch.Tensor | None) -> torch.Tensor:
+    """Fold the linear part of a map into each expert of a fused tensor (docs/design.md's ``TensorKind`` list)."""
+    out = torch.empty_like(tensor) if out is None else out
+    for expert, expert_out in zip(tensor, out):
+        if kind == "experts":  # [hidden, inter]: a linear writer's weight
+            linear.fold_linear_weight(expert, expert_out)
+        else:  # experts_t, [inter, hidden]: x @ W, so each row is a residual vector, folded like embedding rows
+            linear.fold_embedding(expert, expert_out)
+    return out
 
 
 def _untie_output_head(model: torch.nn.Module, layout: ModelLayout) -> None:
     """Give the output head its own copy of the embedding matrix so editing the embedding leaves it alone."""
-    head = model.get_submodule(layout.architecture.lm_head)
+    head = model.get_submodule(layout.lm_head)
     head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
     model.config.tie_word_embeddings = False
     text_config = getattr(model.config, "get_text_config", lambda: None)()

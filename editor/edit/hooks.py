@@ -27,7 +27,7 @@ def runtime_hooks(model: torch.nn.Module, edit: Edit) -> Iterator[ModelLayout]:
     for module_name, residual_map in module_maps.items():
         handles.append(model.get_submodule(module_name).register_forward_hook(_output_hook(residual_map)))
     if edit.edits_embedding() and layout.tied_embeddings and edit.tied_embedding == "shared":
-        handles.append(model.get_submodule(layout.architecture.lm_head).register_forward_pre_hook(
+        handles.append(model.get_submodule(layout.lm_head).register_forward_pre_hook(
             _shared_head_hook(module_maps[layout.embedding.hook])))
     try:
         yield layout

@@ -117,7 +117,8 @@ class ResidualMap:
         write has no component along ``r`` (an exact removal; the norm then rescales what is left)."""
         if self.ablation_scale is None:
             raise BadInput(
-                "only ablations can be folded through a post-norm (Gemma 2/3, OLMo 2/3): use an ablation edit"
+                "only ablations can be folded through a post-norm (Gemma 2/3, OLMo 2/3, EXAONE 4, GLM-4): "
+                "use an ablation edit"
             )
         q, _ = torch.linalg.qr(gain.to(torch.float32).unsqueeze(1) * self.V)
         return replace(self, U=-self.ablation_scale * q, V=q.clone())

@@ -1,13 +1,8 @@
-"""Which tensors write into the residual stream, per model family, as data.
+"""Resolve the architecture table (``editor.models.table``) against one model: its residual writers, by name.
 
-Adding an architecture is adding a row to ``ARCHITECTURES``. Layer indices follow docs/design.md: index 0 is the
-embedding output, index ``l`` is the output of decoder block ``l - 1``; the writers of block ``l - 1`` therefore
-belong to layer index ``l``.
-
-A writer is a module whose output (times a scalar the architecture may apply) is added to the residual stream:
-the runtime hook sits on that module, the fold edits its tensors. Tensor patterns are relative to the block;
-``{e}`` matches an expert index. Mixture-of-experts blocks list both spellings of their experts: fused
-``[E, hidden, inter]`` parameters in memory (transformers v5) and per-expert keys on disk.
+Layer indices follow docs/design.md: index 0 is the embedding output, index ``l`` is the output of decoder block
+``l - 1``; the writers of block ``l - 1`` therefore belong to layer index ``l``. The table's vocabulary (writers,
+tensor patterns, spellings) is ``editor.models.writers``; this module re-exports it for the modules that fold.
 """
 
 from __future__ import annotations
@@ -15,90 +10,16 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Iterable
 
 from steerfold.errors import BadInput, UnsupportedModel
+from steerfold.models.table import ARCHITECTURES, REFUSED
+from steerfold.models.writers import (PRE_NORM, POST_NORM, Architecture, Role, Spelling, TensorKind, TensorPattern,
+                                      WriterSpec, config_value, linear_writer, moe_writer, sqrt_hidden)
 
-Role = Literal["embedding", "attention", "mlp"]
-TensorKind = Literal["embedding", "linear", "bias", "experts"]
-
-
-@dataclass(frozen=True)
-class TensorPattern:
-    """A tensor of a writer: a name pattern relative to the block and how it is folded."""
-
-    pattern: str
-    kind: TensorKind = "linear"  # linear: [hidden, in] (+ bias); experts: fused [E, hidden, in]
-
-
-@dataclass(frozen=True)
-class WriterSpec:
-    """One residual writer of a decoder block."""
-
-    role: Role
-    hook: str  # module (relative to the block) whose output the edit's map applies to
-    tensors: tuple[TensorPattern, ...]
-    post_norm: str | None = None  # norm module applied to the hook's output before the residual add
-
-
-def linear_writer(role: Role, module: str, post_norm: str | None = None) -> WriterSpec:
-    return WriterSpec(role, module, (TensorPattern(f"{module}.weight"),), post_norm)
-
-
-def moe_writer(experts: tuple[str, ...], shared: tuple[str, ...] = ()) -> WriterSpec:
-    """The whole MLP block of a mixture-of-experts model: routed experts, shared experts, dense fallbacks."""
-    patterns = [TensorPattern("mlp.experts.down_proj", "experts")]
-    patterns += [TensorPattern(p) for p in experts + shared + ("mlp.down_proj.weight",)]
-    return WriterSpec("mlp", "mlp", tuple(patterns))
-
-
-PRE_NORM = (linear_writer("attention", "self_attn.o_proj"), linear_writer("mlp", "mlp.down_proj"))
-POST_NORM = (
-    linear_writer("attention", "self_attn.o_proj", post_norm="post_attention_layernorm"),
-    linear_writer("mlp", "mlp.down_proj", post_norm="post_feedforward_layernorm"),
-)
-
-
-def sqrt_hidden(config: Any) -> float:
-    return math.sqrt(_value(config, "hidden_size"))
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """Where one model family writes into the residual stream (module paths as in the state dict)."""
-
-    writers: tuple[WriterSpec, ...] = PRE_NORM
-    embedding: str = "model.embed_tokens"
-    blocks: str = "model.layers"
-    lm_head: str = "lm_head"
-    # The embedding module multiplies its rows by this inside its forward (Gemma: √hidden).
-    embedding_scale: Callable[[Any], float] | None = None
-    # Config attributes holding scalars the model applies to a module's output before the residual add.
-    embedding_multiplier: str | None = None
-    residual_multiplier: str | None = None
-    norm_gain_offset: float = 0.0  # post-norm gain = offset + weight (Gemma's RMSNorm: 1 + weight)
-    notes: str = ""
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "llama": Architecture(),
-    "mistral": Architecture(),
-    "qwen2": Architecture(),
-    "qwen3": Architecture(),
-    "phi3": Architecture(),
-    "granite": Architecture(embedding_multiplier="embedding_multiplier", residual_multiplier="residual_multiplier"),
-    "gemma": Architecture(embedding_scale=sqrt_hidden),
-    "gemma2": Architecture(POST_NORM, embedding_scale=sqrt_hidden, norm_gain_offset=1.0),
-    "gemma3_text": Architecture(POST_NORM, embedding_scale=sqrt_hidden, norm_gain_offset=1.0),
-    "olmo2": Architecture(POST_NORM),
-    "olmo3": Architecture(POST_NORM),
-    "mixtral": Architecture((PRE_NORM[0], moe_writer(("block_sparse_moe.experts.{e}.w2.weight",)))),
-    "qwen3_moe": Architecture((PRE_NORM[0], moe_writer(("mlp.experts.{e}.down_proj.weight",)))),
-    "qwen2_moe": Architecture((PRE_NORM[0], moe_writer(("mlp.experts.{e}.down_proj.weight",),
-                                                       ("mlp.shared_expert.down_proj.weight",)))),
-    "starcoder2": Architecture((linear_writer("attention", "self_attn.o_proj"), linear_writer("mlp", "mlp.c_proj"))),
-    "phi": Architecture((linear_writer("attention", "self_attn.dense"), linear_writer("mlp", "mlp.fc2"))),
-}
+__all__ = ["ARCHITECTURES", "REFUSED", "PRE_NORM", "POST_NORM", "Architecture", "Role", "Spelling", "TensorKind",
+           "TensorPattern", "WriterSpec", "linear_writer", "moe_writer", "sqrt_hidden", "ResidualWriter", "ModelLayout",
+           "resolve_layout", "layout_of_model", "architecture_for", "supported_model_types"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +30,7 @@ class ResidualWriter:
     role: Role
     hook: str  # absolute module name; the runtime hook applies the map to its output
     tensors: tuple[tuple[str, TensorKind], ...]  # absolute tensor names the fold edits
-    bias: str | None  # the bias of the writer's single linear tensor, which can carry a constant offset
+    bias: str | None  # the tensor that carries a constant offset: its single linear tensor's bias, or its spec's offset
     post_norm: str | None  # absolute name of the post-norm weight, when the write is g ⊙ norm(y)
     stream_scale: float  # the write is the hook module's output times this
     weight_scale: float = 1.0  # the hook module's output is its weights' rows times this (Gemma embedding)
@@ -121,7 +42,7 @@ class ResidualWriter:
     @property
     def lora_module(self) -> str | None:
         """The module a portable LoRA can target: only a writer made of one linear tensor (or the embedding)."""
-        if len(self.tensors) != 1 or self.tensors[0][1] == "experts":
+        if len(self.tensors) != 1 or self.tensors[0][1] not in ("linear", "embedding"):
             return None
         return self.tensors[0][0].removesuffix(".weight")
 
@@ -137,6 +58,8 @@ class ModelLayout:
     tied_embeddings: bool
     has_lm_head_tensor: bool
     writers: tuple[ResidualWriter, ...]
+    spelling: Spelling = Spelling()  # the naming these tensor names use (one of the architecture's spellings)
+    extra_blocks: int = 0  # blocks stored after the decoder blocks that the causal LM does not run (MTP layers)
     _by_hook: dict[str, ResidualWriter] = field(default_factory=dict, repr=False, compare=False)
     _by_key: dict[str, tuple[ResidualWriter, TensorKind]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -151,6 +74,23 @@ class ModelLayout:
     @property
     def embedding(self) -> ResidualWriter:
         return self.writers[0]
+
+    @property
+    def blocks(self) -> str:
+        return self.spelling.blocks
+
+    @property
+    def lm_head(self) -> str:
+        return self.spelling.lm_head
+
+    def in_memory(self, name: str) -> str:
+        """A tensor or module name of this layout as the model loaded by ``AutoModelForCausalLM`` names it (where
+        runtime hooks and adapters attach): a checkpoint on disk may spell the language model differently."""
+        loaded = self.architecture.spellings[0]
+        for ours, theirs in ((self.spelling.lm_head, loaded.lm_head), (self.spelling.model, loaded.model)):
+            if name == ours or name.startswith(ours + "."):
+                return theirs + name[len(ours):]
+        return name
 
     @property
     def post_norm(self) -> bool:
@@ -177,7 +117,10 @@ def supported_model_types() -> list[str]:
 
 
 def architecture_for(model_type: str) -> Architecture:
-    """The table row for a model type, or a clear error listing what is supported."""
+    """The table row for a model type, or a clear error: the reason a refused type cannot be edited exactly, or
+    the list of what is supported."""
+    if model_type in REFUSED:
+        raise UnsupportedModel(f"model_type '{model_type}' is not supported: {REFUSED[model_type]}")
     try:
         return ARCHITECTURES[model_type]
     except KeyError:
@@ -188,9 +131,12 @@ def architecture_for(model_type: str) -> Architecture:
 
 
 def _value(config: Any, name: str, default: Any = None) -> Any:
-    if isinstance(config, dict):
-        return config.get(name, default)
-    return getattr(config, name, default)
+    return config_value(config, name, default)
+
+
+def _text(config: Any, arch: Architecture) -> Any:
+    """The language model's config: the top-level config, or its ``text_config`` (vision-language wrappers)."""
+    return _value(config, arch.text_config) if arch.text_config else config
 
 
 def _with_defaults(config: Any, arch: Architecture) -> Any:
@@ -201,16 +147,36 @@ def _with_defaults(config: Any, arch: Architecture) -> Any:
     """
     if not isinstance(config, dict):
         return config
-    read = ("num_hidden_layers", "hidden_size", "tie_word_embeddings", arch.embedding_multiplier, arch.residual_multiplier)
-    if all(key in config for key in read if key):
+    text = _text(config, arch)
+    # A hybrid's layer types go through its config class: a config.json may imply them (full_attention_interval) or
+    # spell them in legacy names ("mamba", "attention").
+    hybrid = any(spec.layer_type for spec in arch.writers)
+    read = ("num_hidden_layers", "hidden_size", arch.embedding_multiplier, arch.residual_multiplier)
+    if isinstance(text, dict) and "tie_word_embeddings" in config and all(key in text for key in read if key) and not hybrid:
         return config
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
-    fields = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version", "architectures")}
+    fields = {k: _decoded(v) for k, v in config.items() if k not in ("model_type", "transformers_version", "architectures")}
     try:
         return AutoConfig.for_model(config["model_type"], **fields)
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, StrictDataclassError):
         return config
+
+
+SPECIAL_FLOATS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def _decoded(value: Any) -> Any:
+    """A config.json value with transformers' tagged floats (``{"__float__": "Infinity"}``) decoded, as its
+    config loader does (Mamba configs hold time_step_limit = [0, ∞])."""
+    if isinstance(value, dict):
+        if set(value) == {"__float__"} and value["__float__"] in SPECIAL_FLOATS:
+            return SPECIAL_FLOATS[value["__float__"]]
+        return {k: _decoded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    return value
 
 
 def _matching(pattern: str, names: set[str]) -> list[str]:
@@ -221,50 +187,81 @@ def _matching(pattern: str, names: set[str]) -> list[str]:
     return [n for _, n in sorted(found)]
 
 
+def _spelling(arch: Architecture, model_type: str, names: set[str]) -> Spelling:
+    """The architecture's spelling these tensor names use (found by the embedding's name)."""
+    for spelling in arch.spellings:
+        if f"{spelling.embedding}.weight" in names:
+            return spelling
+    raise BadInput(
+        f"no '{arch.spellings[-1].embedding}.weight' tensor found for model_type '{model_type}': "
+        "check that the folder holds the full checkpoint of a causal language model"
+    )
+
+
+def _block_specs(arch: Architecture, text: Any, block: int) -> list[WriterSpec]:
+    """The writer specs of one block: on a hybrid, those of the block's entry in ``layer_types``."""
+    if not any(spec.layer_type for spec in arch.writers):
+        return list(arch.writers)
+    layer_types = _value(text, "layer_types")
+    if not layer_types or len(layer_types) <= block:
+        raise BadInput(f"config.json has no layer_types entry for block {block}: this hybrid architecture needs one "
+                       "per block; re-download or re-save the checkpoint")
+    specs = [spec for spec in arch.writers if spec.layer_type in (None, layer_types[block])]
+    if all(spec.layer_type is None for spec in specs):
+        raise BadInput(f"block {block} has layer type '{layer_types[block]}', which steerfold does not know for "
+                       f"model_type '{_value(text, 'model_type')}'")
+    return specs
+
+
+def _block_writer(spec: WriterSpec, prefix: str, names: set[str], layer: int, scale: float) -> ResidualWriter:
+    """Resolve one writer spec of one block against the tensor names."""
+    tensors = [(key, t.kind) for t in spec.tensors for key in _matching(prefix + t.pattern, names)]
+    if not tensors:
+        expected = ", ".join(t.pattern for t in spec.tensors)
+        raise BadInput(f"no tensor of {prefix}{spec.hook} was found (expected one of {expected}): the checkpoint does "
+                       "not match its config.json or is quantized; re-download, re-save or dequantize it")
+    bias = None
+    if spec.offset is not None:
+        bias = prefix + spec.offset if prefix + spec.offset in names else None
+    elif len(tensors) == 1 and tensors[0][1] == "linear":
+        candidate = tensors[0][0].removesuffix(".weight") + ".bias"
+        bias = candidate if candidate in names else None
+    post_norm = f"{prefix}{spec.post_norm}.weight" if spec.post_norm else None
+    if post_norm and post_norm not in names:
+        raise BadInput(f"expected post-norm tensor '{post_norm}' is missing: the checkpoint is incomplete")
+    return ResidualWriter(layer, spec.role, prefix + spec.hook, tuple(tensors), bias, post_norm, scale)
+
+
 def resolve_layout(config: Any, parameter_names: Iterable[str]) -> ModelLayout:
     """Resolve the residual writers of a model from its config (dict or PretrainedConfig) and tensor names."""
     model_type = str(_value(config, "model_type"))
     arch = architecture_for(model_type)
     config = _with_defaults(config, arch)
-    num_layers = int(_value(config, "num_hidden_layers"))
-    hidden_size = int(_value(config, "hidden_size"))
+    text = _text(config, arch)
+    num_layers = int(_value(text, "num_hidden_layers"))
     names = set(parameter_names)
-    emb_mult = float(_value(config, arch.embedding_multiplier, 1.0)) if arch.embedding_multiplier else 1.0
-    res_mult = float(_value(config, arch.residual_multiplier, 1.0)) if arch.residual_multiplier else 1.0
-
-    embedding_key = f"{arch.embedding}.weight"
-    if embedding_key not in names:
-        raise BadInput(
-            f"no '{embedding_key}' tensor found for model_type '{model_type}': "
-            "check that the folder holds the full checkpoint of a causal language model"
-        )
-    emb_scale = arch.embedding_scale(config) if arch.embedding_scale else 1.0
-    writers = [ResidualWriter(0, "embedding", arch.embedding, ((embedding_key, "embedding"),), None, None, emb_mult, emb_scale)]
+    spelling = _spelling(arch, model_type, names)
+    emb_mult = float(_value(text, arch.embedding_multiplier, 1.0)) if arch.embedding_multiplier else 1.0
+    res_mult = float(_value(text, arch.residual_multiplier, 1.0)) if arch.residual_multiplier else 1.0
+    emb_scale = arch.embedding_scale(text) if arch.embedding_scale else 1.0
+    embedding_key = f"{spelling.embedding}.weight"
+    writers = [ResidualWriter(0, "embedding", spelling.embedding, ((embedding_key, "embedding"),), None, None, emb_mult,
+                              emb_scale)]
     for block in range(num_layers):
-        prefix = f"{arch.blocks}.{block}."
-        for spec in arch.writers:
-            tensors = [(key, t.kind) for t in spec.tensors for key in _matching(prefix + t.pattern, names)]
-            if not tensors:
-                raise BadInput(
-                    f"no tensor of {prefix}{spec.hook} was found: the checkpoint does not match its config.json "
-                    f"({num_layers} layers of {model_type}); re-download or re-save the checkpoint"
-                )
-            bias = None
-            if len(tensors) == 1 and tensors[0][1] == "linear":
-                candidate = tensors[0][0].removesuffix(".weight") + ".bias"
-                bias = candidate if candidate in names else None
-            post_norm = f"{prefix}{spec.post_norm}.weight" if spec.post_norm else None
-            if post_norm and post_norm not in names:
-                raise BadInput(f"expected post-norm tensor '{post_norm}' is missing: the checkpoint is incomplete")
-            writers.append(ResidualWriter(block + 1, spec.role, prefix + spec.hook, tuple(tensors), bias, post_norm, res_mult))
+        prefix = f"{spelling.blocks}.{block}."
+        specs = [spec for spec in _block_specs(arch, text, block)
+                 if not spec.optional or any(_matching(prefix + t.pattern, names) for t in spec.tensors)]
+        writers += [_block_writer(spec, prefix, names, block + 1, res_mult) for spec in specs]
     return ModelLayout(
         model_type=model_type,
         architecture=arch,
         num_layers=num_layers,
-        hidden_size=hidden_size,
+        hidden_size=int(_value(text, "hidden_size")),
         tied_embeddings=bool(_value(config, "tie_word_embeddings", False)),
-        has_lm_head_tensor=f"{arch.lm_head}.weight" in names,
+        has_lm_head_tensor=f"{spelling.lm_head}.weight" in names,
         writers=tuple(writers),
+        spelling=spelling,
+        extra_blocks=next((int(_value(text, key)) for key in arch.extra_blocks if _value(text, key) is not None), 0),
     )
 
 

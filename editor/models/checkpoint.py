@@ -156,8 +156,9 @@ def check_checkpoint(folder: ModelFolder) -> ModelLayout:
     beyond num_hidden_layers, and every residual writer floating point with the hidden size where it writes."""
     names = folder.parameter_names()
     layout = resolve_layout(folder.config, names)
-    blocks = re.compile(re.escape(layout.architecture.blocks) + r"\.(\d+)\.")
-    extra = sorted({int(m.group(1)) for name in names if (m := blocks.match(name)) and int(m.group(1)) >= layout.num_layers})
+    blocks = re.compile(re.escape(layout.blocks) + r"\.(\d+)\.")
+    stored = layout.num_layers + layout.extra_blocks
+    extra = sorted({int(m.group(1)) for name in names if (m := blocks.match(name)) and int(m.group(1)) >= stored})
     if extra:
         raise BadInput(f"{folder.path} holds decoder block {extra[0]} but config.json says num_hidden_layers="
                              f"{layout.num_layers}: the checkpoint does not match its config; re-download or re-save it")
@@ -166,7 +167,7 @@ def check_checkpoint(folder: ModelFolder) -> ModelLayout:
     entries = {entry.name: entry for shard in folder.shards for entry in read_header(shard)[0]}
     hidden = layout.hidden_size
     for writer in layout.writers:
-        checks = [(key, kind) for key, kind in writer.tensors] + ([(writer.bias, "bias")] if writer.bias else [])
+        checks = [(key, kind) for key, kind in writer.tensors] + ([(writer.bias, "offset")] if writer.bias else [])
         checks += [(writer.post_norm, "bias")] if writer.post_norm else []
         for key, kind in checks:
             entry = entries[key]
@@ -187,6 +188,10 @@ def _fits(shape: tuple[int, ...], kind: str, hidden: int) -> bool:
         return len(shape) == 2 and shape[0] == hidden
     if kind == "experts":
         return len(shape) == 3 and hidden in shape[1:]
+    if kind == "experts_t":  # [E, inter, hidden]
+        return len(shape) == 3 and shape[2] == hidden
+    if kind == "offset":  # a writer's bias, or gpt-oss's one per expert
+        return len(shape) in (1, 2) and shape[-1] == hidden
     return tuple(shape) == (hidden,)
 
 
