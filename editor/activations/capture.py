@@ -171,9 +171,10 @@ def prompt_batches(
     return PromptBatches(ids[0][:k].unsqueeze(0), batches, len(texts))
 
 
-def last_logits_only(model: PreTrainedModel) -> dict:
-    """The keyword that makes ``model`` compute logits at the last position only (when its forward takes one)."""
-    return {"logits_to_keep": 1} if _takes_logits_to_keep(type(model)) else {}
+def last_logits_only(model: PreTrainedModel, keep: int = 1) -> dict:
+    """The keyword that makes ``model`` compute logits at the last ``keep`` positions only (when its forward takes
+    one; callers slice what it returns either way)."""
+    return {"logits_to_keep": keep} if _takes_logits_to_keep(type(model)) else {}
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,25 +12,30 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from steerfold.activations.capture import encode, left_padded
+from steerfold.activations.capture import encode, last_logits_only, left_padded
 from steerfold.edit.edits import Edit
 from steerfold.edit.hooks import runtime_hooks
 from steerfold.models.loading import input_device
 from steerfold.activations.generate import greedy_ids, through_first_eos
 
-Runner = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # batch -> logits [b, t, vocab]
+Runner = Callable[..., torch.Tensor]  # (batch, keep=None) -> logits [b, t, vocab], or of the last ``keep`` positions
+
+KL_ROWS = 8  # rows whose full-vocabulary logits multi-token KL holds at once (a 150k vocabulary: 0.6 MB a position)
 
 
 def runner(model: PreTrainedModel, edit: Edit | None = None) -> Runner:
     """Float32 logits of ``model`` on a batch (moved to where the model takes its inputs), on the CPU, with ``edit``
-    applied by hooks when given."""
+    applied by hooks when given; ``keep`` computes only the last ``keep`` positions' logits (the output head over a
+    large vocabulary is most of a small model's memory)."""
     device = input_device(model)
 
     @torch.no_grad()
-    def run(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def run(batch: dict[str, torch.Tensor], keep: int | None = None) -> torch.Tensor:
         with runtime_hooks(model, edit) if edit is not None else nullcontext():
             inputs = {key: value.to(device) for key, value in batch.items()}
-            return model(**inputs, use_cache=False).logits.to("cpu", torch.float32)
+            extra = last_logits_only(model, keep) if keep else {}
+            logits = model(**inputs, use_cache=False, **extra).logits
+            return (logits[:, -keep:] if keep else logits).to("cpu", torch.float32)
 
     return run
 
@@ -41,7 +46,7 @@ def last_position_logits(run: Runner, tokenizer: PreTrainedTokenizerBase, texts:
     rows = []
     with left_padded(tokenizer):
         for start in range(0, len(texts), batch_size):
-            rows.append(run(encode(tokenizer, texts[start : start + batch_size], torch.device("cpu")))[:, -1:])
+            rows.append(run(encode(tokenizer, texts[start : start + batch_size], torch.device("cpu")), keep=1))
     return torch.cat(rows)
 
 
@@ -59,7 +64,7 @@ def first_token_kl(
     with left_padded(tokenizer):
         for start in range(0, len(texts), batch_size):
             batch = encode(tokenizer, texts[start : start + batch_size], torch.device("cpu"))
-            values.append(kl(base(batch)[:, -1], edited(batch)[:, -1]))
+            values.append(kl(base(batch, keep=1)[:, -1], edited(batch, keep=1)[:, -1]))
     return torch.cat(values)
 
 
@@ -79,13 +84,14 @@ def multi_token_kl(
     with left_padded(tokenizer):
         for start in range(0, len(texts), batch_size):
             batch = encode(tokenizer, texts[start : start + batch_size], torch.device("cpu"))
-            prompt_len = batch["input_ids"].shape[1]
             generated = greedy_ids(base_model, tokenizer, batch, max_new_tokens)
             sequences = torch.cat([batch["input_ids"], generated], dim=1)
             scored = through_first_eos(generated, eos)  # positions whose next token was generated
             mask = torch.cat([batch["attention_mask"], scored.long()], dim=1)
-            full = {"input_ids": sequences, "attention_mask": mask}
-            positions = slice(prompt_len - 1, sequences.shape[1] - 1)
-            per_token = kl(base(full)[:, positions], edited(full)[:, positions])
-            values.append((per_token * scored).sum(1) / scored.sum(1).clamp(min=1))
+            keep = generated.shape[1] + 1  # the positions from the prompt's last token to the last generated one
+            for rows in range(0, sequences.shape[0], KL_ROWS):  # bounded memory: a few rows' logits at a time
+                part = slice(rows, rows + KL_ROWS)
+                full = {"input_ids": sequences[part], "attention_mask": mask[part]}
+                per_token = kl(base(full, keep=keep)[:, :-1], edited(full, keep=keep)[:, :-1])
+                values.append((per_token * scored[part]).sum(1) / scored[part].sum(1).clamp(min=1))
     return torch.cat(values)
