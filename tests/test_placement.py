@@ -125,3 +125,13 @@ def test_runtime_edits_and_generation_on_a_dispatched_model_equal_the_in_memory_
     kl_whole = first_token_kl(runner(whole), runner(whole, edit), tokenizer, texts)
     assert kl_whole.abs().max() > 0 and (kl_capped - kl_whole).abs().max() <= 1e-5
     assert greedy_generate(capped, tokenizer, texts, max_new_tokens=8) == greedy_generate(whole, tokenizer, texts, max_new_tokens=8)
+
+
+def test_a_smaller_batch_gives_the_same_direction_and_selection(tmp_path):
+    import json
+
+    default, small = _fit(tmp_path, "b32"), _fit(tmp_path, "b5", "--batch-size", "5")
+    assert (small.directions - default.directions).abs().max() <= 1e-5
+    assert json.loads(small.metadata["options"])["batch_size"] == 5
+    chosen = lambda file: (file.metadata["position"], file.metadata["layer"])
+    assert chosen(small) == chosen(default)

@@ -290,7 +290,8 @@ def _contrast_fitted(result: RefusalFit, max_kl: float) -> Fitted:
 
 def fit_with(estimator: Estimator, inputs: FitInputs, weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> Fitted:
     """A contrast job: ``estimator`` at every candidate, then the selection; what to say about the result."""
-    return _contrast_fitted(select_refusal_direction(inputs, estimator, weights), inputs.options.max_kl)
+    return _contrast_fitted(select_refusal_direction(inputs, estimator, weights, inputs.options.batch_size),
+                            inputs.options.max_kl)
 
 
 def fit_diff_in_means(inputs: FitInputs) -> Fitted:
@@ -337,7 +338,8 @@ def fit_per_category(inputs: FitInputs) -> Fitted:
     layers = list(range(model.config.num_hidden_layers + 1))
     positions = read_positions(tokenizer, options, default=-1)
     harmful_acts, harmless_acts = (
-        capture(model, tokenizer, chat_texts(tokenizer, records, options.system), layers, at_positions(positions))[:, :, 0]
+        capture(model, tokenizer, chat_texts(tokenizer, records, options.system), layers, at_positions(positions),
+                options.batch_size)[:, :, 0]
         for records in (inputs.harmful, inputs.harmless)
     )
     directions = category_directions(harmful_acts, [r.category for r in inputs.harmful], harmless_acts)
@@ -385,7 +387,7 @@ def fit_persona_vector(inputs: FitInputs) -> Fitted:
     """The persona vector; orthogonalised against the mean response activation on harmless prompts if asked."""
     model, tokenizer, options = inputs.model, inputs.tokenizer, inputs.options
     file = fit_persona_direction(model, tokenizer, inputs.prompts, options.persona, options.against,
-                                 options.max_new_tokens, model_name=inputs.model_name)
+                                 options.max_new_tokens, options.batch_size, model_name=inputs.model_name)
     assert file.directions is not None
     directions = file.directions
     if options.orthogonalize != "none":

@@ -46,6 +46,8 @@ class FitOptions(BaseModel):
     judge_template: str | None = Field(
         default=None, description="With scorer judge: its prompt, with {prompt} and {response} (default: a refuse/comply question)")
     max_new_tokens: int = Field(default=32, gt=0, description="Length of the responses persona vectors average and scorers read")
+    batch_size: int = Field(default=32, gt=0, description="Prompts per forward pass: lower it when a batch does not fit in (GPU) memory; "
+                                                          "the direction does not depend on it beyond float rounding")
 
     @field_validator("method")
     @classmethod
