@@ -120,12 +120,15 @@ class RecipeRun:
             return {}
         from steerfold.artifacts.outputs import replace_file
         from steerfold.models.loading import load_model
+        from steerfold.validation.options import load_markers
         from steerfold.validation.validate import EvalSets, validate
 
         fmt = "merged" if "merged" in self.recipe.export.formats else "lora"  # the recipe schema requires one of them
         # thresholds only judge the figures: changing one re-checks the cached validation, it does not redo it
-        key = digest("validate", self.export_keys[fmt], spec.model_dump(exclude={"thresholds"}),
-                     self.hashes[spec.harmful], self.hashes[spec.harmless], placement_of(self.recipe.model).model_dump(mode="json"))
+        markers = load_markers(spec, self.recipe_path.parent)
+        key = digest("validate", self.export_keys[fmt], spec.model_dump(exclude={"thresholds"}), markers,
+                     self.hashes[spec.harmful], self.hashes[spec.harmless], spec.over_refusal and self.hashes[spec.over_refusal],
+                     placement_of(self.recipe.model).model_dump(mode="json"))
         path = self.out / ".cache" / f"validate-{key}.json"
 
         def work() -> None:
@@ -134,8 +137,8 @@ class RecipeRun:
             if spec.coherence == "organism":
                 from steerfold.research.organism import coherent_compliance as check
             edited = load_model(self.out / fmt, base=self.folder, placement=placement_of(self.recipe.model))
-            sets = EvalSets(self.sets[spec.harmful], self.sets[spec.harmless])
-            result = validate(model, edited, tokenizer, sets, spec.system, check, spec.max_new_tokens)
+            sets = EvalSets(self.sets[spec.harmful], self.sets[spec.harmless], self.sets[spec.over_refusal] if spec.over_refusal else ())
+            result = validate(model, edited, tokenizer, sets, spec.system, check, spec.max_new_tokens, markers=markers)
             with replace_file(path) as tmp:
                 tmp.write_text(json.dumps(result, default=str))
 

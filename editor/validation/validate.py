@@ -8,8 +8,12 @@ from typing import Callable, Sequence
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerfold.edit.edits import Edit
-from steerfold.validation.behaviour import chat_texts, refusal, respond
+from steerfold.validation.behaviour import chat_texts, respond
 from steerfold.validation.divergence import first_token_kl, multi_token_kl, runner
+from steerfold.validation.options import DEFAULT_MAX_NEW_TOKENS
+from steerfold.validation.rates import counted, counted_flags
+from steerfold.validation.reasoning import answer_of
+from steerfold.validation.refusal import DEFAULT_MARKERS, Markers
 from steerfold.prompts import PromptRecord
 
 CoherenceCheck = Callable[[PromptRecord, str], bool]
@@ -17,10 +21,16 @@ CoherenceCheck = Callable[[PromptRecord, str], bool]
 
 @dataclass(frozen=True)
 class EvalSets:
-    """Held-out prompts the report is measured on."""
+    """Held-out prompts the report is measured on; ``over_refusal``: safe requests that look unsafe (optional)."""
 
     harmful: Sequence[PromptRecord]
     harmless: Sequence[PromptRecord]
+    over_refusal: Sequence[PromptRecord] = ()
+
+    def named(self) -> list[tuple[str, Sequence[PromptRecord]]]:
+        """(name, records) of every set given, in report order."""
+        sets = [("harmful", self.harmful), ("harmless", self.harmless), ("over_refusal", self.over_refusal)]
+        return [(name, records) for name, records in sets if records or name != "over_refusal"]
 
 
 def behaviour(
@@ -30,20 +40,43 @@ def behaviour(
     system: str | None = None,
     edit: Edit | None = None,
     coherence: CoherenceCheck | None = None,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    markers: Markers = DEFAULT_MARKERS,
 ) -> tuple[dict, dict[str, list[str]]]:
-    """Refusal rates (overall and by category) and, when a check is given, coherent compliance on harmful prompts."""
-    harmful = respond(model, tokenizer, sets.harmful, system, edit, max_new_tokens)
-    harmless = respond(model, tokenizer, sets.harmless, system, edit, max_new_tokens)
-    harmful_rates, harmless_rates = refusal(harmful, sets.harmful), refusal(harmless, sets.harmless)
-    summary = {
-        "harmful_refusal": harmful_rates["overall"],
-        "harmless_refusal": harmless_rates["overall"],
-        "by_category": {**harmful_rates["by_category"], **harmless_rates["by_category"]},
-    }
+    """Refusal rates (overall and by category) and, when a check is given, coherent compliance on harmful prompts;
+    ``intervals`` holds each rate's count, number of prompts and 95% Wilson interval."""
+    texts, summary, intervals = {}, {"by_category": {}}, {"by_category": {}}
+    for kind, records in sets.named():
+        texts[kind] = respond(model, tokenizer, records, system, edit, max_new_tokens)
+        flags = [markers.find(answer_of(text)) is not None for text in texts[kind]]
+        counts = counted_flags(flags, [r.category for r in records])
+        metric = "over_refusal" if kind == "over_refusal" else f"{kind}_refusal"
+        summary[metric], intervals[metric] = counts["overall"]["rate"] or 0.0, counts["overall"]
+        if kind == "over_refusal":  # its own rate: its categories are not harm categories
+            intervals["over_refusal_by_category"] = counts["by_category"]
+            continue
+        summary["by_category"].update({c: e["rate"] for c, e in counts["by_category"].items()})
+        intervals["by_category"].update(counts["by_category"])
     if coherence is not None:
-        summary["coherent_compliance"] = sum(coherence(r, text) for r, text in zip(sets.harmful, harmful)) / len(harmful)
-    return summary, {"harmful": harmful, "harmless": harmless}
+        entry = counted(sum(coherence(r, text) for r, text in zip(sets.harmful, texts["harmful"])), len(sets.harmful))
+        summary["coherent_compliance"], intervals["coherent_compliance"] = entry["rate"], entry
+    summary["intervals"] = intervals
+    return summary, texts
+
+
+def response_rows(sets: EvalSets, before: dict[str, list[str]], after: dict[str, list[str]], markers: Markers) -> list[dict]:
+    """One row per prompt and set: the base and edited responses and the verdict of each (the marker found, if any;
+    reasoning blocks are kept in the response, verdicts read the answer)."""
+    rows = []
+    for kind, records in sets.named():
+        for i, record in enumerate(records):
+            row = {"set": kind, "prompt": record.text, "category": record.category}
+            for side, texts in (("base", before), ("edited", after)):
+                marker = markers.find(answer_of(texts[kind][i]))
+                row.update({f"{side}_response": texts[kind][i], f"{side}_verdict": "refusal" if marker else "compliance",
+                            f"{side}_marker": marker})
+            rows.append(row)
+    return rows
 
 
 def validate(
@@ -53,26 +86,29 @@ def validate(
     sets: EvalSets,
     system: str | None = None,
     coherence: CoherenceCheck | None = None,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     examples: int = 3,
+    markers: Markers = DEFAULT_MARKERS,
 ) -> dict:
-    """``before`` and ``after`` behaviour, KL on harmless prompts, and a few example responses."""
-    before, before_text = behaviour(base_model, tokenizer, sets, system, coherence=coherence, max_new_tokens=max_new_tokens)
-    after, after_text = behaviour(edited_model, tokenizer, sets, system, coherence=coherence, max_new_tokens=max_new_tokens)
+    """``before`` and ``after`` behaviour, KL on harmless prompts, a few example responses, and every response with
+    its verdicts (``responses``, written to responses.jsonl beside the report)."""
+    measured = dict(system=system, coherence=coherence, max_new_tokens=max_new_tokens, markers=markers)
+    before, before_text = behaviour(base_model, tokenizer, sets, **measured)
+    after, after_text = behaviour(edited_model, tokenizer, sets, **measured)
     texts = chat_texts(tokenizer, sets.harmless, system)
     base, edited = runner(base_model), runner(edited_model)
     after["kl_first_token"] = float(first_token_kl(base, edited, tokenizer, texts).mean())
     after["kl_multi_token"] = float(multi_token_kl(base_model, base, edited, tokenizer, texts).mean())
-    generations = {kind: [{"prompt": r.text, "category": r.category, "before": before_text[kind][i], "after": after_text[kind][i]}
-                          for i, r in enumerate(records)]
-                   for kind, records in (("harmful", sets.harmful), ("harmless", sets.harmless))}
+    rows = response_rows(sets, before_text, after_text, markers)
     return {
         "system_prompt": system,
-        "prompts": {"harmful": len(sets.harmful), "harmless": len(sets.harmless)},
+        "max_new_tokens": max_new_tokens,
+        "prompts": {name: len(records) for name, records in sets.named()},
         "categories": {kind: sorted({r.category for r in records if r.category})
                        for kind, records in (("harmful", sets.harmful), ("harmless", sets.harmless))},
         "before": before,
         "after": after,
-        "examples": generations["harmful"][:examples],  # shown in report.md
-        "generations": generations,  # every response, before and after
+        "examples": [{"prompt": r["prompt"], "category": r["category"], "before": r["base_response"],
+                      "after": r["edited_response"]} for r in rows if r["set"] == "harmful"][:examples],  # in report.md
+        "responses": rows,  # every response, before and after, with its verdicts
     }
