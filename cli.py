@@ -281,8 +281,13 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
         check_compatible(edited, base_folder)
         base_model = load_model(base_folder, placement=placement)
         edited_model = load_model(edited, base=base_folder, placement=placement)
+        judge = None
+        if given.judge:
+            from steerfold.validation.judging import load_judge
+
+            judge = load_judge(given.judge, given.judge_samples, given.judge_seed, placement)
         report = run_validation(base_model, edited_model, load_tokenizer(base_folder), sets, given.system, check,
-                                given.max_new_tokens, markers=markers)
+                                given.max_new_tokens, markers=markers, judge=judge)
         report.update({"base": str(base), "base_revision": revision, "edited": str(edited),
                        "placement": base_model.steerfold_placement})
         write_report(tmp, report)

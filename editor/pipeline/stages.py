@@ -126,7 +126,8 @@ class RecipeRun:
         fmt = "merged" if "merged" in self.recipe.export.formats else "lora"  # the recipe schema requires one of them
         # thresholds only judge the figures: changing one re-checks the cached validation, it does not redo it
         markers = load_markers(spec, self.recipe_path.parent)
-        key = digest("validate", self.export_keys[fmt], spec.model_dump(exclude={"thresholds"}), markers,
+        judge_id = model_identity(Path(spec.judge)) if spec.judge and (Path(spec.judge) / "config.json").is_file() else spec.judge
+        key = digest("validate", self.export_keys[fmt], spec.model_dump(exclude={"thresholds"}), markers, judge_id,
                      self.hashes[spec.harmful], self.hashes[spec.harmless], spec.over_refusal and self.hashes[spec.over_refusal],
                      placement_of(self.recipe.model).model_dump(mode="json"))
         path = self.out / ".cache" / f"validate-{key}.json"
@@ -138,7 +139,13 @@ class RecipeRun:
                 from steerfold.research.organism import coherent_compliance as check
             edited = load_model(self.out / fmt, base=self.folder, placement=placement_of(self.recipe.model))
             sets = EvalSets(self.sets[spec.harmful], self.sets[spec.harmless], self.sets[spec.over_refusal] if spec.over_refusal else ())
-            result = validate(model, edited, tokenizer, sets, spec.system, check, spec.max_new_tokens, markers=markers)
+            judge = None
+            if spec.judge:
+                from steerfold.validation.judging import load_judge
+
+                judge = load_judge(spec.judge, spec.judge_samples, spec.judge_seed, placement_of(self.recipe.model))
+            result = validate(model, edited, tokenizer, sets, spec.system, check, spec.max_new_tokens, markers=markers,
+                              judge=judge)
             with replace_file(path) as tmp:
                 tmp.write_text(json.dumps(result, default=str))
 

@@ -37,6 +37,15 @@ class ValidateOptions(BaseModel):
         "their refusal rate, before and after, is reported as over-refusal (recipes/prompts/over_refusal.jsonl has 144).",
         flag="--over-refusal", recipe="validate.over_refusal", metavar="FILE")] = None
 
+    judge: Annotated[str | None, Words(
+        "A causal LM (local folder or Hub id) that reads each request and response and says refusal, compliance or "
+        "evasion: a third level of evidence beside the markers, with its agreement with them and with steerfold's "
+        "hand-labelled rows.", flag="--judge", recipe="validate.judge", metavar="MODEL")] = None
+    judge_samples: Annotated[int, Field(ge=1), Words("With --judge: sampled verdicts per response; the most frequent wins.",
+                                                      flag="--judge-samples", recipe="validate.judge_samples")] = 5
+    judge_seed: Annotated[int, Words("With --judge: the seed of its sampled verdicts.", flag="--judge-seed",
+                                     recipe="validate.judge_seed")] = 0
+
 
 def parse_validate_options(values: dict, surface: SurfaceName = "cli", source: str | None = None) -> ValidateOptions:
     """``ValidateOptions`` from the values a surface gave (None: not given); a bad value is one line in that

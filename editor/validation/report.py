@@ -78,6 +78,8 @@ def render_markdown(report: dict) -> str:
     parts += [markdown_table(("metric", "before", "after"), before_after_rows(report)), ""]
     if report["after"].get("intervals"):
         parts += ["Rates: percentage (count/prompts; 95% Wilson interval).", ""]
+    if report.get("judge"):
+        parts += judge_markdown(report["judge"])
     if report.get("equivalence"):
         eq = report["equivalence"]
         parts += ["## Equivalence", "", markdown_table(("comparison", "max |Δ logit|"), [(k, f"{v:.2e}") for k, v in eq.items()]), ""]
@@ -120,6 +122,28 @@ def render_markdown(report: dict) -> str:
 
 
 RESPONSES_FILE = "responses.jsonl"
+
+
+def judge_markdown(judge: dict) -> list[str]:
+    """The judge's section: its rates per prompt set before and after, its agreement with the markers, and its
+    calibration on steerfold's hand-labelled rows."""
+    rows = []
+    for name in judge["after"]:
+        before, after = judge["before"][name], judge["after"][name]
+        rows.append((f"{name}: refusal", interval_text(before["refusal"]), interval_text(after["refusal"])))
+        rows.append((f"{name}: evasion", interval_text(before["evasion"]), interval_text(after["evasion"])))
+        rows.append((f"{name}: agreement with markers", interval_text(before["agreement_with_markers"]),
+                     interval_text(after["agreement_with_markers"])))
+        rows.append((f"{name}: no verdict", str(before["unparsed"]), str(after["unparsed"])))
+    calibration = judge["calibration"]
+    return ["## Judge", "",
+            f"`{judge['model']}` classified every response as refusal, compliance or evasion ({judge['samples']} sampled "
+            f"verdicts each from seed {judge['seed']}, the most frequent kept; reasoning blocks set apart). Rates are over "
+            "the responses it gave a verdict; agreement with markers counts evasion as no refusal.", "",
+            markdown_table(("metric", "before", "after"), rows), "",
+            f"On steerfold's {calibration['rows']} hand-labelled responses the judge agreed with the label on "
+            f"{interval_text(calibration['judge_agreement'])} (refusal, compliance or evasion; {calibration['unparsed']} "
+            f"without a verdict), the markers on {interval_text(calibration['markers_agreement'])} (refusal or not).", ""]
 
 
 def write_report(folder: Path, report: dict, plots: bool = True) -> None:

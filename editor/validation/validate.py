@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -15,6 +15,9 @@ from steerfold.validation.rates import counted, counted_flags
 from steerfold.validation.reasoning import answer_of
 from steerfold.validation.refusal import DEFAULT_MARKERS, Markers
 from steerfold.prompts import PromptRecord
+
+if TYPE_CHECKING:
+    from steerfold.validation.judging import VerdictJudge
 
 CoherenceCheck = Callable[[PromptRecord, str], bool]
 
@@ -89,9 +92,11 @@ def validate(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     examples: int = 3,
     markers: Markers = DEFAULT_MARKERS,
+    judge: "VerdictJudge | None" = None,
 ) -> dict:
-    """``before`` and ``after`` behaviour, KL on harmless prompts, a few example responses, and every response with
-    its verdicts (``responses``, written to responses.jsonl beside the report)."""
+    """``before`` and ``after`` behaviour, KL on harmless prompts, a few example responses, every response with its
+    verdicts (``responses``, written to responses.jsonl beside the report) and, with a ``judge``, its verdicts,
+    rates, agreement with the markers and calibration (``judge``)."""
     measured = dict(system=system, coherence=coherence, max_new_tokens=max_new_tokens, markers=markers)
     before, before_text = behaviour(base_model, tokenizer, sets, **measured)
     after, after_text = behaviour(edited_model, tokenizer, sets, **measured)
@@ -100,7 +105,13 @@ def validate(
     after["kl_first_token"] = float(first_token_kl(base, edited, tokenizer, texts).mean())
     after["kl_multi_token"] = float(multi_token_kl(base_model, base, edited, tokenizer, texts).mean())
     rows = response_rows(sets, before_text, after_text, markers)
+    judged = {}
+    if judge is not None:
+        from steerfold.validation.judging import judge_responses
+
+        judged["judge"] = judge_responses(judge, rows, markers)
     return {
+        **judged,
         "system_prompt": system,
         "max_new_tokens": max_new_tokens,
         "prompts": {name: len(records) for name, records in sets.named()},
