@@ -104,6 +104,9 @@ def test_every_rate_has_its_count_and_interval(tmp_path):
         assert set(intervals["by_category"]) == set(report[side]["by_category"])
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "| harmful refusal | 100.0% (4/4; 51.0–100.0%) |" in markdown and "95% Wilson interval" in markdown
+    top1 = report["after"]["intervals"]["top1_agreement"]
+    assert report["after"]["top1_agreement"] == 1.0 and top1["n"] == 4  # the same weights: the same first token
+    assert "| top-1 first token unchanged (harmless) | 100% | 100.0% (4/4;" in markdown
 
 
 OVER_REFUSAL = Path(__file__).parents[1] / "recipes" / "prompts" / "over_refusal.jsonl"
@@ -144,3 +147,25 @@ def test_recipe_validate_section_is_the_same_specification(tmp_path):
     recipe.write_text(text.replace("over_refusal: %s", "markers: nowhere.txt"))
     with pytest.raises(BadInput, match="validate.markers: nowhere.txt does not exist"):
         load_recipe(recipe)
+
+
+THINKING_TEMPLATE = ("{% for m in messages %}{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}"
+                     "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}"
+                     "ASSISTANT:{% endif %}")
+
+
+def test_the_thinking_switch_reaches_a_template_that_reads_it(tmp_path):
+    from steerfold.errors import BadInput
+    from steerfold.models.loading import load_tokenizer
+    from steerfold.prompts import format_chat, reads_thinking_switch
+
+    tokenizer = load_tokenizer(SHIPPED_CHECKPOINT)
+    assert not reads_thinking_switch(tokenizer)
+    assert format_chat(tokenizer, "hi") == format_chat(tokenizer, "hi", thinking=None)
+    with pytest.raises(BadInput, match="--thinking on: this model's chat template has no enable_thinking switch"):
+        format_chat(tokenizer, "hi", thinking=True)
+    tokenizer.chat_template = THINKING_TEMPLATE
+    assert reads_thinking_switch(tokenizer)
+    assert format_chat(tokenizer, "hi", thinking=False).endswith("<think>\n\n</think>\n\nASSISTANT:")
+    assert format_chat(tokenizer, "hi", thinking=True).endswith("hi\nASSISTANT:")
+    one_error_line(validate(tmp_path, "--thinking", "off"), "--thinking off")

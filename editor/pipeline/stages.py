@@ -120,7 +120,7 @@ class RecipeRun:
             return {}
         from steerfold.artifacts.outputs import replace_file
         from steerfold.models.loading import load_model
-        from steerfold.validation.options import load_markers
+        from steerfold.validation.options import load_markers, thinking_switch
         from steerfold.validation.validate import EvalSets, validate
 
         fmt = "merged" if "merged" in self.recipe.export.formats else "lora"  # the recipe schema requires one of them
@@ -145,7 +145,7 @@ class RecipeRun:
 
                 judge = load_judge(spec.judge, spec.judge_samples, spec.judge_seed, placement_of(self.recipe.model))
             result = validate(model, edited, tokenizer, sets, spec.system, check, spec.max_new_tokens, markers=markers,
-                              judge=judge)
+                              judge=judge, thinking=thinking_switch(spec))
             with replace_file(path) as tmp:
                 tmp.write_text(json.dumps(result, default=str))
 

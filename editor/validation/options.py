@@ -37,6 +37,10 @@ class ValidateOptions(BaseModel):
         "their refusal rate, before and after, is reported as over-refusal (recipes/prompts/over_refusal.jsonl has 144).",
         flag="--over-refusal", recipe="validate.over_refusal", metavar="FILE")] = None
 
+    thinking: Annotated[Literal["on", "off", "auto"], Words(
+        "Reasoning models: on or off passes enable_thinking to a chat template that reads it (a template without the "
+        "switch is refused); auto leaves the template's default. Verdicts read the answer after any reasoning block.",
+        flag="--thinking", recipe="validate.thinking")] = "auto"
     judge: Annotated[str | None, Words(
         "A causal LM (local folder or Hub id) that reads each request and response and says refusal, compliance or "
         "evasion: a third level of evidence beside the markers, with its agreement with them and with steerfold's "
@@ -54,6 +58,11 @@ def parse_validate_options(values: dict, surface: SurfaceName = "cli", source: s
         return ValidateOptions.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
         raise first_error_line(exc, vocabulary(ValidateOptions, surface), source) from None
+
+
+def thinking_switch(options: ValidateOptions) -> bool | None:
+    """``enable_thinking`` for the chat template: True, False, or None (auto: the template's default)."""
+    return {"on": True, "off": False, "auto": None}[options.thinking]
 
 
 def load_markers(options: ValidateOptions, base: Path | None = None):

@@ -33,6 +33,8 @@ def before_after_rows(report: dict, detail: bool = True) -> list[tuple[str, str,
     if "coherent_compliance" in after:
         rows.append(("coherent compliance (harmful)", *rate("coherent_compliance")))
     rows.append(("first-token KL (harmless)", "0", f"{after['kl_first_token']:.4f}"))
+    if "top1_agreement" in after:
+        rows.append(("top-1 first token unchanged (harmless)", "100%", rate_cell(after, "top1_agreement", detail=detail)))
     rows.append(("multi-token KL (harmless)", "0", f"{after['kl_multi_token']:.4f}"))
     for category in sorted(after["by_category"]):
         rows.append((f"refusal: {category}", *rate(category, True)))

@@ -9,7 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerfold.edit.edits import Edit
 from steerfold.validation.behaviour import chat_texts, respond
-from steerfold.validation.divergence import first_token_kl, multi_token_kl, runner
+from steerfold.validation.divergence import first_token_comparison, multi_token_kl, runner
 from steerfold.validation.options import DEFAULT_MAX_NEW_TOKENS
 from steerfold.validation.rates import counted, counted_flags
 from steerfold.validation.reasoning import answer_of
@@ -45,12 +45,13 @@ def behaviour(
     coherence: CoherenceCheck | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     markers: Markers = DEFAULT_MARKERS,
+    thinking: bool | None = None,
 ) -> tuple[dict, dict[str, list[str]]]:
     """Refusal rates (overall and by category) and, when a check is given, coherent compliance on harmful prompts;
     ``intervals`` holds each rate's count, number of prompts and 95% Wilson interval."""
     texts, summary, intervals = {}, {"by_category": {}}, {"by_category": {}}
     for kind, records in sets.named():
-        texts[kind] = respond(model, tokenizer, records, system, edit, max_new_tokens)
+        texts[kind] = respond(model, tokenizer, records, system, edit, max_new_tokens, thinking=thinking)
         flags = [markers.find(answer_of(text)) is not None for text in texts[kind]]
         counts = counted_flags(flags, [r.category for r in records])
         metric = "over_refusal" if kind == "over_refusal" else f"{kind}_refusal"
@@ -93,16 +94,20 @@ def validate(
     examples: int = 3,
     markers: Markers = DEFAULT_MARKERS,
     judge: "VerdictJudge | None" = None,
+    thinking: bool | None = None,
 ) -> dict:
     """``before`` and ``after`` behaviour, KL on harmless prompts, a few example responses, every response with its
     verdicts (``responses``, written to responses.jsonl beside the report) and, with a ``judge``, its verdicts,
     rates, agreement with the markers and calibration (``judge``)."""
-    measured = dict(system=system, coherence=coherence, max_new_tokens=max_new_tokens, markers=markers)
+    measured = dict(system=system, coherence=coherence, max_new_tokens=max_new_tokens, markers=markers, thinking=thinking)
     before, before_text = behaviour(base_model, tokenizer, sets, **measured)
     after, after_text = behaviour(edited_model, tokenizer, sets, **measured)
-    texts = chat_texts(tokenizer, sets.harmless, system)
+    texts = chat_texts(tokenizer, sets.harmless, system, thinking)
     base, edited = runner(base_model), runner(edited_model)
-    after["kl_first_token"] = float(first_token_kl(base, edited, tokenizer, texts).mean())
+    first = first_token_comparison(base, edited, tokenizer, texts)
+    after["kl_first_token"] = float(first["kl"].mean())
+    after["intervals"]["top1_agreement"] = counted(int(first["top1"].sum()), len(texts))
+    after["top1_agreement"] = after["intervals"]["top1_agreement"]["rate"]
     after["kl_multi_token"] = float(multi_token_kl(base_model, base, edited, tokenizer, texts).mean())
     rows = response_rows(sets, before_text, after_text, markers)
     judged = {}
@@ -113,6 +118,7 @@ def validate(
     return {
         **judged,
         "system_prompt": system,
+        "thinking": {None: "auto", True: "on", False: "off"}[thinking],
         "max_new_tokens": max_new_tokens,
         "prompts": {name: len(records) for name, records in sets.named()},
         "categories": {kind: sorted({r.category for r in records if r.category})

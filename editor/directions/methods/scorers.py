@@ -19,7 +19,7 @@ from steerfold.validation.reasoning import answer_of
 from steerfold.validation.refusal import is_refusal, normalise
 from steerfold.activations.generate import greedy_generate
 from steerfold.directions.methods.options import FitOptions
-from steerfold.prompts import PromptRecord, format_chat
+from steerfold.prompts import PromptRecord, format_chat, reads_thinking_switch
 
 Scorer = Callable[[Sequence[PromptRecord], Sequence[str]], torch.Tensor]
 
@@ -65,7 +65,10 @@ class Judge:
 
     def prompt(self, request: str, response: str) -> str:
         filled = self.template.format(prompt=request, response=response)
-        return format_chat(self.tokenizer, filled) if getattr(self.tokenizer, "chat_template", None) else filled
+        if not getattr(self.tokenizer, "chat_template", None):
+            return filled
+        # a reasoning judge answers at once: its short answer would otherwise be spent thinking
+        return format_chat(self.tokenizer, filled, thinking=False if reads_thinking_switch(self.tokenizer) else None)
 
     def vote(self, answer: str) -> float:
         """The value of the label that occurs first in the answer; 0 when it names none."""
