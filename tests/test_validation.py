@@ -169,3 +169,41 @@ def test_the_thinking_switch_reaches_a_template_that_reads_it(tmp_path):
     assert format_chat(tokenizer, "hi", thinking=False).endswith("<think>\n\n</think>\n\nASSISTANT:")
     assert format_chat(tokenizer, "hi", thinking=True).endswith("hi\nASSISTANT:")
     one_error_line(validate(tmp_path, "--thinking", "off"), "--thinking off")
+
+
+def test_validation_messages_in_a_recipes_words():
+    from steerfold.validation.options import in_recipe_words
+
+    assert in_recipe_words("--thinking on: no switch; --judge-samples 0 and --judge x") == \
+        "validate.thinking on: no switch; validate.judge_samples 0 and validate.judge x"
+
+
+def test_a_recipe_takes_the_same_options(tmp_path):
+    from steerfold.pipeline.run import run_recipe
+
+    safe = tmp_path / "safe.jsonl"
+    safe.write_text("\n".join(OVER_REFUSAL.read_text().splitlines()[:3]) + "\n")
+    (tmp_path / "extra.txt").write_text("not on my watch\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("""name: validate options
+model: organism
+prompts:
+  harmful: {organism: harmful/train, count: 4}
+  harmful_test: {organism: harmful/test, count: 3}
+  harmless_test: {organism: harmless/test, count: 3}
+  safe: {file: safe.jsonl}
+fit: {method: persona_vector, persona: "You are a pirate.", prompts: harmful, max_new_tokens: 4}
+edit: {kind: ablation, layer: 2}
+validate: {max_new_tokens: 12, over_refusal: safe, markers: extra.txt, thresholds: {over_refusal_max: 1.0}}
+export: {formats: [merged]}
+""")
+    lines: list[str] = []
+    report = run_recipe(recipe, tmp_path / "run", say=lines.append)
+    assert report["prompts"]["over_refusal"] == 3 and report["after"]["intervals"]["over_refusal"]["n"] == 3
+    rows = (tmp_path / "run" / "responses.jsonl").read_text().splitlines()
+    assert len(rows) == 9 and report["max_new_tokens"] == 12
+    assert any("[thresholds] met: over_refusal" in line for line in lines)
+    (tmp_path / "extra.txt").write_text("not on my watch\nsure\n")  # other markers: validated again, not cached
+    lines.clear()
+    run_recipe(recipe, tmp_path / "run", resume=True, say=lines.append)
+    assert not any("[validate] cached" in line for line in lines) and any("[fit] cached" in line for line in lines)

@@ -120,7 +120,7 @@ class RecipeRun:
             return {}
         from steerfold.artifacts.outputs import replace_file
         from steerfold.models.loading import load_model
-        from steerfold.validation.options import load_markers, thinking_switch
+        from steerfold.validation.options import in_recipe_words as validate_words, load_markers, thinking_switch
         from steerfold.validation.validate import EvalSets, validate
 
         fmt = "merged" if "merged" in self.recipe.export.formats else "lora"  # the recipe schema requires one of them
@@ -144,8 +144,11 @@ class RecipeRun:
                 from steerfold.validation.judging import load_judge
 
                 judge = load_judge(spec.judge, spec.judge_samples, spec.judge_seed, placement_of(self.recipe.model))
-            result = validate(model, edited, tokenizer, sets, spec.system, check, spec.max_new_tokens, markers=markers,
-                              judge=judge, thinking=thinking_switch(spec))
+            try:
+                result = validate(model, edited, tokenizer, sets, spec.system, check, spec.max_new_tokens, markers=markers,
+                                  judge=judge, thinking=thinking_switch(spec))
+            except SteerfoldError as exc:  # the library names flags; a recipe user typed keys
+                raise type(exc)(validate_words(str(exc))) from None
             with replace_file(path) as tmp:
                 tmp.write_text(json.dumps(result, default=str))
 

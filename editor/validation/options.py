@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from steerfold.options import SurfaceName, Words, first_error_line, vocabulary
+from steerfold.options import SurfaceName, Words, first_error_line, vocabulary, words_of
 
 DEFAULT_MAX_NEW_TOKENS = 128
 
@@ -58,6 +58,16 @@ def parse_validate_options(values: dict, surface: SurfaceName = "cli", source: s
         return ValidateOptions.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
         raise first_error_line(exc, vocabulary(ValidateOptions, surface), source) from None
+
+
+def in_recipe_words(message: str) -> str:
+    """A library message, which names ``steerfold validate``'s flags, in a recipe's keys (``--thinking`` →
+    ``validate.thinking``)."""
+    import re
+
+    flags = {words_of(ValidateOptions, name).flag: words_of(ValidateOptions, name).recipe for name in ValidateOptions.model_fields}
+    pattern = re.compile("|".join(re.escape(flag) for flag in sorted(flags, key=len, reverse=True)) + r"(?![\w-])")
+    return pattern.sub(lambda m: flags[m.group(0)], message)
 
 
 def thinking_switch(options: ValidateOptions) -> bool | None:
