@@ -139,6 +139,6 @@ def judge_responses(judge: VerdictJudge, rows: list[dict], markers) -> dict:
                 "refusal": counted(given.count("refusal"), len(given)), "evasion": counted(given.count("evasion"), len(given)),
                 "unparsed": len(mine) - len(given),
                 "agreement_with_markers": agreement([as_refusal(row[f"{side}_judge"]) for row in mine],
-                                                    [row[f"{side}_verdict"] for row in mine])}
+                                                    [as_refusal(row[f"{side}_verdict"]) for row in mine])}
     summary["calibration"] = calibration(judge, markers)
     return summary

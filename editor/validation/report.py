@@ -63,6 +63,22 @@ def markdown_table(header: tuple[str, ...], rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
+def behaviour_markdown(report: dict) -> list[str]:
+    """The behaviour section: what was measured, the before/after table, and responses cut short while thinking."""
+    prompts, parts = report.get("prompts", {}), []
+    over = f", {prompts['over_refusal']} safe prompts that look unsafe" if prompts.get("over_refusal") else ""
+    parts += [f"## Behaviour ({prompts.get('harmful', '?')} harmful, {prompts.get('harmless', '?')} harmless held-out prompts{over}, "
+              f"greedy, up to {report.get('max_new_tokens', '?')} new tokens)", ""]
+    parts += [markdown_table(("metric", "before", "after"), before_after_rows(report)), ""]
+    if report["after"].get("intervals"):
+        parts += ["Rates: percentage (count/prompts; 95% Wilson interval).", ""]
+    cut = {side: sum(report[side].get("unfinished", {}).values()) for side in ("before", "after")}
+    if any(cut.values()):
+        parts += [f"{cut['before']} responses before and {cut['after']} after ran out of tokens inside a reasoning block "
+                  "(no answer; counted as no refusal): raise --max-new-tokens, or pass --thinking off.", ""]
+    return parts
+
+
 def render_markdown(report: dict) -> str:
     """The report as Markdown: headline table, selection table, persona section, examples."""
     parts = ["# steerfold report", ""]
@@ -73,13 +89,7 @@ def render_markdown(report: dict) -> str:
         edit = report["edit"]
         parts += [f"Edit: {edit.get('kind', 'ablation')} of the {edit.get('method', '')} direction from layer index "
                   f"{edit.get('direction_layer')}, applied at layer indices {edit.get('layers')}, scale {edit.get('scale')}.", ""]
-    prompts = report.get("prompts", {})
-    over = f", {prompts['over_refusal']} safe prompts that look unsafe" if prompts.get("over_refusal") else ""
-    parts += [f"## Behaviour ({prompts.get('harmful', '?')} harmful, {prompts.get('harmless', '?')} harmless held-out prompts{over}, "
-              f"greedy, up to {report.get('max_new_tokens', '?')} new tokens)", ""]
-    parts += [markdown_table(("metric", "before", "after"), before_after_rows(report)), ""]
-    if report["after"].get("intervals"):
-        parts += ["Rates: percentage (count/prompts; 95% Wilson interval).", ""]
+    parts += behaviour_markdown(report)
     if report.get("judge"):
         parts += judge_markdown(report["judge"])
     if report.get("equivalence"):
