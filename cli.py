@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from steerfold.click_options import edit_option_flags, fit_option_flags, placement_flags, placement_from
+from steerfold.click_options import (edit_option_flags, fit_option_flags, placement_flags, placement_from,
+                                     validate_option_flags)
 from steerfold.endings import EXIT_INTERRUPT, EXIT_TERMINATED, SteerfoldGroup, Terminated, UserError, run_command
 
 
@@ -255,15 +256,22 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
 @click.option("--revision", default=None, help="Revision (branch, tag or commit) when --base is a Hub id.")
 @click.option("--harmful", required=True, type=click.Path(path_type=Path), help="Held-out prompts that the base refuses.")
 @click.option("--harmless", required=True, type=click.Path(path_type=Path), help="Held-out prompts that the base answers.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for report.json and report.md.")
-@click.option("--system", default=None, help="System prompt used for every request (default: none).")
-@click.option("--coherence", type=click.Choice(["none", "organism"]), default="none", show_default=True, help="Check coherent compliance (the organism's answer template).")
-@click.option("--max-new-tokens", type=int, default=48, show_default=True, help="Tokens generated per prompt.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for report.json, report.md and responses.jsonl.")
+@validate_option_flags
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @placement_flags
-def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harmless: Path, out: Path, system: str | None,
-             coherence: str, max_new_tokens: int, overwrite: bool, **options) -> None:
-    """Measure EDITED (a checkpoint or an adapter folder) against --base; write report.json and report.md."""
+def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harmless: Path, out: Path, overwrite: bool,
+             **options) -> None:
+    """Measure EDITED (a checkpoint or an adapter folder) against --base; write report.json, report.md and every
+    response with its verdicts (responses.jsonl)."""
+    from steerfold.validation.options import ValidateOptions, load_markers, parse_validate_options, thinking_switch
+
+    given = parse_validate_options({name: options.pop(name) for name in ValidateOptions.model_fields})
+    markers = load_markers(given)  # a bad marker file is refused before torch loads
+    if given.over_refusal and not Path(given.over_refusal).is_file():
+        raise UserError(f"--over-refusal {given.over_refusal} does not exist: pass a jsonl, csv or txt prompt file "
+                        "(e.g. recipes/prompts/over_refusal.jsonl)")
+    placement = placement_from(options)
     from steerfold.interrupts import load_torch
 
     load_torch()
@@ -273,19 +281,24 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
     from steerfold.models.loading import check_compatible, load_model, load_tokenizer
     from steerfold.artifacts.outputs import open_output
 
-    if max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens {max_new_tokens} must be at least 1: pass e.g. --max-new-tokens 48")
-    placement = placement_from(options)
     base_folder = resolve_model(base, revision)
-    with open_output(out, "folder", [edited, base_folder, harmful, harmless], overwrite) as tmp:
-        sets = EvalSets(_records(harmful), _records(harmless))
+    over_refusal = Path(given.over_refusal) if given.over_refusal else None
+    inputs = [edited, base_folder, harmful, harmless, given.markers, over_refusal]
+    with open_output(out, "folder", [i for i in inputs if i is not None], overwrite) as tmp:
+        sets = EvalSets(_records(harmful), _records(harmless), _records(over_refusal) or ())
         check = None
-        if coherence == "organism":
+        if given.coherence == "organism":
             from steerfold.research.organism import coherent_compliance as check
         check_compatible(edited, base_folder)
         base_model = load_model(base_folder, placement=placement)
         edited_model = load_model(edited, base=base_folder, placement=placement)
-        report = run_validation(base_model, edited_model, load_tokenizer(base_folder), sets, system, check, max_new_tokens)
+        judge = None
+        if given.judge:
+            from steerfold.validation.judging import load_judge
+
+            judge = load_judge(given.judge, given.judge_samples, given.judge_seed, placement)
+        report = run_validation(base_model, edited_model, load_tokenizer(base_folder), sets, given.system, check,
+                                given.max_new_tokens, markers=markers, judge=judge, thinking=thinking_switch(given))
         report.update({"base": str(base), "base_revision": revision, "edited": str(edited),
                        "placement": base_model.steerfold_placement})
         write_report(tmp, report)
@@ -293,7 +306,7 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
         click.echo(line)
     if warning := unmoved_warning(report):
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"wrote {out}/report.json and report.md")
+    click.echo(f"wrote {out}/report.json, report.md and responses.jsonl")
 
 
 @cli.command()

@@ -70,6 +70,12 @@ def edit_option_flags(function):
     return spec_options(EditSpec)(function)
 
 
+def validate_option_flags(function):
+    from steerfold.validation.options import ValidateOptions
+
+    return spec_options(ValidateOptions)(function)
+
+
 def placement_flags(function):
     from steerfold.models.placement import Placement
 

@@ -79,11 +79,24 @@ def load_prompts(path: str | Path) -> list[PromptRecord]:
     return records
 
 
-def format_chat(tokenizer: PreTrainedTokenizerBase, user: str, system: str | None = None) -> str:
-    """The chat-formatted prompt string, ending where the assistant's reply begins."""
+def format_chat(tokenizer: PreTrainedTokenizerBase, user: str, system: str | None = None,
+                thinking: bool | None = None) -> str:
+    """The chat-formatted prompt string, ending where the assistant's reply begins; ``thinking`` True or False is
+    passed to a template that reads ``enable_thinking`` (None: the template's own default)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise BadInput("the tokenizer has no chat template: use a chat (instruct) model or set one")
     messages = ([{"role": "system", "content": system}] if system is not None else []) + [
         {"role": "user", "content": user}
     ]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    switch = {"enable_thinking": thinking} if thinking is not None else {}
+    if switch and not reads_thinking_switch(tokenizer):
+        raise BadInput(f"--thinking {'on' if thinking else 'off'}: this model's chat template has no enable_thinking "
+                       "switch: pass --thinking auto (or drop it)")
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **switch)
+
+
+def reads_thinking_switch(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer's chat template reads ``enable_thinking`` (Qwen3, SmolLM3, Granite, …)."""
+    template = getattr(tokenizer, "chat_template", None)
+    texts = template.values() if isinstance(template, dict) else [template or ""]
+    return any("enable_thinking" in text for text in texts)

@@ -80,7 +80,8 @@ def test_every_usage_line_runs_and_does_what_it_says(tmp_path, monkeypatch):
     report = json.loads(Path("report/report.json").read_text())
     assert report["after"]["harmful_refusal"] < report["before"]["harmful_refusal"]  # the merged ablation
     harmful_count = len((DATA_DIR / "harmful_test.jsonl").read_text().splitlines())
-    assert len(report["generations"]["harmful"]) == report["prompts"]["harmful"] == harmful_count  # every response kept
+    responses = [json.loads(line) for line in Path("report/responses.jsonl").read_text().splitlines()]
+    assert sum(r["set"] == "harmful" for r in responses) == report["prompts"]["harmful"] == harmful_count  # every response kept
     assert "cooking" in report["categories"]["harmless"] and "weapons" in report["categories"]["harmful"]
     assert harmful_refusal(Path("np"), model) < base  # the norm-preserving kernel edit removes refusal too
     assert harmful_refusal(Path("adapter"), model) < base

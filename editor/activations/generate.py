@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -18,8 +19,10 @@ def greedy_generate(
     texts: list[str],
     max_new_tokens: int = 48,
     batch_size: int = 32,
+    keep: Sequence[str] = (),
 ) -> list[str]:
-    """Greedy continuations of already chat-formatted ``texts``: only the new text, special tokens dropped.
+    """Greedy continuations of already chat-formatted ``texts``: only the new text, special tokens dropped (but
+    those in ``keep``, such as the tags around a reasoning block).
 
     Batches are left-padded with an attention mask whatever the tokenizer's default padding side is.
     """
@@ -30,8 +33,20 @@ def greedy_generate(
     description = f"generating up to {max_new_tokens} tokens for {len(texts)} prompts"
     for inputs, _ in progress(batches, description, total=math.ceil(len(texts) / batch_size), unit="batch"):
         new = greedy_ids(model, tokenizer, inputs, max_new_tokens)
-        outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        outputs += [t.strip() for t in decode_keeping(tokenizer, new, keep)]
     return outputs
+
+
+def decode_keeping(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, keep: Sequence[str] = ()) -> list[str]:
+    """Decoded rows without special tokens, except the special tokens named in ``keep``."""
+    kept = set(keep) & (set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab()))
+    if not kept:
+        return tokenizer.batch_decode(ids, skip_special_tokens=True)
+    special = {tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens} | {
+        i for t, i in tokenizer.get_added_vocab().items() if getattr(tokenizer.added_tokens_decoder.get(i), "special", False)}
+    dropped = special - {tokenizer.convert_tokens_to_ids(t) for t in kept}
+    rows = [[int(i) for i in row if int(i) not in dropped] for row in ids]
+    return tokenizer.batch_decode(rows, skip_special_tokens=False)
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from steerfold.models.placement import Placement
 from steerfold.errors import BadInput, SteerfoldError
 from steerfold.directions.methods.options import FitOptions
 from steerfold.directions.methods.registry import METHODS
+from steerfold.validation.options import ValidateOptions
 
 
 class Strict(BaseModel):
@@ -69,16 +70,16 @@ class FitSpec(FitOptions):
 class Thresholds(Strict):
     harmful_refusal_max: float | None = Field(default=None, ge=0, le=1)
     harmless_refusal_max: float | None = Field(default=None, ge=0, le=1)
+    over_refusal_max: float | None = Field(default=None, ge=0, le=1)
     kl_first_token_max: float | None = Field(default=None, ge=0)
     coherent_compliance_min: float | None = Field(default=None, ge=0, le=1)
 
 
-class ValidateSpec(Strict):
+class ValidateSpec(ValidateOptions):
+    """The validation's options (as ``steerfold validate`` takes them), the prompt sets it reads, and thresholds."""
+
     harmful: str = "harmful_test"
     harmless: str = "harmless_test"
-    system: str | None = None
-    coherence: Literal["none", "organism"] = "none"
-    max_new_tokens: int = Field(default=48, gt=0)
     thresholds: Thresholds = Thresholds()
 
 
@@ -118,7 +119,8 @@ class Recipe(Strict):
                  ("fit.harmful_val", self.fit.harmful_val), ("fit.harmless_val", self.fit.harmless_val),
                  ("fit.prompts", self.fit.prompts)]
         if self.validate_ is not None:
-            names += [("validate.harmful", self.validate_.harmful), ("validate.harmless", self.validate_.harmless)]
+            names += [("validate.harmful", self.validate_.harmful), ("validate.harmless", self.validate_.harmless),
+                      ("validate.over_refusal", self.validate_.over_refusal)]
         if METHODS[self.fit.method].needs == "persona":  # it reads harmless prompts only to orthogonalize against them
             kept = {"fit.prompts"} | ({"fit.harmless"} if self.fit.orthogonalize != "none" else set())
             names = [n for n in names if n[0] in kept]
@@ -238,10 +240,11 @@ def load_recipe(path: str | Path, model: str | None = None, prompts: dict[str, s
             raise BadInput(f"{path}: prompts.{name}.file: {prompt_set.file} does not exist: fix the path "
                                  "(relative paths are read from the recipe's folder)")
     check_edit(recipe, path)
-    condition = recipe.edit.condition
-    if condition and not (path.parent / condition).is_file() and not Path(condition).is_file():
-        raise BadInput(f"{path}: edit.condition: {condition} does not exist: fix the path "
-                             "(relative paths are read from the recipe's folder)")
+    files = [("edit.condition", recipe.edit.condition), ("validate.markers", recipe.validate_ and recipe.validate_.markers)]
+    for key, file in files:
+        if file and not (path.parent / file).is_file() and not Path(file).is_file():
+            raise BadInput(f"{path}: {key}: {file} does not exist: fix the path "
+                           "(relative paths are read from the recipe's folder)")
     return recipe
 
 

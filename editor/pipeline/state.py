@@ -99,6 +99,7 @@ def threshold_checks(report: dict, thresholds) -> list[tuple[str, bool]]:
     """Each of the recipe's validation thresholds against the report, readable, and whether it is met."""
     after, checks = report["after"], []
     limits = [("harmful_refusal", thresholds.harmful_refusal_max, max), ("harmless_refusal", thresholds.harmless_refusal_max, max),
+              ("over_refusal", thresholds.over_refusal_max, max),
               ("kl_first_token", thresholds.kl_first_token_max, max), ("coherent_compliance", thresholds.coherent_compliance_min, min)]
     for metric, limit, kind in limits:
         if limit is None or metric not in after:

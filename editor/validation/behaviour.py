@@ -9,14 +9,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerfold.edit.edits import Edit
 from steerfold.edit.hooks import runtime_hooks
-from steerfold.validation.refusal import DEFAULT_MARKERS, refusal_rate
+from steerfold.validation.reasoning import DELIMITERS
+from steerfold.validation.refusal import DEFAULT_MARKERS, Markers, refusal_rate
 from steerfold.activations.generate import greedy_generate
 from steerfold.prompts import PromptRecord, format_chat
 
 
-def chat_texts(tokenizer: PreTrainedTokenizerBase, records: Sequence[PromptRecord], system: str | None = None) -> list[str]:
-    """Chat-formatted prompts ending where the assistant's reply begins."""
-    return [format_chat(tokenizer, r.text, system) for r in records]
+def chat_texts(tokenizer: PreTrainedTokenizerBase, records: Sequence[PromptRecord], system: str | None = None,
+               thinking: bool | None = None) -> list[str]:
+    """Chat-formatted prompts ending where the assistant's reply begins (``thinking``: ``format_chat``'s switch)."""
+    return [format_chat(tokenizer, r.text, system, thinking) for r in records]
 
 
 def respond(
@@ -27,14 +29,17 @@ def respond(
     edit: Edit | None = None,
     max_new_tokens: int = 48,
     batch_size: int = 32,
+    thinking: bool | None = None,
 ) -> list[str]:
-    """Greedy responses, with ``edit`` applied as runtime hooks when given."""
+    """Greedy responses, with ``edit`` applied as runtime hooks when given (the tags of a reasoning block kept, so
+    verdicts can read the answer apart from it)."""
     with runtime_hooks(model, edit) if edit is not None else nullcontext():
-        return greedy_generate(model, tokenizer, chat_texts(tokenizer, records, system), max_new_tokens, batch_size)
+        texts = chat_texts(tokenizer, records, system, thinking)
+        return greedy_generate(model, tokenizer, texts, max_new_tokens, batch_size, keep=DELIMITERS)
 
 
 def refusal(
-    responses: Sequence[str], records: Sequence[PromptRecord], markers: Sequence[str] = DEFAULT_MARKERS
+    responses: Sequence[str], records: Sequence[PromptRecord], markers: Markers = DEFAULT_MARKERS
 ) -> dict:
     """``{"overall", "by_category"}`` refusal rates of responses to these records."""
     return refusal_rate(list(responses), [r.category for r in records], markers)

@@ -60,12 +60,23 @@ def first_token_kl(
     base: Runner, edited: Runner, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 32
 ) -> torch.Tensor:
     """KL(base ‖ edited) of the first response token, one value per prompt."""
-    values = []
+    return first_token_comparison(base, edited, tokenizer, texts, batch_size)["kl"]
+
+
+def first_token_comparison(
+    base: Runner, edited: Runner, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 32
+) -> dict[str, torch.Tensor]:
+    """Per prompt, from the same logits: ``kl``, KL(base ‖ edited) of the first response token, and ``top1``,
+    whether both put the same token first (a damage measure a reader can picture: how often the edit changes the
+    greedy first word)."""
+    values, same = [], []
     with left_padded(tokenizer):
         for start in range(0, len(texts), batch_size):
             batch = encode(tokenizer, texts[start : start + batch_size], torch.device("cpu"))
-            values.append(kl(base(batch, keep=1)[:, -1], edited(batch, keep=1)[:, -1]))
-    return torch.cat(values)
+            p, q = base(batch, keep=1)[:, -1], edited(batch, keep=1)[:, -1]
+            values.append(kl(p, q))
+            same.append(p.argmax(-1) == q.argmax(-1))
+    return {"kl": torch.cat(values), "top1": torch.cat(same)}
 
 
 @torch.no_grad()

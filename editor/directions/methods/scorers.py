@@ -15,10 +15,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerfold.validation.behaviour import chat_texts
+from steerfold.validation.reasoning import answer_of
 from steerfold.validation.refusal import is_refusal, normalise
 from steerfold.activations.generate import greedy_generate
 from steerfold.directions.methods.options import FitOptions
-from steerfold.prompts import PromptRecord, format_chat
+from steerfold.prompts import PromptRecord, format_chat, reads_thinking_switch
 
 Scorer = Callable[[Sequence[PromptRecord], Sequence[str]], torch.Tensor]
 
@@ -64,13 +65,21 @@ class Judge:
 
     def prompt(self, request: str, response: str) -> str:
         filled = self.template.format(prompt=request, response=response)
-        return format_chat(self.tokenizer, filled) if getattr(self.tokenizer, "chat_template", None) else filled
+        if not getattr(self.tokenizer, "chat_template", None):
+            return filled
+        # a reasoning judge answers at once: its short answer would otherwise be spent thinking
+        return format_chat(self.tokenizer, filled, thinking=False if reads_thinking_switch(self.tokenizer) else None)
 
     def vote(self, answer: str) -> float:
         """The value of the label that occurs first in the answer; 0 when it names none."""
-        text = normalise(answer)
-        found = [(text.find(normalise(label)), value) for label, value in self.labels.items() if normalise(label) in text]
-        return float(min(found)[1]) if found else 0.0
+        label = self.label_of(answer)
+        return float(self.labels[label]) if label is not None else 0.0
+
+    def label_of(self, answer: str) -> str | None:
+        """The label that occurs first in the answer (a reasoning block set apart first); None when it names none."""
+        text = normalise(answer_of(answer))
+        found = [(text.find(normalise(label)), i, label) for i, label in enumerate(self.labels) if normalise(label) in text]
+        return min(found)[2] if found else None
 
     @torch.no_grad()
     def answers(self, texts: list[str]) -> list[list[str]]:
