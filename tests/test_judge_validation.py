@@ -131,3 +131,20 @@ def test_judge_options_are_one_specification(tmp_path):
                                       "h.jsonl", "--harmless", "ok.jsonl", "--out", str(tmp_path / "r"), "--judge", "x",
                                       "--judge-samples", "0"])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "--judge-samples" in result.output, result.output
+
+
+def test_judge_settings_without_a_judge_are_refused_in_each_surfaces_words(tmp_path):
+    from steerfold.errors import BadInput
+    from steerfold.pipeline.recipe import load_recipe
+
+    result = CliRunner().invoke(cli, ["validate", str(SHIPPED_CHECKPOINT), "--base", str(SHIPPED_CHECKPOINT), "--harmful",
+                                      "h.jsonl", "--harmless", "ok.jsonl", "--out", str(tmp_path / "r"),
+                                      "--judge-samples", "3"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "--judge-samples and --judge-seed set the judge's votes: add --judge MODEL" in result.output
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: organism\nprompts:\n  harmful: {organism: harmful/train}\n  harmless: {organism: harmless/train}\n"
+                      "  harmful_test: {organism: harmful/test}\n  harmless_test: {organism: harmless/test}\n"
+                      "validate: {judge_seed: 3}\nexport: {formats: [merged]}\n")
+    with pytest.raises(BadInput, match="validate.judge_samples and validate.judge_seed .* add validate.judge MODEL"):
+        load_recipe(recipe)

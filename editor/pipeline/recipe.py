@@ -240,6 +240,11 @@ def load_recipe(path: str | Path, model: str | None = None, prompts: dict[str, s
             raise BadInput(f"{path}: prompts.{name}.file: {prompt_set.file} does not exist: fix the path "
                                  "(relative paths are read from the recipe's folder)")
     check_edit(recipe, path)
+    if recipe.validate_ is not None:
+        try:
+            recipe.validate_.check("recipe")
+        except SteerfoldError as exc:
+            raise BadInput(f"{path}: {exc}") from None
     files = [("edit.condition", recipe.edit.condition), ("validate.markers", recipe.validate_ and recipe.validate_.markers)]
     for key, file in files:
         if file and not (path.parent / file).is_file() and not Path(file).is_file():

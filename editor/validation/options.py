@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from steerfold.errors import BadInput
 from steerfold.options import SurfaceName, Words, first_error_line, vocabulary, words_of
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -50,14 +51,23 @@ class ValidateOptions(BaseModel):
     judge_seed: Annotated[int, Words("With --judge: the seed of its sampled verdicts.", flag="--judge-seed",
                                      recipe="validate.judge_seed")] = 0
 
+    def check(self, surface: SurfaceName = "cli") -> None:
+        """Refuse judge settings without a judge, in the words of ``surface``."""
+        if self.judge is None and (self.judge_samples != 5 or self.judge_seed != 0):
+            vocab = vocabulary(ValidateOptions, surface)
+            raise BadInput(f"{vocab['judge_samples']} and {vocab['judge_seed']} set the judge's votes: add "
+                           f"{vocab['judge']} MODEL, or drop them")
+
 
 def parse_validate_options(values: dict, surface: SurfaceName = "cli", source: str | None = None) -> ValidateOptions:
     """``ValidateOptions`` from the values a surface gave (None: not given); a bad value is one line in that
     surface's words."""
     try:
-        return ValidateOptions.model_validate({k: v for k, v in values.items() if v is not None})
+        options = ValidateOptions.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
         raise first_error_line(exc, vocabulary(ValidateOptions, surface), source) from None
+    options.check(surface)
+    return options
 
 
 def in_recipe_words(message: str) -> str:
