@@ -268,3 +268,19 @@ def test_architectures_command_prints_the_table_from_the_same_data():
     assert set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) <= {line.split()[0] for line in every.output.splitlines() if line.startswith("  ")}
     as_json = json.loads(run_cli("architectures", "--json").output)
     assert as_json == {t: list(entry) for t, entry in coverage().items()}
+
+
+def test_the_readme_names_every_supported_and_every_refused_type():
+    """README's "Supported architectures" is written from the table: a row added or refused without it fails here."""
+    import re
+    from pathlib import Path
+
+    from steerfold.models.coverage import coverage
+
+    section = Path(__file__).resolve().parents[1].joinpath("README.md").read_text().split("## Supported architectures", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    named = set(re.findall(r"[a-z][a-z0-9_]*[a-z0-9]", section.replace("(_text)", " _text")))
+    for model_type, (status, reason) in coverage().items():
+        if status == "supported" or not reason.startswith("no row yet"):
+            base = model_type.removesuffix("_text")
+            assert model_type in named or base in named, f"README's Supported architectures does not name {model_type}"
