@@ -109,12 +109,13 @@ class SelectionSettings:
 
 @torch.no_grad()
 def refusal_first_tokens(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, harmful: Sequence[PromptRecord], system: str | None = None
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, harmful: Sequence[PromptRecord], system: str | None = None,
+    batch_size: int = 32,
 ) -> list[int]:
     """Ids of the first generated token of the base model's own refusals of ``harmful`` (greedy, marker-detected)."""
     first: set[int] = set()
-    batches = text_batches(tokenizer, chat_texts(tokenizer, harmful, system), 32, torch.device("cpu"))
-    for inputs, _ in progress(batches, "generating the base model's refusals", total=-(-len(harmful) // 32), unit="batch"):
+    batches = text_batches(tokenizer, chat_texts(tokenizer, harmful, system), batch_size, torch.device("cpu"))
+    for inputs, _ in progress(batches, "generating the base model's refusals", total=-(-len(harmful) // batch_size), unit="batch"):
         for row in greedy_ids(model, tokenizer, inputs, max_new_tokens=8):
             if is_refusal(tokenizer.decode(row, skip_special_tokens=True)):
                 first.add(int(row[0]))
@@ -163,7 +164,7 @@ def score_candidates(
             else:
                 scorable.append((row, vector))
             table.append(row)
-    refusal_tokens = refusal_first_tokens(model, tokenizer, harmful, system)
+    refusal_tokens = refusal_first_tokens(model, tokenizer, harmful, system, settings.batch_size)
     harmful_texts, harmless_texts = chat_texts(tokenizer, harmful, system), chat_texts(tokenizer, harmless, system)
     if settings.search == "exhaustive":
         baseline = _score_exhaustive(model, tokenizer, scorable, refusal_tokens, harmful_texts, harmless_texts, settings)

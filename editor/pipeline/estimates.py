@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from steerfold.edit.spec import parse_size
 from steerfold.models.placement import Placement, memory_map
 
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 QUANTIZED_BYTES = {"4bit": 0.5, "8bit": 1.0}  # per parameter of the quantized linear layers
-UNITS = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 CANDIDATE_POSITIONS = 5  # post-instruction tokens a chat template typically leaves (Llama 3: 5, Qwen2.5: 5)
 PROMPT_TOKENS = 64  # a typical chat-formatted request, template included
 
@@ -79,14 +79,14 @@ def _placement_lines(shapes: Shapes, placement: Placement) -> list[str]:
         weights = f"about {size(shapes.params * QUANTIZED_BYTES[placement.load_in])} loaded in {placement.load_in}"
     elif placement.dtype != "auto":
         weights = f"{size(running[placement.dtype])} in {placement.dtype}"
-    elif shapes.checkpoint_dtype in ("float32", "unknown"):
+    elif shapes.checkpoint_dtype == "float32":
         weights = f"{size(running['float32'])} in float32"
     else:
         weights = f"{size(running[shapes.checkpoint_dtype])} in {shapes.checkpoint_dtype} on a GPU, " \
                   f"{size(running['float32'])} in float32 on the CPU"
     lines = [f"estimate: the model runs on {device}: weights {weights}"]
     if placement.device_map and placement.max_memory:
-        budget = sum(_bytes(value) for value in memory_map(placement.max_memory).values())
+        budget = sum(parse_size(value, "--max-memory") for value in memory_map(placement.max_memory).values())
         need = (shapes.params * QUANTIZED_BYTES[placement.load_in] if placement.load_in
                 else running.get(placement.dtype, running.get(shapes.checkpoint_dtype, running["float32"])))
         verdict = ("the weights fit within it" if need <= budget else
@@ -96,8 +96,3 @@ def _placement_lines(shapes: Shapes, placement: Placement) -> list[str]:
         lines.append(f"estimate: --device-map {placement.device_map} within {placement.max_memory} ({size(budget)} in all): {verdict}")
     return lines
 
-
-def _bytes(value: str) -> float:
-    """``70GiB`` → bytes."""
-    number = value.rstrip("KMGTiBkmgtib")
-    return float(number) * UNITS[value[len(number):].upper()]
