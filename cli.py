@@ -264,10 +264,11 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
              **options) -> None:
     """Measure EDITED (a checkpoint or an adapter folder) against --base; write report.json, report.md and every
     response with its verdicts (responses.jsonl)."""
-    from steerfold.validation.options import ValidateOptions, load_markers, parse_validate_options, thinking_switch
+    from steerfold.validation.options import (ValidateOptions, damage_checks, load_markers, parse_validate_options,
+                                              thinking_switch)
 
     given = parse_validate_options({name: options.pop(name) for name in ValidateOptions.model_fields})
-    markers = load_markers(given)  # a bad marker file is refused before torch loads
+    markers, damage = load_markers(given), damage_checks(given)  # bad files are refused before torch loads
     if given.over_refusal and not Path(given.over_refusal).is_file():
         raise UserError(f"--over-refusal {given.over_refusal} does not exist: pass a jsonl, csv or txt prompt file "
                         "(e.g. recipes/prompts/over_refusal.jsonl)")
@@ -298,7 +299,8 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
 
             judge = load_judge(given.judge, given.judge_samples, given.judge_seed, placement)
         report = run_validation(base_model, edited_model, load_tokenizer(base_folder), sets, given.system, check,
-                                given.max_new_tokens, markers=markers, judge=judge, thinking=thinking_switch(given))
+                                given.max_new_tokens, markers=markers, judge=judge, thinking=thinking_switch(given),
+                                damage=damage)
         report.update({"base": str(base), "base_revision": revision, "edited": str(edited),
                        "placement": base_model.steerfold_placement})
         write_report(tmp, report)
