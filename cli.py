@@ -199,7 +199,8 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
     """Fit a direction in MODEL_DIR (a checkpoint folder or a Hub id) with --method (default diff_in_means;
     --persona alone implies persona_vector).
 
-    Contrast methods (diff_in_means, pca, logistic, ridge, inlp) fit at every post-instruction position and layer
+    Contrast methods (diff_in_means, pca, logistic, ridge, inlp) fit at every post-instruction position (or, with
+    --position after-thinking, every token closing an empty reasoning block the prompts end with) and layer
     index, then choose one candidate as Arditi et al. do (bypass, induce, KL on validation prompts); the file
     records the chosen layer and the table. per_category writes one direction per harm category, every layer, and
     a cosine report beside the file. Layer index: 0 = embedding output, l = output of decoder block l-1.
