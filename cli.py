@@ -285,7 +285,8 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
 
     base_folder = resolve_model(base, revision)
     over_refusal = Path(given.over_refusal) if given.over_refusal else None
-    inputs = [edited, base_folder, harmful, harmless, given.markers, over_refusal]
+    text = Path(given.perplexity_text) if given.perplexity_text not in (None, "none") else None
+    inputs = [edited, base_folder, harmful, harmless, given.markers, over_refusal, text]
     with open_output(out, "folder", [i for i in inputs if i is not None], overwrite) as tmp:
         sets = EvalSets(_records(harmful), _records(harmless), _records(over_refusal) or ())
         check = None
