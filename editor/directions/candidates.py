@@ -49,8 +49,8 @@ def candidate_vectors(
     if not stream or what == "rows":
         positive, negative = (capture(model, tokenizer, side, layers, reduce, batch_size) for side in texts)
         return fit_every_candidate(positive, negative, estimator, weights, orthogonalize)
-    if weights is not None:
-        check_weights(weights[0], "refusing"), check_weights(weights[1], "complying")
+    for side_weights, side in zip(weights or (), ("refusing", "complying")):
+        check_weights(side_weights, side)  # weights summing to 0: one error line before any forward pass
     scatter = torch.zeros(len(layers), len(positions), hidden, hidden, dtype=torch.float64) if what == "scatter" else None
     sums = [RunningSums(len(side), None if weights is None else weights[i], scatter=scatter).add_all(
         capture_each(model, tokenizer, side, layers, reduce, batch_size)) for i, side in enumerate(texts)]
