@@ -86,10 +86,10 @@ def test_per_category_reads_the_token_after_the_closed_block_and_records_it(thin
 
 
 def test_a_contrast_fit_reads_and_scores_every_prompt_after_the_closed_block(thinking_organism, tmp_path, monkeypatch):
-    from steerfold.directions import fit as fitting
+    from steerfold.directions import candidates, fit as fitting
 
     seen = {}
-    real_capture = fitting.capture
+    real_capture = candidates.capture_each
 
     def capture(model, tokenizer, texts, layers, reduce, batch_size=32):
         seen.setdefault("texts", []).extend(texts)
@@ -103,7 +103,7 @@ def test_a_contrast_fit_reads_and_scores_every_prompt_after_the_closed_block(thi
         seen.update(positions=positions, thinking=thinking)
         raise Scored
 
-    monkeypatch.setattr(fitting, "capture", capture)
+    monkeypatch.setattr(candidates, "capture_each", capture)  # the difference of means streams its sums
     monkeypatch.setattr(fitting, "score_candidates", score_candidates)
     with pytest.raises(Scored):
         fitting.run_fit(fitting.FitInputs(load_model(thinking_organism), load_tokenizer(thinking_organism),

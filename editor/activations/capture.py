@@ -4,7 +4,9 @@ from a residual stream; and batches that compute the prompts' shared prefix once
 Layer index 0 is what enters the first decoder block (the embedding output, after any multiplier the
 architecture applies); index ``l`` is the output of block ``l - 1``. Unlike ``output_hidden_states``, index
 ``L`` is the residual stream itself, not the final-norm output. Batches are left-padded, so position ``-1`` is
-every row's last token whatever its length.
+every row's last token whatever its length, and hold prompts of similar token length (little padding);
+``capture_each`` hands on each batch as it is computed, ``capture`` returns every prompt's rows in their order.
+All hooks reading the residual stream are ``residual_hooks``.
 
 Chat-formatted prompts share their first tokens (the template's header and any system prompt: 24 of about 45
 tokens per prompt for Qwen2.5's template). ``PromptBatches`` computes that prefix once, batch 1, and each batch of
@@ -17,6 +19,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
@@ -121,11 +124,17 @@ class PromptBatches:
 
     def gather(self, per_batch: Sequence[torch.Tensor]) -> torch.Tensor:
         """Rows computed batch by batch, back in the texts' order."""
-        out = torch.cat(list(per_batch))
-        order = torch.tensor([row for batch in self.batches for row in batch.rows])
-        result = torch.empty_like(out)
-        result[order] = out
-        return result
+        return in_order([row for batch in self.batches for row in batch.rows], per_batch)
+
+
+def in_order(rows: Sequence[int], per_batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Batches' results concatenated, row ``rows[i]`` of the result being the ``i``-th row computed."""
+    if not per_batch:
+        raise ValueError("no prompts: nothing was computed")
+    out = torch.cat(list(per_batch))
+    result = torch.empty_like(out)
+    result[torch.tensor(list(rows), dtype=torch.long)] = out
+    return result
 
 
 def prompt_batches(
@@ -234,67 +243,90 @@ def resumed(model: PreTrainedModel, layer: int) -> Iterator[Resumed]:
 
 
 @contextmanager
-def recording(model: PreTrainedModel, layers: Iterable[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """While open, each forward pass stores the residual stream at ``layers`` ([b, t, d], the model's dtype) in the
-    dict it yields (the last pass's)."""
+def residual_hooks(model: PreTrainedModel, layers: Iterable[int], seen: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+    """While open, each forward pass calls ``seen(layer, hidden)`` with the residual stream at each of ``layers``
+    ([b, t, d], the model's dtype and device), shallowest first: the one place hooks read it."""
     blocks = model.get_submodule(layout_of_model(model).blocks)
-    seen: dict[int, torch.Tensor] = {}
     wanted = sorted(set(layers))
     handles = []
     if 0 in wanted:
         handles.append(blocks[0].register_forward_pre_hook(
-            lambda _m, args, kwargs: seen.__setitem__(0, args[0] if args else kwargs["hidden_states"]), with_kwargs=True))
+            lambda _m, args, kwargs: seen(0, args[0] if args else kwargs["hidden_states"]), with_kwargs=True))
     for layer in (x for x in wanted if x > 0):
         handles.append(blocks[layer - 1].register_forward_hook(
-            lambda _m, _i, output, layer=layer: seen.__setitem__(layer, output[0] if isinstance(output, tuple) else output)))
+            lambda _m, _i, output, layer=layer: seen(layer, output[0] if isinstance(output, tuple) else output)))
     try:
-        yield seen
+        yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def recording(model: PreTrainedModel, layers: Iterable[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """While open, each forward pass stores the residual stream at ``layers`` ([b, t, d], the model's dtype) in the
+    dict it yields (the last pass's)."""
+    stored: dict[int, torch.Tensor] = {}
+    with residual_hooks(model, layers, stored.__setitem__):
+        yield stored
 
 
 # --- capture -----------------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def capture_batches(model: PreTrainedModel, batches: Iterable[Batch], layers: list[int], reduce: Reducer) -> torch.Tensor:
-    """``reduce(hidden, selection)`` at each layer index for every batch, stacked as [n, len(layers), ...]."""
-    layout = layout_of_model(model)
-    blocks = model.get_submodule(layout.blocks)
-    deepest, wanted = max(layers), set(layers)
-    device = input_device(model)
-    results: list[torch.Tensor] = []
+def captured(model: PreTrainedModel, batches: Iterable[Batch], layers: list[int], reduce: Reducer) -> Iterator[torch.Tensor]:
+    """``reduce(hidden, selection)`` at each layer index of each batch, one [b, len(layers), ...] tensor (float32, on
+    the CPU) per batch as it is computed; each forward pass stops after the deepest layer asked for."""
+    deepest, device = max(layers), input_device(model)
+    reduced: dict[int, torch.Tensor] = {}
+    selection = torch.empty(0)
+
+    def keep(index: int, hidden: torch.Tensor) -> None:
+        reduced[index] = reduce(hidden.to(torch.float32), selection.to(hidden.device)).cpu()
+        if index == deepest:
+            raise _StopForward
+
     for inputs, selection in batches:
         inputs = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
-        seen: dict[int, torch.Tensor] = {}
-
-        def keep(index: int, hidden: torch.Tensor) -> None:
-            if index in wanted:
-                seen[index] = reduce(hidden.to(torch.float32), selection.to(hidden.device)).cpu()
-            if index == deepest:
-                raise _StopForward
-
-        def on_input(_module, args, kwargs):
-            keep(0, args[0] if args else kwargs["hidden_states"])
-
-        def on_output(index: int):
-            return lambda _module, _inputs, output: keep(index, output[0] if isinstance(output, tuple) else output)
-
-        handles = [blocks[0].register_forward_pre_hook(on_input, with_kwargs=True)]
-        handles += [blocks[i].register_forward_hook(on_output(i + 1)) for i in range(min(deepest, len(blocks)))]
-        try:
-            model(**{"use_cache": False, **inputs})
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        results.append(torch.stack([seen[layer] for layer in layers], dim=1))
-    return torch.cat(results, dim=0)
+        with residual_hooks(model, layers, keep):  # not held across a yield: the caller may stop at any batch
+            try:
+                model(**{"use_cache": False, **inputs})
+            except _StopForward:
+                pass
+        yield torch.stack([reduced.pop(layer) for layer in layers], dim=1)
 
 
-@torch.no_grad()
+def capture_batches(model: PreTrainedModel, batches: Iterable[Batch], layers: list[int], reduce: Reducer) -> torch.Tensor:
+    """``reduce(hidden, selection)`` at each layer index for every batch, stacked as [n, len(layers), ...]."""
+    return torch.cat(list(captured(model, batches, layers, reduce)), dim=0)
+
+
+def capture_each(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    layers: list[int],
+    reduce: Reducer,
+    batch_size: int = 32,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Run chat-formatted ``texts`` through the model in batches of similar token length (little padding), yielding
+    each batch's indices among ``texts`` and its reduced activations [b, len(layers), ...] as it is computed: a
+    caller can add them up batch by batch and never hold every prompt's activations.
+
+    A reducer that reads only the last tokens (``at_positions``) gets batches that compute the texts' shared
+    prefix once."""
+    trailing = getattr(reduce, "trailing", None)
+    plan = prompt_batches(tokenizer, texts, batch_size, keep_last=trailing or 1,
+                          min_prefix=MIN_SHARED_PREFIX if trailing else sys.maxsize)
+    cache = plan.prefix_cache(model)
+    device = input_device(model)
+    batches = progress(plan.batches, f"capturing activations of {len(texts)} prompts", unit="batch")
+    inputs = ((plan.inputs(batch, cache, device), batch.attention_mask) for batch in batches)
+    for acts, batch in zip(captured(model, inputs, layers, reduce), plan.batches):
+        yield batch.rows, acts
+
+
 def capture(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -303,23 +335,15 @@ def capture(
     reduce: Reducer,
     batch_size: int = 32,
 ) -> torch.Tensor:
-    """Run chat-formatted ``texts`` through the model; ``reduce`` each captured layer: [n, len(layers), ...].
-
-    A reducer that reads only the last tokens (``at_positions``) gets batches that compute the texts' shared
-    prefix once."""
-    device = input_device(model)
-    trailing = getattr(reduce, "trailing", None)
-    description = f"capturing activations of {len(texts)} prompts"
-    if trailing:
-        plan = prompt_batches(tokenizer, texts, batch_size, keep_last=trailing)
-        if plan.prefix_length:
-            cache = plan.prefix_cache(model)
-            parts = [capture_batches(model, [(plan.inputs(batch, cache, device), batch.attention_mask)], layers, reduce)
-                     for batch in progress(plan.batches, description, unit="batch")]
-            return plan.gather(parts)
-    batches = text_batches(tokenizer, texts, batch_size, device)
-    total = -(-len(texts) // batch_size)
-    return capture_batches(model, progress(batches, description, total=total, unit="batch"), layers, reduce)
+    """Run chat-formatted ``texts`` through the model; ``reduce`` each captured layer: [n, len(layers), ...] in the
+    texts' order (batched by length, ``capture_each``). Holds every prompt's activations: methods that only need
+    sums add up ``capture_each``'s batches instead (``steerfold.activations.statistics``)."""
+    rows: list[int] = []
+    parts: list[torch.Tensor] = []
+    for batch_rows, acts in capture_each(model, tokenizer, texts, layers, reduce, batch_size):
+        rows += batch_rows
+        parts.append(acts)
+    return in_order(rows, parts)
 
 
 def at_positions(positions: list[int]) -> Reducer:

@@ -1,10 +1,10 @@
 """The ``steerfold fit`` jobs: prompts in, a direction file (with its provenance) out.
 
-``run_fit`` looks the method up in the registry (``editor.directions.methods.registry``) and runs its job, one per entry here.
+``run_fit`` looks the method up in the registry (``editor.directions.methods.registry``) and runs its job.
 Contrast jobs read per-prompt activations at every post-instruction position and layer index (or the one
 ``position`` asked for), fit the method's estimator at each candidate, and choose one candidate with the selection
-of Arditi et al. on validation prompts. ``per_category`` keeps every layer of one position instead, and
-``persona_vector`` averages responses. The CLI and recipes both go through ``run_fit`` and ``write_fitted``.
+of Arditi et al. on validation prompts (``per_category`` and ``persona_vector`` are in ``averages``). The CLI and
+recipes both go through ``run_fit`` and ``write_fitted``.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from steerfold.activations.batching import auto_batch_size
 from steerfold.activations.capture import at_positions, capture
+from steerfold.directions.candidates import candidate_vectors
 from steerfold.directions.file import DirectionFile, save_direction_file
 from steerfold.errors import SteerfoldError
 from steerfold.validation.behaviour import chat_texts
-from steerfold.directions.methods.categories import category_directions, category_similarity, similarity_markdown
-from steerfold.directions.methods.contrast import Estimator, fit_every_candidate, orthogonal_to
+from steerfold.directions.methods.contrast import Estimator
 from steerfold.directions.methods.estimators import mean_difference, paired_pca, probe_direction, ridge_direction
 from steerfold.directions.methods.inlp import inlp_estimate
-from steerfold.directions.methods.means import persona_vector, response_means
 from steerfold.directions.methods.options import FitOptions
 from steerfold.directions.methods.registry import Method, get_method
 from steerfold.directions.positions import positions_read, prompt_thinking, read_positions
@@ -76,6 +76,19 @@ class FitInputs:
         harmless, harmless_val = _train_and_validation(self.harmless, self.harmless_val)
         return dataclasses.replace(self, harmful=harmful, harmless=harmless, harmful_val=harmful_val, harmless_val=harmless_val)
 
+    def with_batch_size(self) -> "FitInputs":
+        """The same inputs with ``options.batch_size`` set: as given, else from free memory (``auto_batch_size``) for
+        the longest chat-formatted prompt and the tokens a method may generate after it."""
+        if self.options.batch_size is not None:
+            return self
+        records = [*self.harmful, *self.harmless, *(self.harmful_val or ()), *(self.harmless_val or ()), *self.prompts]
+        texts = chat_texts(self.tokenizer, records, self.options.system, prompt_thinking(self.options)) if records else []
+        longest = max(map(len, self.tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else 0
+        positions = len(read_positions(self.tokenizer, self.options))
+        size = auto_batch_size(self.model, longest + self.options.max_new_tokens, self.model.config.num_hidden_layers + 1,
+                               positions)
+        return dataclasses.replace(self, options=self.options.model_copy(update={"batch_size": size}))
+
 
 def _train_and_validation(records: Sequence[PromptRecord], val: Sequence[PromptRecord] | None) -> tuple[list, list]:
     return (list(records), list(val)) if val is not None else split_for_validation(records)
@@ -109,7 +122,7 @@ def check_prompt_sets(options: FitOptions, harmful: bool, harmless: bool, prompt
 def run_fit(inputs: FitInputs) -> Fitted:
     """Fit with the method the options name (``editor.directions.methods.registry``)."""
     method = check_prompt_sets(inputs.options, bool(inputs.harmful), bool(inputs.harmless), bool(inputs.prompts))
-    return method.load()(inputs)
+    return method.load()(inputs.with_batch_size())
 
 
 def report_path(out: Path) -> Path:
@@ -150,7 +163,7 @@ def write_fit_report(fitted: Fitted, report: Path) -> list[Path]:
     return [report]
 
 
-def _provenance(inputs: FitInputs, **extra: str) -> dict[str, str]:
+def provenance(inputs: FitInputs, **extra: str) -> dict[str, str]:
     """Metadata every fitted file carries: method, model, options, and where and in which dtype the model ran."""
     return {"method": inputs.options.method, "model": inputs.model_name, **extra,
             "options": json.dumps(inputs.options.model_dump(), sort_keys=True), "steerfold_version": VERSION,
@@ -176,25 +189,23 @@ def select_refusal_direction(
     inputs: FitInputs,
     estimator: Estimator,
     weights: tuple[torch.Tensor, torch.Tensor] | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     search: Search = "pruned",
 ) -> RefusalFit:
     """``estimator`` at every post-instruction position and layer index, then the Arditi et al. selection.
 
-    ``weights`` (one per training prompt, harmful and harmless) make the means weighted means; ``search`` is the
-    selection's (``steerfold.directions.selection``: every search chooses the same candidate).
+    ``weights`` (one per training prompt, harmful and harmless) make the means weighted means; ``batch_size``
+    None: from free memory (``FitInputs.with_batch_size``); ``search`` is the selection's (``steerfold.directions.selection``: every search chooses the same candidate).
     """
     inputs = inputs.with_validation_sets()
     model, tokenizer, options = inputs.model, inputs.tokenizer, inputs.options
     num_layers = model.config.num_hidden_layers
     layers = list(range(num_layers + 1))
     positions, thinking = read_positions(tokenizer, options), prompt_thinking(options)
-    harmful_acts, harmless_acts = (
-        capture(model, tokenizer, chat_texts(tokenizer, records, options.system, thinking), layers, at_positions(positions),
-                batch_size)
-        for records in (inputs.harmful, inputs.harmless)
-    )
-    vectors, bases = fit_every_candidate(harmful_acts, harmless_acts, estimator, weights, options.orthogonalize != "none")
+    batch_size = batch_size or inputs.with_batch_size().options.batch_size
+    texts = tuple(chat_texts(tokenizer, records, options.system, thinking) for records in (inputs.harmful, inputs.harmless))
+    vectors, bases = candidate_vectors(model, tokenizer, texts, layers, positions, estimator, weights,
+                                       options.orthogonalize != "none", batch_size)
     settings = SelectionSettings(options.max_layer_fraction, options.max_kl, batch_size, search)
     table, baseline = score_candidates(model, tokenizer, vectors, positions, layers, inputs.harmful_val,
                                        inputs.harmless_val, settings, options.system, thinking)
@@ -202,7 +213,7 @@ def select_refusal_direction(
     p = positions.index(chosen.position)
     projections = chosen_projections(model, tokenizer, vectors[p, chosen.layer], chosen, inputs.harmful_val,
                                      inputs.harmless_val, (options.system, thinking), batch_size)
-    metadata = _provenance(
+    metadata = provenance(
         inputs, layer=str(chosen.layer), position=str(chosen.position), positions=json.dumps(positions),
         harmful_hash=prompt_hash(inputs.harmful), harmless_hash=prompt_hash(inputs.harmless),
         harmful_val_hash=prompt_hash(inputs.harmful_val), harmless_val_hash=prompt_hash(inputs.harmless_val),
@@ -319,73 +330,3 @@ def fit_ridge(inputs: FitInputs) -> Fitted:
         fitted.lines.append(f"{options.scorer} scorer: mean weight {float(weights[0].mean()):.2f} on harmful prompts, "
                             f"{float(weights[1].mean()):.2f} on harmless ones")
     return fitted
-
-
-# --- per-category and persona methods -------------------------------------------------------------------------
-
-
-def fit_per_category(inputs: FitInputs) -> Fitted:
-    """Per harm category: category mean − harmless mean at every layer index, at one position; a cosine report."""
-    model, tokenizer, options = inputs.model, inputs.tokenizer, inputs.options
-    layers = list(range(model.config.num_hidden_layers + 1))
-    positions = read_positions(tokenizer, options, default=-1)
-    harmful_acts, harmless_acts = (
-        capture(model, tokenizer, chat_texts(tokenizer, records, options.system, prompt_thinking(options)), layers,
-                at_positions(positions), options.batch_size)[:, :, 0]
-        for records in (inputs.harmful, inputs.harmless)
-    )
-    directions = category_directions(harmful_acts, [r.category for r in inputs.harmful], harmless_acts)
-    overall = harmful_acts.mean(dim=0) - harmless_acts.mean(dim=0)
-    if options.orthogonalize != "none":
-        harmless_mean = harmless_acts.mean(dim=0)
-        overall = orthogonal_to(overall, harmless_mean)
-        directions = {name: orthogonal_to(vectors, harmless_mean) for name, vectors in directions.items()}
-    names = list(directions)
-    similarity = category_similarity(directions)
-    metadata = _provenance(inputs, position=str(positions[0]), categories=json.dumps(names),
-                           harmful_hash=prompt_hash(inputs.harmful), harmless_hash=prompt_hash(inputs.harmless))
-    report = similarity_markdown(names, similarity, f"Per-category directions of {inputs.model_name or 'the model'}")
-    lines = [f"per-category directions for {', '.join(names)} at position {positions[0]}, layer indices 0..{len(layers) - 1}"]
-    return Fitted(DirectionFile(directions=overall, metadata=metadata, categories=directions), lines, report=report)
-
-
-def fit_persona_direction(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    records: Sequence[PromptRecord],
-    persona: str | None,
-    against: str | None,
-    max_new_tokens: int = 32,
-    batch_size: int = 32,
-    model_name: str = "",
-) -> DirectionFile:
-    """Persona vector per layer: mean activation over the persona's responses minus the other's."""
-    layers = list(range(model.config.num_hidden_layers + 1))
-    vectors = persona_vector(model, tokenizer, records, persona, against, layers, max_new_tokens, batch_size)
-    metadata = {
-        "method": "persona_vector",
-        "model": model_name,
-        "persona": persona or "",
-        "against": against or "",
-        "positions": "response tokens",
-        "prompts_hash": prompt_hash(records),
-        "steerfold_version": VERSION,
-        **placement_metadata(model),
-    }
-    return DirectionFile(directions=vectors, metadata=metadata)
-
-
-def fit_persona_vector(inputs: FitInputs) -> Fitted:
-    """The persona vector; orthogonalised against the mean response activation on harmless prompts if asked."""
-    model, tokenizer, options = inputs.model, inputs.tokenizer, inputs.options
-    file = fit_persona_direction(model, tokenizer, inputs.prompts, options.persona, options.against,
-                                 options.max_new_tokens, options.batch_size, model_name=inputs.model_name)
-    assert file.directions is not None
-    directions = file.directions
-    if options.orthogonalize != "none":
-        layers = list(range(model.config.num_hidden_layers + 1))
-        harmless_mean = response_means(model, tokenizer, inputs.harmless, options.against, layers, options.max_new_tokens)
-        directions = orthogonal_to(directions, harmless_mean)
-    metadata = {**file.metadata, "options": json.dumps(options.model_dump(), sort_keys=True)}
-    lines = [f"persona directions for layer indices 0..{directions.shape[0] - 1}"]
-    return Fitted(DirectionFile(directions=directions, metadata=metadata), lines)

@@ -28,7 +28,7 @@ class Placement(BaseModel):
                                  flag="--device", recipe="model.device")] = "auto"
     dtype: Annotated[Literal["auto", "bfloat16", "float16", "float32"], Words(
         "Weights' dtype while running: auto = the checkpoint's own on an accelerator, float32 on the CPU. "
-        "Activations, directions and statistics are accumulated in float32 whatever it is.",
+        "Activations and directions are kept in float32 (sums over prompts in float64) whatever it is.",
         flag="--dtype", recipe="model.dtype")] = "auto"
     device_map: Annotated[Literal["auto", "balanced", "sequential"] | None, Words(
         "Spread the blocks over every GPU, the CPU and disk (accelerate's big-model dispatch), within --max-memory.",

@@ -61,8 +61,9 @@ def estimate_lines(config: dict | None, formats: list[str], placement: Placement
         lines += _placement_lines(shapes, placement)
     if fit_prompts:
         activations = fit_prompts * (shapes.layers + 1) * CANDIDATE_POSITIONS * shapes.hidden * 4
-        lines.append(f"estimate: fit keeps {fit_prompts} prompts × {shapes.layers + 1} layer indices × "
-                     f"{CANDIDATE_POSITIONS} positions × {shapes.hidden} in float32: {size(activations)} of CPU memory")
+        lines.append(f"estimate: pca, logistic and inlp keep {fit_prompts} prompts × {shapes.layers + 1} layer indices × "
+                     f"{CANDIDATE_POSITIONS} positions × {shapes.hidden} in float32: {size(activations)} of CPU memory "
+                     "(diff_in_means and per_category add up sums instead)")
     logits = batch_size * (PROMPT_TOKENS + new_tokens) * shapes.vocab * 4
     lines.append(f"estimate: the largest tensor of a batch is validation's logits, {batch_size} prompts × "
                  f"~{PROMPT_TOKENS + new_tokens} tokens × {shapes.vocab} in float32: {size(logits)} where the output head runs")

@@ -21,15 +21,21 @@ def category_directions(
 
     Prompts without a category count in no category.
     """
-    names = sorted({c for c in categories if c is not None})
-    if not names:
-        raise BadInput("per_category needs harm categories: give the harmful prompts a 'category' field (jsonl or csv)")
+    names = category_names(categories)
     baseline = harmless.mean(dim=0)
     out = {}
     for name in names:
         rows = torch.tensor([c == name for c in categories])
         out[name] = harmful[rows].mean(dim=0) - baseline
     return out
+
+
+def category_names(categories: Sequence[str | None]) -> list[str]:
+    """The harm categories, sorted; none at all is one error line naming the fix."""
+    names = sorted({c for c in categories if c is not None})
+    if not names:
+        raise BadInput("per_category needs harm categories: give the harmful prompts a 'category' field (jsonl or csv)")
+    return names
 
 
 def category_similarity(directions: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -9,15 +9,33 @@ steering uses (ablation normalises).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from functools import partial
+from typing import Callable, Literal
 
 import torch
 
 from steerfold.errors import BadInput
 
 
+class _Sides:
+    """What every contrast gives: both sides' (weighted) means and what follows from them."""
+
+    def means(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def mean_difference(self) -> torch.Tensor:
+        positive, negative = self.means()
+        return positive - negative
+
+    def is_degenerate(self) -> bool:
+        """True when both sides have the same mean (e.g. the embedding of a template token): nothing to fit."""
+        positive, negative = self.means()
+        scale = torch.maximum(positive.norm(), negative.norm())
+        return bool((positive - negative).norm() <= 1e-6 * scale) or bool(scale == 0)
+
+
 @dataclass(frozen=True)
-class Contrast:
+class Contrast(_Sides):
     """Activations at one (position, layer): ``positive`` [n, d] should refuse, ``negative`` [m, d] comply.
 
     Optional weights (one per row, ≥ 0) make every mean a weighted mean: the confidence-weighted methods.
@@ -33,27 +51,63 @@ class Contrast:
         return weighted_mean(self.positive, self.positive_weights, "refusing"), weighted_mean(
             self.negative, self.negative_weights, "complying")
 
-    def mean_difference(self) -> torch.Tensor:
-        positive, negative = self.means()
-        return positive - negative
+    def harmless_mean(self) -> torch.Tensor:
+        """The complying side's plain mean (what ``orthogonalize`` removes)."""
+        return self.negative.mean(dim=0)
 
-    def is_degenerate(self) -> bool:
-        """True when both sides have the same mean (e.g. the embedding of a template token): nothing to fit."""
-        positive, negative = self.means()
-        scale = torch.maximum(positive.norm(), negative.norm())
-        return bool((positive - negative).norm() <= 1e-6 * scale) or bool(scale == 0)
+
+@dataclass(frozen=True)
+class Moments(_Sides):
+    """One candidate's contrast as sums streamed during capture (``steerfold.activations.statistics``): the sides'
+    (weighted) means, the complying side's plain mean and, for estimators that read it, the pooled within-class
+    scatter Σ_i w̃_i (x_i − μ)(x_i − μ)ᵀ [d, d] in float64 (what ``rowsᵀ rows`` is for ``ridge_direction``'s rows)."""
+
+    positive_mean: torch.Tensor
+    negative_mean: torch.Tensor
+    plain_negative_mean: torch.Tensor
+    scatter: torch.Tensor | None = None
+
+    def means(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.positive_mean, self.negative_mean
+
+    def harmless_mean(self) -> torch.Tensor:
+        return self.plain_negative_mean
+
+
+Reads = Literal["means", "scatter", "rows"]
+
+
+def reading(what: Reads):
+    """Mark an estimator with what it reads of a contrast: only the ``means``, also the pooled ``scatter``, or every
+    ``rows`` (the default): fits stream the first two (``Moments``) and keep rows only for the last."""
+    def mark(function):
+        function.reads = what
+        return function
+    return mark
+
+
+def reads(estimator: "Estimator") -> Reads:
+    """What ``estimator`` (a function, or a ``functools.partial`` of one) reads of a contrast."""
+    while isinstance(estimator, partial):
+        estimator = estimator.func
+    return getattr(estimator, "reads", "rows")
 
 
 def weighted_mean(rows: torch.Tensor, weights: torch.Tensor | None, side: str) -> torch.Tensor:
     """Mean of ``rows`` [n, d] weighted by ``weights`` [n] (plain mean when None)."""
     if weights is None:
         return rows.mean(dim=0)
+    return (weights.to(rows.dtype) @ rows) / check_weights(weights, side)
+
+
+def check_weights(weights: torch.Tensor, side: str) -> torch.Tensor:
+    """The weights' total, once known to be positive (else one error line naming the fix)."""
     total = weights.sum()
     if total <= 0:
         behaviour = "a refusal" if side == "refusing" else "an answer"
         raise BadInput(f"the scorer weighs every {side}-side response 0 (it scored none of them {behaviour}): "
-                             "check the scorer, or fit without one")
-    return (weights.to(rows.dtype) @ rows) / total
+                       "check the scorer, or fit without one")
+    return total
 
 
 @dataclass(frozen=True)
@@ -110,15 +164,29 @@ def fit_every_candidate(
     (position index, layer). ``orthogonalize`` removes each candidate's harmless (complying-side) mean.
     """
     _, layers, positions, hidden = positive.shape
-    vectors = positive.new_zeros(positions, layers, hidden)
+    return fit_candidates(lambda p, layer: Contrast(positive[:, layer, p], negative[:, layer, p], *(weights or (None, None))),
+                          (positions, layers, hidden), estimator, orthogonalize, positive.dtype)
+
+
+def fit_candidates(
+    contrast_at: Callable[[int, int], _Sides],
+    shape: tuple[int, int, int],
+    estimator: Estimator,
+    orthogonalize: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor]]:
+    """``estimator`` on ``contrast_at(p, layer)`` (a ``Contrast`` or ``Moments``) for every candidate of ``shape``
+    (positions, layers, hidden): what ``fit_every_candidate`` returns."""
+    positions, layers, hidden = shape
+    vectors = torch.zeros(positions, layers, hidden, dtype=dtype)
     bases: dict[tuple[int, int], torch.Tensor] = {}
     for p in range(positions):
         for layer in range(layers):
-            contrast = Contrast(positive[:, layer, p], negative[:, layer, p], *(weights or (None, None)))
+            contrast = contrast_at(p, layer)
             if contrast.is_degenerate():
                 continue
             estimate = estimator(contrast)
-            harmless_mean = contrast.negative.mean(dim=0) if orthogonalize else None
+            harmless_mean = contrast.harmless_mean() if orthogonalize else None
             vectors[p, layer] = stored_vector(estimate.direction, contrast.mean_difference(), harmless_mean)
             if estimate.basis is not None and len(estimate.basis):
                 bases[(p, layer)] = orthonormal_rows(estimate.basis, harmless_mean)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from steerfold.directions.methods.contrast import Contrast, Estimate
+from steerfold.directions.methods.contrast import Contrast, Estimate, Moments, reading
 
 
-def mean_difference(contrast: Contrast) -> Estimate:
+@reading("means")
+def mean_difference(contrast: Contrast | Moments) -> Estimate:
     """The (weighted) difference of means."""
     return Estimate(contrast.mean_difference())
 
@@ -103,19 +104,32 @@ def _row_weights(weights: torch.Tensor | None, count: int) -> torch.Tensor:
     return weights * count / weights.sum()
 
 
-def ridge_direction(contrast: Contrast, ridge_lambda: float = 1.0) -> Estimate:
+@reading("scatter")
+def ridge_direction(contrast: Contrast | Moments, ridge_lambda: float = 1.0) -> Estimate:
     """(Σ + λ·tr(Σ)/d·I)⁻¹ (μ_refuse − μ_comply) as a unit vector, Σ the pooled (weighted) within-class covariance.
 
     λ is in units of the mean variance tr(Σ)/d, so the same λ means the same shrinkage on any model: λ → ∞ gives
     the difference of means, λ → 0 the Fisher discriminant. Weights, when given, weight the means and each side's
-    covariance alike; each side still enters Σ by its row count, so constant weights change nothing.
+    covariance alike; each side still enters Σ by its row count, so constant weights change nothing. From rows Σ is
+    never formed (``ridge_solve``); streamed ``Moments`` carry it.
     """
     positive_mean, negative_mean = (m.to(torch.float64) for m in contrast.means())
-    sides = [(contrast.positive, positive_mean, contrast.positive_weights),
-             (contrast.negative, negative_mean, contrast.negative_weights)]
-    rows = torch.cat([(x.to(torch.float64) - mean) * _row_weights(w, len(x)).sqrt().unsqueeze(1) for x, mean, w in sides])
-    ridge = ridge_lambda * float(rows.pow(2).sum()) / rows.shape[1]
-    if ridge == 0:  # no within-class spread at all: Σ = 0 and the answer is the difference of means
-        ridge = 1.0
-    direction = ridge_solve(rows, positive_mean - negative_mean, ridge)
-    return Estimate((direction / direction.norm().clamp(min=1e-300)).to(contrast.positive.dtype))
+    if isinstance(contrast, Moments):
+        if contrast.scatter is None:
+            raise ValueError("ridge_direction reads the pooled scatter: stream it (RunningSums with a scatter)")
+        scatter, dtype = contrast.scatter.to(torch.float64), contrast.positive_mean.dtype
+        ridge = _ridge(ridge_lambda, float(scatter.trace()), len(scatter))
+        direction = torch.linalg.solve(scatter + ridge * torch.eye(len(scatter), dtype=torch.float64),
+                                       positive_mean - negative_mean)
+    else:
+        sides = [(contrast.positive, positive_mean, contrast.positive_weights),
+                 (contrast.negative, negative_mean, contrast.negative_weights)]
+        rows = torch.cat([(x.to(torch.float64) - mean) * _row_weights(w, len(x)).sqrt().unsqueeze(1) for x, mean, w in sides])
+        ridge, dtype = _ridge(ridge_lambda, float(rows.pow(2).sum()), rows.shape[1]), contrast.positive.dtype
+        direction = ridge_solve(rows, positive_mean - negative_mean, ridge)
+    return Estimate((direction / direction.norm().clamp(min=1e-300)).to(dtype))
+
+
+def _ridge(ridge_lambda: float, trace: float, hidden: int) -> float:
+    """λ·tr(Σ)/d; 1 when there is no within-class spread at all (Σ = 0: the answer is the difference of means)."""
+    return ridge_lambda * trace / hidden or 1.0

@@ -11,7 +11,8 @@ from typing import Iterator, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from steerfold.activations.capture import Batch, at_positions, capture, capture_batches, masked_mean, text_batches
+from steerfold.activations.capture import Batch, at_positions, capture_each, captured, masked_mean, text_batches
+from steerfold.activations.statistics import RunningSums
 from steerfold.validation.behaviour import chat_texts
 from steerfold.activations.generate import greedy_ids, through_first_eos
 from steerfold.prompts import PromptRecord
@@ -25,9 +26,9 @@ def mean_activations(
     positions: list[int],
     batch_size: int = 32,
 ) -> torch.Tensor:
-    """Mean residual stream over prompts at each (position, layer): [P, len(layers), d]."""
-    acts = capture(model, tokenizer, texts, layers, at_positions(positions), batch_size)  # [n, layers, P, d]
-    return acts.mean(dim=0).transpose(0, 1)
+    """Mean residual stream over prompts at each (position, layer): [P, len(layers), d], summed batch by batch."""
+    sums = RunningSums(len(texts)).add_all(capture_each(model, tokenizer, texts, layers, at_positions(positions), batch_size))
+    return sums.mean().transpose(0, 1).float()
 
 
 def difference_in_means(
@@ -73,8 +74,10 @@ def response_means(
     The persona-vector method: the persona's system prompt stays in context while its own responses are read.
     """
     texts = chat_texts(tokenizer, records, system)
-    batches = response_batches(model, tokenizer, texts, max_new_tokens, batch_size)
-    return capture_batches(model, batches, layers, masked_mean).mean(dim=0)
+    sums = RunningSums(len(texts))
+    for acts in captured(model, response_batches(model, tokenizer, texts, max_new_tokens, batch_size), layers, masked_mean):
+        sums.add(acts)
+    return sums.mean().float()
 
 
 def persona_vector(

@@ -49,8 +49,10 @@ class FitOptions(BaseModel):
     judge_template: str | None = Field(
         default=None, description="With scorer judge: its prompt, with {prompt} and {response} (default: a refuse/comply question)")
     max_new_tokens: int = Field(default=32, gt=0, description="Length of the responses persona vectors average and scorers read")
-    batch_size: int = Field(default=32, gt=0, description="Prompts per forward pass: lower it when a batch does not fit in (GPU) memory; "
-                                                          "the direction does not depend on it beyond float rounding")
+    batch_size: int | None = Field(
+        default=None, gt=0,
+        description="Prompts per forward pass (default: the most, a power of two up to 32, that fits in half of the model's "
+                    "device's free memory); the direction does not depend on it beyond float rounding")
 
     @field_validator("method")
     @classmethod

@@ -41,9 +41,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("inlp", "iterative nullspace projection: k probe directions as an orthonormal basis", "contrast",
            "steerfold.directions.fit:fit_inlp"),
     Method("per_category", "difference of means of each harm category vs harmless, with a cosine report", "contrast",
-           "steerfold.directions.fit:fit_per_category"),
+           "steerfold.directions.averages:fit_per_category"),
     Method("persona_vector", "mean response activation under a persona minus under another", "persona",
-           "steerfold.directions.fit:fit_persona_vector"),
+           "steerfold.directions.averages:fit_persona_vector"),
 )}
 
 

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from steerfold.directions.fit import fit_persona_direction
+from steerfold.directions.averages import fit_persona_direction
 from steerfold.edit.edits import Edit, ablation_edit, steering_edit
 from steerfold.errors import BadInput
 from steerfold.research.organism import PERSONAS, load_split
