@@ -182,3 +182,37 @@ def test_from_trial_conflicts_and_missing_trials(tmp_path):
         result = CliRunner().invoke(cli, base + extra)
         assert result.exit_code == 2 and message in result.output, (extra, result.output)
     assert not (tmp_path / "out").exists()
+
+
+RECIPE = """name: tuned organism
+model: organism
+prompts:
+  harmful: {{organism: harmful/train, count: 32}}
+  harmless: {{organism: harmless/train, count: 32}}
+  harmful_val: {{organism: harmful/val, count: 16}}
+  harmless_val: {{organism: harmless/val, count: 16}}
+fit:
+  harmful_val: harmful_val
+  harmless_val: harmless_val
+tune:
+  trials: {trials}
+  startup_trials: 2
+  max_new_tokens: 8
+  max_refusal: 1.0
+export:
+  formats: [merged]
+"""
+
+
+def test_a_recipe_tunes_then_exports_the_pick_and_a_raised_trial_count_continues_the_search(tmp_path):
+    recipe, out = tmp_path / "tuned.yaml", tmp_path / "run"
+    recipe.write_text(RECIPE.format(trials=3))
+    first = CliRunner().invoke(cli, ["run", str(recipe), "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    before = points(out / "tune")
+    picked = json.loads((out / "tune" / "tune.json").read_text())["picked"]
+    assert f"tune_trial: `{picked}`" in (out / "merged" / "README.md").read_text()
+    recipe.write_text(RECIPE.format(trials=4))
+    again = CliRunner().invoke(cli, ["run", str(recipe), "--out", str(out), "--resume"])
+    assert again.exit_code == 0, again.output
+    assert points(out / "tune")[:3] == before and len(points(out / "tune")) == 4
