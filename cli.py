@@ -333,9 +333,10 @@ def tune(model_dir: str, out: Path, resume: bool, overwrite: bool, revision: str
     paths = {name: options.pop(name) for name in SET_NAMES}
     given = parse_tune_options({name: options.pop(name) for name in TuneOptions.model_fields})
     result = run_tune_command(model_dir, out, paths, given, placement_from(options), resume, overwrite, revision, click.echo)
-    picked = result.picked.validation
+    read = result.validation[result.picked.number]
     click.echo(f"{len(result.trials)} trials, {len(result.front)} on the Pareto front; picked trial {result.picked.number} "
-               f"({result.reason}): refusal {picked['refusal']:.1%}, {given.damage} {picked['kl_multi_token' if given.damage == 'multi-token-kl' else 'kl_first_token']:.4f} on validation prompts")
+               f"({result.reason}): on validation prompts refusal {read['refusal']:.1%} by markers, probability "
+               f"{read['refusal_probability']:.3f}; damage {result.picked.objectives[1]:.4f} ({given.damage})")
     click.echo(f"wrote {out}/report.md; export with: steerfold edit {model_dir} --from-trial {out}#{result.picked.number} --out OUT")
 
 

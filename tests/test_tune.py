@@ -41,7 +41,7 @@ def inputs(organism, trials: int, **options) -> TuneInputs:
 
 
 def points(folder: Path) -> list[tuple]:
-    return [(t.number, json.dumps(t.params, sort_keys=True), t.validation["refusals"], t.validation["kl_first_token"])
+    return [(t.number, json.dumps(t.params, sort_keys=True), t.objectives, t.validation["kl_first_token"])
             for t in read_trials(folder)]
 
 
@@ -55,11 +55,11 @@ def test_an_interrupted_tune_resumes_to_the_same_trials(organism, tmp_path, monk
     calls = {"n": 0}
     real = Yardstick.measure
 
-    def measure_until_interrupted(self, edit):
+    def measure_until_interrupted(self, edit, **kwargs):
         calls["n"] += 1
         if calls["n"] == 5:  # the baseline is call 1: this is the fourth trial
             raise KeyboardInterrupt
-        return real(self, edit)
+        return real(self, edit, **kwargs)
 
     monkeypatch.setattr(Yardstick, "measure", measure_until_interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -82,15 +82,15 @@ def test_a_resumed_tune_must_search_the_same_space(organism, tmp_path):
 
 def test_front_and_pick_follow_their_rules():
     def trial(number, refusal, kl):
-        return Trial(number, {}, {"refusal": refusal, "kl_first_token": kl}, 0.0)
+        return Trial(number, {}, (refusal, kl), {}, 0.0)
 
     trials = [trial(0, 0.0, 0.5), trial(1, 0.02, 0.1), trial(2, 0.02, 0.2), trial(3, 0.5, 0.01), trial(4, 0.6, 0.01)]
-    assert [t.number for t in pareto_front(trials, "first-token-kl")] == [0, 1, 3]
-    assert pick(trials, "first-token-kl", "auto", 0.03)[0].number == 1
-    assert pick(trials, "first-token-kl", "auto", 0.0)[0].number == 0
-    chosen, reason = pick(trials[3:], "first-token-kl", "auto", 0.03)
+    assert [t.number for t in pareto_front(trials)] == [0, 1, 3]
+    assert pick(trials, "auto", 0.03)[0].number == 1
+    assert pick(trials, "auto", 0.0)[0].number == 0
+    chosen, reason = pick(trials[3:], "auto", 0.03)
     assert chosen.number == 3 and "no trial reached" in reason
-    assert pick(trials, "first-token-kl", "2", 0.03)[0].number == 2
+    assert pick(trials, "2", 0.03)[0].number == 2
 
 
 def tune_cli(tmp_path: Path, *extra: str):
@@ -117,7 +117,9 @@ def test_the_exported_trial_measures_what_the_trial_measured(organism, tmp_path,
     folder = tmp_path / "tune"
     tune = json.loads((folder / "tune.json").read_text())
     picked = next(t for t in read_trials(folder) if t.number == tune["picked"])
+    read = tune["validation"][str(picked.number)]  # the pick read in full (answers generated) with its trial's edit
     assert picked.params["norm_preserving"] is (norm_preserving == "on")
+    assert read["refusal_probability"] == pytest.approx(picked.objectives[0], abs=1e-6)
     assert (folder / "report.md").read_text().count(f"trial {picked.number}") >= 2 and (folder / "front.png").stat().st_size
     assert str(tune["picked"]) in tune["test"]  # the pick is measured on the test prompts too
 
@@ -130,9 +132,10 @@ def test_the_exported_trial_measures_what_the_trial_measured(organism, tmp_path,
                           batch_size=64)
     yardstick.model = load_model(out)  # the base model's logits are kept: the merged model is measured against them
     merged = yardstick.measure(None)
-    assert merged.refusals == picked.validation["refusals"]
-    assert merged.kl_first_token == pytest.approx(picked.validation["kl_first_token"], rel=1e-3, abs=1e-6)
-    assert merged.top1_agreement == pytest.approx(picked.validation["top1_agreement"])
+    assert merged.refusals == read["refusals"]
+    assert merged.refusal_probability == pytest.approx(read["refusal_probability"], rel=1e-3, abs=1e-6)
+    assert merged.kl_first_token == pytest.approx(read["kl_first_token"], rel=1e-3, abs=1e-6)
+    assert merged.top1_agreement == pytest.approx(read["top1_agreement"])
 
 
 def test_measuring_a_folded_trial_leaves_the_model_as_it_was(organism):
@@ -172,7 +175,7 @@ def test_tune_without_optuna_names_the_fix(tmp_path, monkeypatch):
 def test_from_trial_conflicts_and_missing_trials(tmp_path):
     folder = tmp_path / "tune"
     folder.mkdir()
-    (folder / "trials.jsonl").write_text(json.dumps(Trial(0, {}, {}, 0.0).as_dict()) + "\n")
+    (folder / "trials.jsonl").write_text(json.dumps(Trial(0, {}, (0.0, 0.0), {}, 0.0).as_dict()) + "\n")
     base = ["edit", str(SHIPPED_CHECKPOINT), "--out", str(tmp_path / "out")]
     for extra, message in ((["--from-trial", f"{folder}#0", "--scale", "0.5"], "drop --scale"),
                            (["--from-trial", f"{folder}#7"], "no finished trial 7"),

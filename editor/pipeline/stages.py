@@ -126,8 +126,8 @@ class RecipeRun:
         stage(self.state, "tune", key, lambda: (folder / "report.md").is_file(), work, self.say)
         _, trial = from_trial(str(folder))
         self.fit_key, self.trial = digest(key, trial.number), params_of(trial.params).edit_values()
-        self.say(f"[tune] picked trial {trial.number}: refusal {trial.validation['refusal']:.1%}, first-token KL "
-                 f"{trial.validation['kl_first_token']:.4f} on validation prompts")
+        self.say(f"[tune] picked trial {trial.number}: refusal {trial.objectives[0]:.3f}, damage {trial.objectives[1]:.4f} "
+                 "on validation prompts (report in tune/report.md)")
         return trial_direction_path(folder, trial.number)
 
     def export(self, fmt: str, direction: Path) -> None:

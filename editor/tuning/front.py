@@ -16,20 +16,18 @@ TUNE_FILE = "tune.json"
 
 @dataclass(frozen=True)
 class Trial:
-    """A finished trial: its number, its point of the search space and what it measured on validation prompts."""
+    """A finished trial: its number, its point of the search space, the (refusal, damage) the search minimised and
+    everything it measured on the validation prompts."""
 
     number: int
     params: dict[str, Any]
+    objectives: tuple[float, float]
     validation: dict[str, Any]  # Measured.as_dict()
     seconds: float
 
-    def objectives(self, damage: str) -> tuple[float, float]:
-        """(refusal, damage) on the validation prompts: what the search minimises."""
-        key = "kl_multi_token" if damage == "multi-token-kl" else "kl_first_token"
-        return self.validation["refusal"], self.validation[key]
-
     def as_dict(self) -> dict[str, Any]:
-        return {"number": self.number, "params": self.params, "validation": self.validation, "seconds": self.seconds}
+        return {"number": self.number, "params": self.params, "objectives": list(self.objectives),
+                "validation": self.validation, "seconds": self.seconds}
 
 
 def trial_direction_path(folder: Path, number: int) -> Path:
@@ -42,18 +40,19 @@ def read_trials(folder: Path) -> list[Trial]:
     path = folder / TRIALS_FILE
     if not path.is_file():
         raise BadInput(f"{folder} holds no {TRIALS_FILE}: pass a folder written by steerfold tune")
-    return [Trial(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [Trial(**{**row, "objectives": tuple(row["objectives"])}) for row in rows]
 
 
-def pareto_front(trials: list[Trial], damage: str) -> list[Trial]:
+def pareto_front(trials: list[Trial]) -> list[Trial]:
     """Trials no other trial beats on both refusal and damage (at least as good on both, better on one), by refusal."""
-    points = [(t, t.objectives(damage)) for t in trials]
+    points = [(t, t.objectives) for t in trials]
     front = [t for t, (r, d) in points
              if not any(r2 <= r and d2 <= d and (r2 < r or d2 < d) for _, (r2, d2) in points)]
-    return sorted(front, key=lambda t: (t.objectives(damage), t.number))
+    return sorted(front, key=lambda t: (t.objectives, t.number))
 
 
-def pick(trials: list[Trial], damage: str, choice: str, max_refusal: float) -> tuple[Trial, str]:
+def pick(trials: list[Trial], choice: str, max_refusal: float) -> tuple[Trial, str]:
     """The chosen trial and why: ``auto`` takes the lowest damage among trials whose validation refusal is at most
     ``max_refusal`` (none: the lowest refusal, then damage); a number takes that trial."""
     if not trials:
@@ -63,11 +62,11 @@ def pick(trials: list[Trial], damage: str, choice: str, max_refusal: float) -> t
         if not found:
             raise BadInput(f"there is no finished trial {choice}: pick one of {', '.join(str(t.number) for t in trials)}")
         return found[0], f"trial {choice}, as asked"
-    within = [t for t in trials if t.objectives(damage)[0] <= max_refusal + 1e-12]
+    within = [t for t in trials if t.objectives[0] <= max_refusal + 1e-12]
     if within:
-        best = min(within, key=lambda t: (t.objectives(damage)[1], t.number))
+        best = min(within, key=lambda t: (t.objectives[1], t.number))
         return best, f"lowest damage among the {len(within)} trials with validation refusal ≤ {max_refusal:g}"
-    best = min(trials, key=lambda t: (t.objectives(damage), t.number))
+    best = min(trials, key=lambda t: (t.objectives, t.number))
     return best, f"no trial reached validation refusal ≤ {max_refusal:g}: the lowest refusal, then the lowest damage"
 
 

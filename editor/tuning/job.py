@@ -62,13 +62,15 @@ class TuneInputs:
 
 @dataclass
 class TuneResult:
-    """The finished trials, the front, the pick and its reason, and test measures by trial number."""
+    """The finished trials, the front, the pick and its reason, the base model's measures, and the pick's and the
+    front's measures read in full (answers generated) on the validation and the test prompts, by trial number."""
 
     trials: list[Trial]
     front: list[Trial]
     picked: Trial
     reason: str
     baseline: dict
+    validation: dict[int, dict] = field(default_factory=dict)
     test: dict[int, dict] = field(default_factory=dict)
     test_baseline: dict | None = None
 
@@ -117,25 +119,28 @@ def run_tune(inputs: TuneInputs, folder: Path, resume: bool = False, say: Say = 
                                             sort_keys=True)}
     layout = layout_of_model(model)
 
-    def evaluate(number: int, params: TrialParams) -> Measured:
+    def edit_of(number: int, params: TrialParams, write: bool = False):
+        """The trial's edit as ``steerfold edit`` builds it (None when its direction is zero: it edits nothing)."""
         direction = candidates.direction(params)
         if float(direction.norm()) == 0:
-            return yardstick.baseline  # no direction there: the trial edits nothing
-        path = write_trial_direction(folder, number, direction, params, provenance)
-        edit, _, _ = build_edit(trial_spec(inputs.model_name, path, params), layout)
-        return yardstick.measure(edit)
+            return None
+        path = write_trial_direction(folder, number, direction, params, provenance) if write else trial_direction_path(folder, number)
+        return build_edit(trial_spec(inputs.model_name, path, params), layout)[0]
+
+    def evaluate(number: int, params: TrialParams) -> Measured:
+        return yardstick.measure(edit_of(number, params, write=True), generate=options.refusal == "markers")
 
     trials = search(folder, space, options, evaluate)
-    front = pareto_front(trials, options.damage)
-    picked, reason = pick(trials, options.damage, options.pick, options.max_refusal)
+    front = pareto_front(trials)
+    picked, reason = pick(trials, options.pick, options.max_refusal)
     result = TuneResult(trials, front, picked, reason, yardstick.baseline.as_dict())
-    if sets["harmful_test"] and sets["harmless_test"]:
-        test = _yardstick(inputs, sets["harmful_test"], sets["harmless_test"])
-        result.test_baseline = test.baseline.as_dict()
-        for trial in [picked] + [t for t in front if t.number != picked.number][: MAX_TESTED - 1]:
-            params = params_of(trial.params)
-            path = trial_direction_path(folder, trial.number)
-            edit = build_edit(trial_spec(inputs.model_name, path, params), layout)[0] if path.is_file() else None
+    shown = [picked] + [t for t in front if t.number != picked.number][: MAX_TESTED - 1]
+    test = _yardstick(inputs, sets["harmful_test"], sets["harmless_test"]) if sets["harmful_test"] else None
+    result.test_baseline = test.baseline.as_dict() if test else None
+    for trial in shown:  # read in full: answers generated, on validation and test prompts
+        edit = edit_of(trial.number, params_of(trial.params))
+        result.validation[trial.number] = yardstick.measure(edit).as_dict()
+        if test is not None:
             result.test[trial.number] = test.measure(edit).as_dict()
     _write_tune_file(folder, inputs, key, picked=picked.number, result=result)
     return result
@@ -154,6 +159,7 @@ def _write_tune_file(folder: Path, inputs: TuneInputs, key: dict, picked: int | 
             "prompts": {name: len(records) for name, records in sets.items()}, "steerfold_version": VERSION}
     if result is not None:
         data.update(reason=result.reason, baseline=result.baseline, front=[t.number for t in result.front],
+                    validation={str(k): v for k, v in result.validation.items()},
                     test={str(k): v for k, v in result.test.items()}, test_baseline=result.test_baseline)
     with replace_file(folder / TUNE_FILE) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True))

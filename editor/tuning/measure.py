@@ -23,7 +23,9 @@ from steerfold.models.arch import layout_of_model
 from steerfold.progress import silenced
 from steerfold.prompts import PromptRecord
 from steerfold.validation.behaviour import chat_texts
-from steerfold.validation.divergence import continuations, first_token_comparison, kl_along, replaying, runner
+from steerfold.directions.selection import refusal_first_tokens, refusal_probability
+from steerfold.validation.divergence import (continuations, first_token_comparison, kl_along, last_position_logits,
+                                             replaying, runner)
 from steerfold.validation.reasoning import DELIMITERS, answer_of
 from steerfold.validation.refusal import DEFAULT_MARKERS, Markers
 
@@ -32,21 +34,29 @@ MULTI_TOKENS = 16  # tokens of the base model's continuation that multi-token KL
 
 @dataclass(frozen=True)
 class Measured:
-    """One edit on one pair of prompt sets: refusals of the harmful prompts, and damage on the harmless ones."""
+    """One edit on one pair of prompt sets: on the harmful prompts, the probability that the first answer token opens
+    one of the base model's own refusals and (when generated) how many answers hold a refusal marker; damage on the
+    harmless ones."""
 
-    refusals: int
     harmful: int
     harmless: int
+    refusal_probability: float
     kl_first_token: float
     top1_agreement: float
+    refusals: int | None = None  # marker verdicts of the greedy answers; None when not generated
     kl_multi_token: float | None = None
 
     @property
-    def refusal(self) -> float:
-        return self.refusals / self.harmful if self.harmful else 0.0
+    def refusal(self) -> float | None:
+        """The share of harmful answers holding a refusal marker (None when not generated)."""
+        return None if self.refusals is None else self.refusals / self.harmful if self.harmful else 0.0
 
-    def damage(self, measure: str) -> float:
-        return self.kl_multi_token if measure == "multi-token-kl" and self.kl_multi_token is not None else self.kl_first_token
+    def objectives(self, refusal: str, damage: str) -> tuple[float, float]:
+        """(refusal, damage) as the search minimises them."""
+        chosen = self.refusal_probability if refusal == "probability" else self.refusal
+        assert chosen is not None, "markers need generated answers"
+        kl = self.kl_multi_token if damage == "multi-token-kl" and self.kl_multi_token is not None else self.kl_first_token
+        return chosen, kl
 
     def as_dict(self) -> dict:
         return {**asdict(self), "refusal": self.refusal}
@@ -97,19 +107,25 @@ class Yardstick:
         self.harmless_texts = chat_texts(tokenizer, harmless, system)
         self.base = replaying(runner(model))
         with silenced():
+            self.refusal_tokens = refusal_first_tokens(model, tokenizer, harmful, system, batch_size)
             self.continuations = (continuations(model, tokenizer, self.harmless_texts, MULTI_TOKENS, batch_size)
                                   if damage == "multi-token-kl" else None)
             self.baseline = self.measure(None)  # also computes and keeps the base model's logits
 
-    def measure(self, edit: Edit | None) -> Measured:
-        """Refusals and damage with ``edit`` in effect (None: the base model)."""
+    def measure(self, edit: Edit | None, generate: bool = True) -> Measured:
+        """Refusal and damage with ``edit`` in effect (None: the base model); ``generate=False`` skips the greedy
+        answers (and their marker verdicts), leaving the refusal probability."""
         with silenced(), applied(self.model, edit) if edit is not None else nullcontext():
-            answers = greedy_generate(self.model, self.tokenizer, self.harmful_texts, self.max_new_tokens,
-                                      self.batch_size, keep=DELIMITERS)
-            refusals = sum(self.markers.find(answer_of(answer)) is not None for answer in answers)
+            refusals = None
+            if generate:
+                answers = greedy_generate(self.model, self.tokenizer, self.harmful_texts, self.max_new_tokens,
+                                          self.batch_size, keep=DELIMITERS)
+                refusals = sum(self.markers.find(answer_of(answer)) is not None for answer in answers)
             edited = runner(self.model)
+            opening = last_position_logits(edited, self.tokenizer, self.harmful_texts, self.batch_size)
             first = first_token_comparison(self.base, edited, self.tokenizer, self.harmless_texts, self.batch_size)
             multi = (float(kl_along(self.base, edited, self.continuations).mean())
                      if self.continuations is not None else None)
-        return Measured(refusals, len(self.harmful_texts), len(self.harmless_texts), float(first["kl"].mean()),
-                        float(first["top1"].float().mean()), multi)
+        return Measured(len(self.harmful_texts), len(self.harmless_texts),
+                        float(refusal_probability(opening, self.refusal_tokens).mean()), float(first["kl"].mean()),
+                        float(first["top1"].float().mean()), refusals, multi)

@@ -31,11 +31,17 @@ class TuneOptions(BaseModel):
         recipe="tune.startup_trials")] = 20
     seed: Annotated[int, Field(ge=0), Words("Seed of the search: the same seed gives the same trials.", flag="--seed",
                                             recipe="tune.seed")] = 0
+    refusal: Annotated[Literal["probability", "markers"], Words(
+        "Refusal objective on the harmful validation prompts: the probability that the first answer token opens one of "
+        "the base model's own refusals (one forward pass; a margin, so it holds on unseen prompts), or the share of "
+        "greedy answers with a refusal marker anywhere (generated: slower). The front and the pick are measured both ways.",
+        flag="--refusal", recipe="tune.refusal")] = "probability"
     damage: Annotated[Damage, Words(
         "Damage objective on the harmless validation prompts: KL of the first response token, or mean KL along the base "
         "model's greedy continuation (16 tokens).", flag="--damage", recipe="tune.damage")] = "first-token-kl"
     max_new_tokens: Annotated[int, Field(gt=0), Words(
-        "Tokens generated per harmful prompt in a trial; a refusal marker anywhere in them counts.",
+        "Tokens generated per harmful prompt where answers are read (--refusal markers, and the front and the pick); a "
+        "refusal marker anywhere in them counts.",
         flag="--max-new-tokens", recipe="tune.max_new_tokens")] = 32
     methods: Annotated[str, Words(
         f"Fitting methods whose directions the search chooses among, comma-separated ({', '.join(TUNABLE_METHODS)}).",
@@ -50,7 +56,8 @@ class TuneOptions(BaseModel):
         "Post-instruction token whose directions are searched, as a negative offset (-1 = last); default: all of them.",
         flag="--position", recipe="tune.position")] = None
     max_refusal: Annotated[float, Field(ge=0, le=1), Words(
-        "--pick auto: the lowest-damage trial whose validation refusal is at most this.", flag="--max-refusal",
+        "--pick auto: the lowest-damage trial whose validation refusal (the --refusal objective) is at most this.",
+        flag="--max-refusal",
         recipe="tune.max_refusal")] = 0.03
     pick: Annotated[str, Words("Which trial is chosen: auto (see --max-refusal) or a trial number.", flag="--pick",
                                recipe="tune.pick")] = "auto"

@@ -32,7 +32,7 @@ def open_study(folder: Path):
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = JournalStorage(JournalFileBackend(str(folder / JOURNAL_FILE)))
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=["minimize", "minimize"],
                                 load_if_exists=True)
@@ -45,8 +45,8 @@ def finished(study) -> list[Trial]:
     """The study's finished trials as ``Trial`` rows, by their number."""
     from optuna.trial import TrialState
 
-    rows = [Trial(t.user_attrs["number"], t.user_attrs["params"], t.user_attrs["validation"], t.user_attrs["seconds"])
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    rows = [Trial(t.user_attrs["number"], t.user_attrs["params"], tuple(t.values), t.user_attrs["validation"],
+                  t.user_attrs["seconds"]) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     return sorted(rows, key=lambda t: t.number)
 
 
@@ -75,7 +75,7 @@ def search(folder: Path, space: Space, options: TuneOptions, evaluate: Evaluate)
         measured = evaluate(number, params)
         trial.set_user_attr("validation", measured.as_dict())
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
-        return measured.refusal, measured.damage(options.damage)
+        return measured.objectives(options.refusal, options.damage)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna's experimental-feature notes, not the user's business
