@@ -28,7 +28,7 @@ from steerfold.tuning.space import Space, TrialParams, params_of
 from steerfold.tuning.study import search
 
 Say = Callable[[str], None]
-MAX_TESTED = 12  # front trials measured on the test prompts (the pick always is)
+MAX_READ = 6  # trials read in full (answers generated; test prompts): the pick and the front's lowest-refusal ones
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def run_tune(inputs: TuneInputs, folder: Path, resume: bool = False, say: Say = 
     front = pareto_front(trials)
     picked, reason = pick(trials, options.pick, options.max_refusal)
     result = TuneResult(trials, front, picked, reason, yardstick.baseline.as_dict())
-    shown = [picked] + [t for t in front if t.number != picked.number][: MAX_TESTED - 1]
+    shown = [picked] + [t for t in front if t.number != picked.number][: MAX_READ - 1]
     test = _yardstick(inputs, sets["harmful_test"], sets["harmless_test"]) if sets["harmful_test"] else None
     result.test_baseline = test.baseline.as_dict() if test else None
     for trial in shown:  # read in full: answers generated, on validation and test prompts

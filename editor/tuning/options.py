@@ -47,8 +47,10 @@ class TuneOptions(BaseModel):
         f"Fitting methods whose directions the search chooses among, comma-separated ({', '.join(TUNABLE_METHODS)}).",
         flag="--methods", recipe="tune.methods")] = "diff_in_means"
     orthogonalize: Annotated[Searched, Words(
-        "Orthogonalise the direction against the harmless mean activation: searched, always or never.",
-        flag="--orthogonalize", recipe="tune.orthogonalize")] = "search"
+        "Orthogonalise the direction against the training prompts' harmless mean activation: searched, always or never "
+        "(default: never; it spares harmless prompts near that mean, so validation prompts like the training ones "
+        "understate its damage on others: see the README).",
+        flag="--orthogonalize", recipe="tune.orthogonalize")] = "off"
     norm_preserving: Annotated[Searched, Words(
         "Norm-preserving ablation (merged checkpoints only): searched, always or never.", flag="--norm-preserving",
         recipe="tune.norm_preserving")] = "search"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from steerfold.tuning.front import Trial
-from steerfold.tuning.job import TuneInputs, TuneResult
+from steerfold.tuning.job import MAX_READ, TuneInputs, TuneResult
 
 DAMAGE_NAMES = {"first-token-kl": "first-token KL", "multi-token-kl": "multi-token KL"}
 REFUSAL_NAMES = {"probability": "refusal probability of the first answer token",
@@ -66,9 +66,10 @@ def render(inputs: TuneInputs, result: TuneResult, folder: Path) -> str:
                   "folded into the weights); measure it with `steerfold validate`.", "", "## Pareto front", "",
               f"Every trial not beaten on both objectives (refusal: {REFUSAL_NAMES[options.refusal]}; {name}), "
               "read in full on validation (val) and test prompts.", ""]
-    front_rows = [(t.number, *_measure_cells(result.validation.get(t.number), damage),
+    front_rows = [(t.number, *_measure_cells({**t.validation, **result.validation.get(t.number, {})}, damage),
                    *_measure_cells(result.test.get(t.number), damage), _params_text(t.params)) for t in result.front]
     lines += _table(("trial", *(f"{h} (val)" for h in header), *(f"{h} (test)" for h in header), "edit"), front_rows)
+    lines += ["", f"Markers and test figures are read for the pick and the {MAX_READ - 1} front trials of lowest refusal."]
     lines += ["", "![every trial, the front highlighted](front.png)", ""]
     return "\n".join(lines)
 
