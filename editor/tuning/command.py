@@ -22,11 +22,9 @@ def is_tune_folder(folder: Path) -> bool:
 
 
 def check_sets(paths: dict[str, Path | None]) -> None:
-    """Test sets come in pairs, and every file named exists."""
+    """Test sets come in pairs (a missing validation set is every 4th training prompt), and every file named exists."""
     if (paths.get("harmful_test") is None) != (paths.get("harmless_test") is None):
         raise BadInput("the test prompts are measured in pairs: pass both --harmful-test and --harmless-test, or neither")
-    if (paths.get("harmful_val") is None) != (paths.get("harmless_val") is None):
-        raise BadInput("pass both --harmful-val and --harmless-val, or neither (every 4th training prompt is then held out)")
     for name, path in paths.items():
         if path is not None and not Path(path).is_file():
             raise BadInput(f"--{name.replace('_', '-')} {path} does not exist: pass a jsonl, csv or txt prompt file")

@@ -15,17 +15,18 @@ from typing import Iterator, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from steerfold.activations.capture import last_logits, prompt_batches
 from steerfold.activations.generate import greedy_generate
 from steerfold.edit.edits import Edit
 from steerfold.edit.fold import fold_model
 from steerfold.edit.hooks import runtime_hooks
 from steerfold.models.arch import layout_of_model
+from steerfold.models.loading import input_device
 from steerfold.progress import silenced
 from steerfold.prompts import PromptRecord
 from steerfold.validation.behaviour import chat_texts
 from steerfold.directions.selection import refusal_first_tokens, refusal_probability
-from steerfold.validation.divergence import (continuations, first_token_comparison, kl_along, last_position_logits,
-                                             replaying, runner)
+from steerfold.validation.divergence import continuations, kl, kl_along, replaying, runner
 from steerfold.validation.reasoning import DELIMITERS, answer_of
 from steerfold.validation.refusal import DEFAULT_MARKERS, Markers
 
@@ -96,7 +97,8 @@ def _restored_weights(model: PreTrainedModel) -> Iterator[None]:
 
 
 class Yardstick:
-    """Measures edits of one model on one harmful and one harmless prompt set, the same way each time."""
+    """Measures edits of one model on one harmful and one harmless prompt set, the same way each time. First-token
+    measures run the prompts' shared chat prefix once per edit (``PromptBatches``)."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, harmful: Sequence[PromptRecord],
                  harmless: Sequence[PromptRecord], damage: str = "first-token-kl", max_new_tokens: int = 32,
@@ -104,13 +106,23 @@ class Yardstick:
         self.model, self.tokenizer, self.damage, self.markers = model, tokenizer, damage, markers
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.harmful_texts = chat_texts(tokenizer, harmful, system)
-        self.harmless_texts = chat_texts(tokenizer, harmless, system)
+        harmless_texts = chat_texts(tokenizer, harmless, system)
+        self.plans = {"harmful": prompt_batches(tokenizer, self.harmful_texts, batch_size),
+                      "harmless": prompt_batches(tokenizer, harmless_texts, batch_size)}
         self.base = replaying(runner(model))
         with silenced():
             self.refusal_tokens = refusal_first_tokens(model, tokenizer, harmful, system, batch_size)
-            self.continuations = (continuations(model, tokenizer, self.harmless_texts, MULTI_TOKENS, batch_size)
+            self.base_harmless = self._last_logits("harmless")
+            self.continuations = (continuations(model, tokenizer, harmless_texts, MULTI_TOKENS, batch_size)
                                   if damage == "multi-token-kl" else None)
-            self.baseline = self.measure(None)  # also computes and keeps the base model's logits
+            self.baseline = self.measure(None)
+
+    @torch.no_grad()
+    def _last_logits(self, name: str) -> torch.Tensor:
+        """Last-position logits of one prompt set under whatever edit is in effect: [n, vocab], float32 on the CPU."""
+        plan, device = self.plans[name], input_device(self.model)
+        cache = plan.prefix_cache(self.model)
+        return plan.gather([last_logits(self.model, plan.inputs(batch, cache, device)) for batch in plan.batches])
 
     def measure(self, edit: Edit | None, generate: bool = True) -> Measured:
         """Refusal and damage with ``edit`` in effect (None: the base model); ``generate=False`` skips the greedy
@@ -121,11 +133,11 @@ class Yardstick:
                 answers = greedy_generate(self.model, self.tokenizer, self.harmful_texts, self.max_new_tokens,
                                           self.batch_size, keep=DELIMITERS)
                 refusals = sum(self.markers.find(answer_of(answer)) is not None for answer in answers)
-            edited = runner(self.model)
-            opening = last_position_logits(edited, self.tokenizer, self.harmful_texts, self.batch_size)
-            first = first_token_comparison(self.base, edited, self.tokenizer, self.harmless_texts, self.batch_size)
-            multi = (float(kl_along(self.base, edited, self.continuations).mean())
+            opening = self._last_logits("harmful")
+            harmless = self._last_logits("harmless")
+            multi = (float(kl_along(self.base, runner(self.model), self.continuations).mean())
                      if self.continuations is not None else None)
-        return Measured(len(self.harmful_texts), len(self.harmless_texts),
-                        float(refusal_probability(opening, self.refusal_tokens).mean()), float(first["kl"].mean()),
-                        float(first["top1"].float().mean()), refusals, multi)
+        same = (harmless.argmax(-1) == self.base_harmless.argmax(-1)).float().mean()
+        return Measured(len(self.harmful_texts), harmless.shape[0],
+                        float(refusal_probability(opening.unsqueeze(1), self.refusal_tokens).mean()),
+                        float(kl(self.base_harmless, harmless).mean()), float(same), refusals, multi)
