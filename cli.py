@@ -199,7 +199,8 @@ def fit(model_dir: Path, out: Path, harmful: Path | None, harmless: Path | None,
     """Fit a direction in MODEL_DIR (a checkpoint folder or a Hub id) with --method (default diff_in_means;
     --persona alone implies persona_vector).
 
-    Contrast methods (diff_in_means, pca, logistic, ridge, inlp) fit at every post-instruction position and layer
+    Contrast methods (diff_in_means, pca, logistic, ridge, inlp) fit at every post-instruction position (or, with
+    --position after-thinking, every token closing an empty reasoning block the prompts end with) and layer
     index, then choose one candidate as Arditi et al. do (bypass, induce, KL on validation prompts); the file
     records the chosen layer and the table. per_category writes one direction per harm category, every layer, and
     a cosine report beside the file. Layer index: 0 = embedding output, l = output of decoder block l-1.
@@ -264,10 +265,11 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
              **options) -> None:
     """Measure EDITED (a checkpoint or an adapter folder) against --base; write report.json, report.md and every
     response with its verdicts (responses.jsonl)."""
-    from steerfold.validation.options import ValidateOptions, load_markers, parse_validate_options, thinking_switch
+    from steerfold.validation.options import (ValidateOptions, damage_checks, load_markers, parse_validate_options,
+                                              thinking_switch)
 
     given = parse_validate_options({name: options.pop(name) for name in ValidateOptions.model_fields})
-    markers = load_markers(given)  # a bad marker file is refused before torch loads
+    markers, damage = load_markers(given), damage_checks(given)  # bad files are refused before torch loads
     if given.over_refusal and not Path(given.over_refusal).is_file():
         raise UserError(f"--over-refusal {given.over_refusal} does not exist: pass a jsonl, csv or txt prompt file "
                         "(e.g. recipes/prompts/over_refusal.jsonl)")
@@ -283,7 +285,8 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
 
     base_folder = resolve_model(base, revision)
     over_refusal = Path(given.over_refusal) if given.over_refusal else None
-    inputs = [edited, base_folder, harmful, harmless, given.markers, over_refusal]
+    text = Path(given.perplexity_text) if given.perplexity_text not in (None, "none") else None
+    inputs = [edited, base_folder, harmful, harmless, given.markers, over_refusal, text]
     with open_output(out, "folder", [i for i in inputs if i is not None], overwrite) as tmp:
         sets = EvalSets(_records(harmful), _records(harmless), _records(over_refusal) or ())
         check = None
@@ -298,7 +301,8 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
 
             judge = load_judge(given.judge, given.judge_samples, given.judge_seed, placement)
         report = run_validation(base_model, edited_model, load_tokenizer(base_folder), sets, given.system, check,
-                                given.max_new_tokens, markers=markers, judge=judge, thinking=thinking_switch(given))
+                                given.max_new_tokens, markers=markers, judge=judge, thinking=thinking_switch(given),
+                                damage=damage)
         report.update({"base": str(base), "base_revision": revision, "edited": str(edited),
                        "placement": base_model.steerfold_placement})
         write_report(tmp, report)

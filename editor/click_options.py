@@ -96,6 +96,8 @@ def _metavar(annotation) -> str:
     if get_origin(annotation) is Literal:
         return "[" + "|".join(get_args(annotation)) + "]"
     args = [a for a in get_args(annotation) if a is not type(None)]
+    if len(args) > 1:  # int or a named choice: INT|after-thinking
+        return "|".join(_metavar(a).strip("[]") for a in args)
     if args:
         return _metavar(args[0])
     return {float: "FLOAT", int: "INT"}.get(annotation, "TEXT")

@@ -11,12 +11,16 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
 from steerfold.errors import BadInput
 
 TEXT_KEYS = ("prompt", "text", "instruction")
+CLOSED = "closed"  # format_chat's thinking value: the prompt ends in an empty, closed reasoning block
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+Thinking = Literal[True, False, "closed"] | None
 
 
 @dataclass(frozen=True)
@@ -80,14 +84,17 @@ def load_prompts(path: str | Path) -> list[PromptRecord]:
 
 
 def format_chat(tokenizer: PreTrainedTokenizerBase, user: str, system: str | None = None,
-                thinking: bool | None = None) -> str:
+                thinking: Thinking = None) -> str:
     """The chat-formatted prompt string, ending where the assistant's reply begins; ``thinking`` True or False is
-    passed to a template that reads ``enable_thinking`` (None: the template's own default)."""
+    passed to a template that reads ``enable_thinking`` (None: the template's own default; ``CLOSED``: the reply
+    begins after an empty, closed reasoning block, ``closed_reasoning``)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise BadInput("the tokenizer has no chat template: use a chat (instruct) model or set one")
     messages = ([{"role": "system", "content": system}] if system is not None else []) + [
         {"role": "user", "content": user}
     ]
+    if thinking == CLOSED:
+        return closed_reasoning(tokenizer, messages)
     switch = {"enable_thinking": thinking} if thinking is not None else {}
     if switch and not reads_thinking_switch(tokenizer):
         raise BadInput(f"--thinking {'on' if thinking else 'off'}: this model's chat template has no enable_thinking "
@@ -100,3 +107,19 @@ def reads_thinking_switch(tokenizer: PreTrainedTokenizerBase) -> bool:
     template = getattr(tokenizer, "chat_template", None)
     texts = template.values() if isinstance(template, dict) else [template or ""]
     return any("enable_thinking" in text for text in texts)
+
+
+def closed_reasoning(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> str:
+    """The prompt followed by an empty, closed reasoning block, so that the answer comes next: the block the template
+    writes with thinking switched off (Qwen3's ``<think>\n\n</think>\n\n``), else the block it opens (DeepSeek-R1's
+    ``<think>\n``) closed the same way; a template that writes no ``<think>`` block is refused in one line."""
+    switches = [{"enable_thinking": False}, {"enable_thinking": True}] if reads_thinking_switch(tokenizer) else [{}]
+    for switch in switches:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **switch)
+        if text.rstrip().endswith(THINK_CLOSE):
+            return text
+        if text.rstrip().endswith(THINK_OPEN):
+            return f"{text.rstrip()}\n\n{THINK_CLOSE}\n\n"
+    raise BadInput(f"position after-thinking: this model's chat template writes no reasoning block ({THINK_OPEN}…"
+                   f"{THINK_CLOSE}) after the generation prompt: drop position after-thinking to read the post-instruction "
+                   "positions")

@@ -147,6 +147,12 @@ def test_recipe_validate_section_is_the_same_specification(tmp_path):
     recipe.write_text(text.replace("over_refusal: %s", "markers: nowhere.txt"))
     with pytest.raises(BadInput, match="validate.markers: nowhere.txt does not exist"):
         load_recipe(recipe)
+    recipe.write_text(text.replace("over_refusal: %s", "perplexity_text: nowhere.txt"))
+    with pytest.raises(BadInput, match="validate.perplexity_text: nowhere.txt does not exist"):
+        load_recipe(recipe)
+    recipe.write_text(text.replace("over_refusal: %s", "perplexity_text: none, lm_eval_limit: 3"))
+    with pytest.raises(BadInput, match="validate.lm_eval_limit limits the lm-eval tasks: add validate.lm_eval TASKS"):
+        load_recipe(recipe)
 
 
 THINKING_TEMPLATE = ("{% for m in messages %}{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}"
@@ -184,6 +190,7 @@ def test_a_recipe_takes_the_same_options(tmp_path):
     safe = tmp_path / "safe.jsonl"
     safe.write_text("\n".join(OVER_REFUSAL.read_text().splitlines()[:3]) + "\n")
     (tmp_path / "extra.txt").write_text("not on my watch\n")
+    (tmp_path / "prose.txt").write_text("The miller watched the river from his door, as he did every morning.\n")
     recipe = tmp_path / "r.yaml"
     recipe.write_text("""name: validate options
 model: organism
@@ -194,7 +201,8 @@ prompts:
   safe: {file: safe.jsonl}
 fit: {method: persona_vector, persona: "You are a pirate.", prompts: harmful, max_new_tokens: 4}
 edit: {kind: ablation, layer: 2}
-validate: {max_new_tokens: 12, over_refusal: safe, markers: extra.txt, thresholds: {over_refusal_max: 1.0}}
+validate: {max_new_tokens: 12, over_refusal: safe, markers: extra.txt, perplexity_text: prose.txt,
+           thresholds: {over_refusal_max: 1.0}}
 export: {formats: [merged]}
 """)
     lines: list[str] = []
@@ -202,6 +210,7 @@ export: {formats: [merged]}
     assert report["prompts"]["over_refusal"] == 3 and report["after"]["intervals"]["over_refusal"]["n"] == 3
     rows = (tmp_path / "run" / "responses.jsonl").read_text().splitlines()
     assert len(rows) == 9 and report["max_new_tokens"] == 12
+    assert report["perplexity"]["text"] == "prose.txt" and report["perplexity"]["base"] > 1  # read from the recipe's folder
     assert any("[thresholds] met: over_refusal" in line for line in lines)
     (tmp_path / "extra.txt").write_text("not on my watch\nsure\n")  # other markers: validated again, not cached
     lines.clear()

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from steerfold.models.arch import layout_of_model
 from steerfold.models.loading import input_device
 from steerfold.progress import progress
-from steerfold.prompts import format_chat
+from steerfold.prompts import CLOSED, THINK_CLOSE, format_chat
 
 # (hidden [b, t, d] float32, selection mask [b, t]) -> [b, ...]
 Reducer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -340,10 +340,23 @@ def masked_mean(hidden: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 
+SENTINEL = "zqxjv"  # a request no template changes, to find where it ends in the formatted prompt
+
+
 def post_instruction_positions(tokenizer: PreTrainedTokenizerBase, system: str | None = None) -> list[int]:
     """Negative positions of the template tokens after the user's request (where refusal is decided)."""
-    sentinel = "zqxjv"
-    formatted = format_chat(tokenizer, sentinel, system)
-    suffix = formatted[formatted.rindex(sentinel) + len(sentinel) :]
+    formatted = format_chat(tokenizer, SENTINEL, system)
+    return trailing_positions(tokenizer, formatted[formatted.rindex(SENTINEL) + len(SENTINEL) :])
+
+
+def after_thinking_positions(tokenizer: PreTrainedTokenizerBase, system: str | None = None) -> list[int]:
+    """Negative positions of the tokens from the closing tag of the empty reasoning block a prompt formatted with
+    ``thinking=CLOSED`` ends with to its end (``</think>`` and the line break after it): where the answer begins."""
+    formatted = format_chat(tokenizer, SENTINEL, system, CLOSED)
+    return trailing_positions(tokenizer, formatted[formatted.rindex(THINK_CLOSE) :])
+
+
+def trailing_positions(tokenizer: PreTrainedTokenizerBase, suffix: str) -> list[int]:
+    """Negative positions of the tokens of ``suffix``, the end of a formatted prompt (at least the last token)."""
     count = max(1, len(tokenizer(suffix, add_special_tokens=False)["input_ids"]))
     return list(range(-count, 0))

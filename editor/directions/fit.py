@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from steerfold.activations.capture import at_positions, capture, post_instruction_positions
+from steerfold.activations.capture import at_positions, capture
 from steerfold.directions.file import DirectionFile, save_direction_file
 from steerfold.errors import SteerfoldError
 from steerfold.validation.behaviour import chat_texts
@@ -31,6 +31,7 @@ from steerfold.directions.methods.inlp import inlp_estimate
 from steerfold.directions.methods.means import persona_vector, response_means
 from steerfold.directions.methods.options import FitOptions
 from steerfold.directions.methods.registry import Method, get_method
+from steerfold.directions.positions import positions_read, prompt_thinking, read_positions
 from steerfold.directions.methods.scorers import SCORERS, confidence_weights, refusal_confidence
 from steerfold.models.loading import placement_metadata
 from steerfold.prompts import PromptRecord
@@ -153,19 +154,8 @@ def _provenance(inputs: FitInputs, **extra: str) -> dict[str, str]:
     """Metadata every fitted file carries: method, model, options, and where and in which dtype the model ran."""
     return {"method": inputs.options.method, "model": inputs.model_name, **extra,
             "options": json.dumps(inputs.options.model_dump(), sort_keys=True), "steerfold_version": VERSION,
+            "positions_read": positions_read(inputs.options),
             **placement_metadata(inputs.model)}
-
-
-def read_positions(tokenizer: PreTrainedTokenizerBase, options: FitOptions, default: int | None = None) -> list[int]:
-    """The post-instruction positions a fit reads: all of them, or the one ``options.position`` (else ``default``)."""
-    positions = post_instruction_positions(tokenizer, options.system)
-    wanted = options.position if options.position is not None else default
-    if wanted is None:
-        return positions
-    if wanted not in positions:
-        raise SteerfoldError(f"position {wanted} is not a post-instruction token of this chat template: "
-                             f"choose one of {', '.join(map(str, positions))}")
-    return [wanted]
 
 
 # --- contrast methods: an estimator at every candidate, then the Arditi et al. selection ---------------------
@@ -198,19 +188,20 @@ def select_refusal_direction(
     model, tokenizer, options = inputs.model, inputs.tokenizer, inputs.options
     num_layers = model.config.num_hidden_layers
     layers = list(range(num_layers + 1))
-    positions = read_positions(tokenizer, options)
+    positions, thinking = read_positions(tokenizer, options), prompt_thinking(options)
     harmful_acts, harmless_acts = (
-        capture(model, tokenizer, chat_texts(tokenizer, records, options.system), layers, at_positions(positions), batch_size)
+        capture(model, tokenizer, chat_texts(tokenizer, records, options.system, thinking), layers, at_positions(positions),
+                batch_size)
         for records in (inputs.harmful, inputs.harmless)
     )
     vectors, bases = fit_every_candidate(harmful_acts, harmless_acts, estimator, weights, options.orthogonalize != "none")
     settings = SelectionSettings(options.max_layer_fraction, options.max_kl, batch_size, search)
     table, baseline = score_candidates(model, tokenizer, vectors, positions, layers, inputs.harmful_val,
-                                       inputs.harmless_val, settings, options.system)
+                                       inputs.harmless_val, settings, options.system, thinking)
     chosen = choose(table, num_layers, settings, min_induce=baseline["harmless_refusal_score"])
     p = positions.index(chosen.position)
     projections = chosen_projections(model, tokenizer, vectors[p, chosen.layer], chosen, inputs.harmful_val,
-                                     inputs.harmless_val, options.system, batch_size)
+                                     inputs.harmless_val, (options.system, thinking), batch_size)
     metadata = _provenance(
         inputs, layer=str(chosen.layer), position=str(chosen.position), positions=json.dumps(positions),
         harmful_hash=prompt_hash(inputs.harmful), harmless_hash=prompt_hash(inputs.harmless),
@@ -242,12 +233,13 @@ def fit_refusal_direction(
     return select_refusal_direction(inputs, mean_difference, batch_size=settings.batch_size, search=settings.search)
 
 
-def chosen_projections(model, tokenizer, vector: torch.Tensor, chosen: Candidate, harmful, harmless, system, batch_size) -> dict:
-    """Validation activations at the chosen position and layer, projected on the chosen unit direction."""
+def chosen_projections(model, tokenizer, vector: torch.Tensor, chosen: Candidate, harmful, harmless, chat, batch_size) -> dict:
+    """Validation activations at the chosen position and layer, projected on the chosen unit direction (``chat``: the
+    system prompt and ``thinking`` the prompts are formatted with)."""
     unit = vector / vector.norm()
     out = {}
     for name, records in (("harmful", harmful), ("harmless", harmless)):
-        acts = capture(model, tokenizer, chat_texts(tokenizer, records, system), [chosen.layer], at_positions([chosen.position]),
+        acts = capture(model, tokenizer, chat_texts(tokenizer, records, *chat), [chosen.layer], at_positions([chosen.position]),
                        batch_size)
         out[name] = [round(float(v), 4) for v in acts[:, 0, 0] @ unit]
     return out
@@ -317,8 +309,8 @@ def fit_ridge(inputs: FitInputs) -> Fitted:
     weights = None
     if options.scorer is not None:
         scorer = SCORERS[options.scorer](options)
-        confidence = [refusal_confidence(inputs.model, inputs.tokenizer, records, scorer, options.system, options.max_new_tokens)
-                      for records in (inputs.harmful, inputs.harmless)]
+        confidence = [refusal_confidence(inputs.model, inputs.tokenizer, records, scorer, options.system, options.max_new_tokens,
+                                         prompt_thinking(options)) for records in (inputs.harmful, inputs.harmless)]
         weights = (confidence_weights(confidence[0], refusing_side=True), confidence_weights(confidence[1], refusing_side=False))
     fitted = fit_with(partial(ridge_direction, ridge_lambda=options.ridge_lambda), inputs, weights)
     if weights is not None:
@@ -338,8 +330,8 @@ def fit_per_category(inputs: FitInputs) -> Fitted:
     layers = list(range(model.config.num_hidden_layers + 1))
     positions = read_positions(tokenizer, options, default=-1)
     harmful_acts, harmless_acts = (
-        capture(model, tokenizer, chat_texts(tokenizer, records, options.system), layers, at_positions(positions),
-                options.batch_size)[:, :, 0]
+        capture(model, tokenizer, chat_texts(tokenizer, records, options.system, prompt_thinking(options)), layers,
+                at_positions(positions), options.batch_size)[:, :, 0]
         for records in (inputs.harmful, inputs.harmless)
     )
     directions = category_directions(harmful_acts, [r.category for r in inputs.harmful], harmless_acts)

@@ -47,7 +47,7 @@ from steerfold.edit.hooks import runtime_hooks
 from steerfold.errors import SteerfoldError
 from steerfold.models.loading import input_device
 from steerfold.progress import progress, step
-from steerfold.prompts import PromptRecord
+from steerfold.prompts import PromptRecord, Thinking
 from steerfold.validation.behaviour import chat_texts
 from steerfold.validation.divergence import kl, last_position_logits, runner
 from steerfold.validation.refusal import is_refusal
@@ -110,11 +110,11 @@ class SelectionSettings:
 @torch.no_grad()
 def refusal_first_tokens(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, harmful: Sequence[PromptRecord], system: str | None = None,
-    batch_size: int = 32,
+    batch_size: int = 32, thinking: Thinking = None,
 ) -> list[int]:
     """Ids of the first generated token of the base model's own refusals of ``harmful`` (greedy, marker-detected)."""
     first: set[int] = set()
-    batches = text_batches(tokenizer, chat_texts(tokenizer, harmful, system), batch_size, torch.device("cpu"))
+    batches = text_batches(tokenizer, chat_texts(tokenizer, harmful, system, thinking), batch_size, torch.device("cpu"))
     for inputs, _ in progress(batches, "generating the base model's refusals", total=-(-len(harmful) // batch_size), unit="batch"):
         for row in greedy_ids(model, tokenizer, inputs, max_new_tokens=8):
             if is_refusal(tokenizer.decode(row, skip_special_tokens=True)):
@@ -142,9 +142,11 @@ def score_candidates(
     harmless: Sequence[PromptRecord],
     settings: SelectionSettings = SelectionSettings(),
     system: str | None = None,
+    thinking: Thinking = None,
 ) -> tuple[list[Candidate], dict]:
     """The selection table of the candidates ``diffs[p, i]`` (position ``positions[p]``, layer index ``layers[i]``)
-    with the scores ``settings.search`` computes, and the base scores they are compared with.
+    with the scores ``settings.search`` computes on prompts formatted with ``system`` and ``thinking``, and the base
+    scores they are compared with.
 
     Candidates the layer filter drops and zero differences are ``not_scored`` rows; in a pruned search, candidates
     that cannot win are ``outranked`` rows with the scores computed before that was known.
@@ -164,8 +166,8 @@ def score_candidates(
             else:
                 scorable.append((row, vector))
             table.append(row)
-    refusal_tokens = refusal_first_tokens(model, tokenizer, harmful, system, settings.batch_size)
-    harmful_texts, harmless_texts = chat_texts(tokenizer, harmful, system), chat_texts(tokenizer, harmless, system)
+    refusal_tokens = refusal_first_tokens(model, tokenizer, harmful, system, settings.batch_size, thinking)
+    harmful_texts, harmless_texts = (chat_texts(tokenizer, records, system, thinking) for records in (harmful, harmless))
     if settings.search == "exhaustive":
         baseline = _score_exhaustive(model, tokenizer, scorable, refusal_tokens, harmful_texts, harmless_texts, settings)
     else:

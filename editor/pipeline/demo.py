@@ -20,6 +20,7 @@ from steerfold.artifacts.export import run_edit
 from steerfold.edit.spec import EditSpec
 from steerfold.edit.edits import ablation_edit
 from steerfold.validation.behaviour import chat_texts
+from steerfold.validation.options import ValidateOptions, damage_checks
 from steerfold.validation.report import console_lines, write_report
 from steerfold.validation.validate import EvalSets, validate
 from steerfold.artifacts.card import write_card
@@ -73,7 +74,8 @@ def _demo_into(tmp: Path, checkpoint: Path, say: Callable[[str], None]) -> dict:
     say("validating on held-out prompts")
     edited = AutoModelForCausalLM.from_pretrained(tmp / "model", dtype=torch.float32).eval()
     sets = EvalSets(load_split("harmful", "test"), load_split("harmless", "test"))
-    report = validate(model, edited, tokenizer, sets, default, coherent_compliance)
+    report = validate(model, edited, tokenizer, sets, default, coherent_compliance,
+                      damage=damage_checks(ValidateOptions()))  # steerfold validate's defaults: the reference text's perplexity
 
     adapted = load_model(tmp / "adapter", base=checkpoint)
     ids = tokenizer(chat_texts(tokenizer, sets.harmful[:8], default), return_tensors="pt", padding=True)["input_ids"]

@@ -264,7 +264,9 @@ def load_recipe(path: str | Path, model: str | None = None, prompts: dict[str, s
             recipe.validate_.check("recipe")
         except SteerfoldError as exc:
             raise BadInput(f"{path}: {exc}") from None
-    files = [("edit.condition", recipe.edit.condition), ("validate.markers", recipe.validate_ and recipe.validate_.markers)]
+    validate = recipe.validate_
+    files = [("edit.condition", recipe.edit.condition), ("validate.markers", validate and validate.markers),
+             ("validate.perplexity_text", validate and validate.perplexity_text != "none" and validate.perplexity_text)]
     for key, file in files:
         if file and not (path.parent / file).is_file() and not Path(file).is_file():
             raise BadInput(f"{path}: {key}: {file} does not exist: fix the path "

@@ -162,16 +162,20 @@ class RecipeRun:
             return {}
         from steerfold.artifacts.outputs import replace_file
         from steerfold.models.loading import load_model
-        from steerfold.validation.options import in_recipe_words as validate_words, load_markers, thinking_switch
+        from steerfold.validation.options import damage_checks, in_recipe_words as validate_words, load_markers, thinking_switch
         from steerfold.validation.validate import EvalSets, validate
 
         fmt = "merged" if "merged" in self.recipe.export.formats else "lora"  # the recipe schema requires one of them
         # thresholds only judge the figures: changing one re-checks the cached validation, it does not redo it
         markers = load_markers(spec, self.recipe_path.parent)
+        try:
+            damage = damage_checks(spec, self.recipe_path.parent)
+        except SteerfoldError as exc:  # the library names flags; a recipe user typed keys
+            raise type(exc)(validate_words(str(exc))) from None
         judge_id = model_identity(Path(spec.judge)) if spec.judge and (Path(spec.judge) / "config.json").is_file() else spec.judge
         key = digest("validate", self.export_keys[fmt], spec.model_dump(exclude={"thresholds"}), markers, judge_id,
                      self.hashes[spec.harmful], self.hashes[spec.harmless], spec.over_refusal and self.hashes[spec.over_refusal],
-                     placement_of(self.recipe.model).model_dump(mode="json"))
+                     placement_of(self.recipe.model).model_dump(mode="json"), damage.reference)
         path = self.out / ".cache" / f"validate-{key}.json"
 
         def work() -> None:
@@ -188,7 +192,7 @@ class RecipeRun:
                 judge = load_judge(spec.judge, spec.judge_samples, spec.judge_seed, placement_of(self.recipe.model))
             try:
                 result = validate(model, edited, tokenizer, sets, spec.system, check, spec.max_new_tokens, markers=markers,
-                                  judge=judge, thinking=thinking_switch(spec))
+                                  judge=judge, thinking=thinking_switch(spec), damage=damage)
             except SteerfoldError as exc:  # the library names flags; a recipe user typed keys
                 raise type(exc)(validate_words(str(exc))) from None
             with replace_file(path) as tmp:

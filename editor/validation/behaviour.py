@@ -12,11 +12,11 @@ from steerfold.edit.hooks import runtime_hooks
 from steerfold.validation.reasoning import DELIMITERS
 from steerfold.validation.refusal import DEFAULT_MARKERS, Markers, refusal_rate
 from steerfold.activations.generate import greedy_generate
-from steerfold.prompts import PromptRecord, format_chat
+from steerfold.prompts import PromptRecord, Thinking, format_chat
 
 
 def chat_texts(tokenizer: PreTrainedTokenizerBase, records: Sequence[PromptRecord], system: str | None = None,
-               thinking: bool | None = None) -> list[str]:
+               thinking: Thinking = None) -> list[str]:
     """Chat-formatted prompts ending where the assistant's reply begins (``thinking``: ``format_chat``'s switch)."""
     return [format_chat(tokenizer, r.text, system, thinking) for r in records]
 

@@ -36,9 +36,36 @@ def before_after_rows(report: dict, detail: bool = True) -> list[tuple[str, str,
     if "top1_agreement" in after:
         rows.append(("top-1 first token unchanged (harmless)", "100%", rate_cell(after, "top1_agreement", detail=detail)))
     rows.append(("multi-token KL (harmless)", "0", f"{after['kl_multi_token']:.4f}"))
+    rows += damage_rows(report)
     for category in sorted(after["by_category"]):
         rows.append((f"refusal: {category}", *rate(category, True)))
     return rows
+
+
+def damage_rows(report: dict) -> list[tuple[str, str, str]]:
+    """(metric, base, edited with its change) rows of the reference text's perplexity and of every
+    lm-evaluation-harness metric, where the report holds them."""
+    rows = []
+    if ppl := report.get("perplexity"):
+        rows.append((f"perplexity ({ppl['text']}, {ppl['tokens']} tokens)", f"{ppl['base']:.3f}",
+                     f"{ppl['edited']:.3f} ({ppl['delta']:+.3f}, {100 * ppl['relative']:+.1f}%)"))
+    for task, metrics in report.get("lm_eval", {}).get("results", {}).items():
+        for metric, entry in metrics.items():
+            rows.append((f"lm-eval {task}: {metric}", f"{entry['base']:.4f}", f"{entry['edited']:.4f} ({entry['delta']:+.4f})"))
+    return rows
+
+
+def damage_notes(report: dict) -> list[str]:
+    """What the perplexity and lm-eval rows measured, for report.md."""
+    notes = []
+    if ppl := report.get("perplexity"):
+        notes.append(f"Perplexity: of {ppl['text']} ({ppl['tokens']} tokens scored, in windows of {ppl['window']}), "
+                     "under the base model (before) and the edited one (after); in brackets the change.")
+    if harness := report.get("lm_eval"):
+        limit = f", at most {harness['limit']} examples a task" if harness.get("limit") else ""
+        notes.append(f"lm-eval: lm-evaluation-harness tasks {', '.join(harness['tasks'])}{limit}, on the base model (before) "
+                     "and the edited one (after); in brackets the change.")
+    return [" ".join(notes), ""] if notes else []
 
 
 def console_lines(report: dict) -> list[str]:
@@ -72,6 +99,7 @@ def behaviour_markdown(report: dict) -> list[str]:
     parts += [markdown_table(("metric", "before", "after"), before_after_rows(report)), ""]
     if report["after"].get("intervals"):
         parts += ["Rates: percentage (count/prompts; 95% Wilson interval).", ""]
+    parts += damage_notes(report)
     cut = {side: sum(report[side].get("unfinished", {}).values()) for side in ("before", "after")}
     if any(cut.values()):
         parts += [f"{cut['before']} responses before and {cut['after']} after ran out of tokens inside a reasoning block "

@@ -10,7 +10,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from steerfold.edit.edits import Edit
 from steerfold.validation.behaviour import chat_texts, respond
 from steerfold.validation.divergence import first_token_comparison, multi_token_kl, runner
-from steerfold.validation.options import DEFAULT_MAX_NEW_TOKENS
+from steerfold.validation.harness import harness_comparison
+from steerfold.validation.options import DEFAULT_MAX_NEW_TOKENS, DamageChecks
+from steerfold.validation.perplexity import context_length, perplexity_comparison
 from steerfold.validation.rates import counted, counted_flags
 from steerfold.validation.reasoning import answer_of, split_reasoning
 from steerfold.validation.refusal import DEFAULT_MARKERS, Markers
@@ -95,6 +97,19 @@ def response_rows(sets: EvalSets, before: dict[str, list[str]], after: dict[str,
     return rows
 
 
+def damage_beyond_kl(base_model: PreTrainedModel, edited_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                     damage: DamageChecks) -> dict:
+    """What ``damage`` asks beyond KL, each on both models with its change: the reference text's perplexity
+    (``perplexity``) and lm-evaluation-harness metrics (``lm_eval``)."""
+    found = {}
+    if damage.reference is not None:
+        found["perplexity"] = perplexity_comparison(runner(base_model), runner(edited_model), tokenizer, damage.reference,
+                                                    context_length(base_model))
+    if damage.lm_eval_tasks:
+        found["lm_eval"] = harness_comparison(base_model, edited_model, tokenizer, damage.lm_eval_tasks, damage.lm_eval_limit)
+    return found
+
+
 def validate(
     base_model: PreTrainedModel,
     edited_model: PreTrainedModel,
@@ -107,10 +122,11 @@ def validate(
     markers: Markers = DEFAULT_MARKERS,
     judge: "VerdictJudge | None" = None,
     thinking: bool | None = None,
+    damage: DamageChecks = DamageChecks(),
 ) -> dict:
     """``before`` and ``after`` behaviour, KL on harmless prompts, a few example responses, every response with its
-    verdicts (``responses``, written to responses.jsonl beside the report) and, with a ``judge``, its verdicts,
-    rates, agreement with the markers and calibration (``judge``)."""
+    verdicts (``responses``, written to responses.jsonl beside the report), with a ``judge`` its verdicts, rates,
+    agreement with the markers and calibration (``judge``), and the ``damage`` checks asked for."""
     measured = dict(system=system, coherence=coherence, max_new_tokens=max_new_tokens, markers=markers, thinking=thinking)
     before, before_text = behaviour(base_model, tokenizer, sets, **measured)
     after, after_text = behaviour(edited_model, tokenizer, sets, **measured)
@@ -129,6 +145,7 @@ def validate(
         judged["judge"] = judge_responses(judge, rows, markers)
     return {
         **judged,
+        **damage_beyond_kl(base_model, edited_model, tokenizer, damage),
         "system_prompt": system,
         "thinking": {None: "auto", True: "on", False: "off"}[thinking],
         "max_new_tokens": max_new_tokens,

@@ -15,6 +15,7 @@ from steerfold.directions.methods.registry import METHODS, canonical, unknown_me
 
 Orthogonalize = Literal["none", "harmless-mean"]
 ScorerName = Literal["markers", "judge"]
+AFTER_THINKING = "after-thinking"  # the position that reads where the answer begins, after a closed reasoning block
 
 
 class FitOptions(BaseModel):
@@ -24,10 +25,12 @@ class FitOptions(BaseModel):
 
     method: str = Field(default="diff_in_means", description=f"Fitting method: {', '.join(METHODS)}")
     system: str | None = Field(default=None, description="System prompt used for every request (default: none)")
-    position: int | None = Field(
-        default=None, lt=0,
-        description="Post-instruction token to read, as a negative offset (-1 = last); default: all candidates "
-                    "(per_category: -1)")
+    position: int | Literal["after-thinking"] | None = Field(
+        default=None,
+        description="Tokens to read: one post-instruction token, as a negative offset (-1 = last), or after-thinking: "
+                    "every prompt ends with an empty, closed reasoning block (<think></think>, for a thinking model's "
+                    "template) and the tokens from its closing tag on are the candidates; default: every "
+                    "post-instruction token (per_category: -1)")
     orthogonalize: Orthogonalize = Field(
         default="none", description="Project the direction orthogonal to the harmless prompts' mean activation")
     max_kl: float = Field(default=0.1, gt=0, description="Discard candidates whose ablation moves harmless first-token KL above this")
@@ -56,6 +59,16 @@ class FitOptions(BaseModel):
         if name not in METHODS:
             raise ValueError(unknown_method(value))
         return name
+
+    @field_validator("position", mode="before")
+    @classmethod
+    def offset_or_after_thinking(cls, value):
+        if value is None or value == AFTER_THINKING:
+            return value
+        text = str(value).strip()
+        if isinstance(value, bool) or not text.lstrip("-").isdigit() or int(text) >= 0:
+            raise ValueError(f"give a negative offset (-1 = the last token) or {AFTER_THINKING}, not {value!r}")
+        return int(text)
 
     @field_validator("judge_template")
     @classmethod

@@ -19,7 +19,7 @@ from steerfold.validation.reasoning import answer_of
 from steerfold.validation.refusal import is_refusal, normalise
 from steerfold.activations.generate import greedy_generate
 from steerfold.directions.methods.options import FitOptions
-from steerfold.prompts import PromptRecord, format_chat, reads_thinking_switch
+from steerfold.prompts import PromptRecord, Thinking, format_chat, reads_thinking_switch
 
 Scorer = Callable[[Sequence[PromptRecord], Sequence[str]], torch.Tensor]
 
@@ -120,9 +120,10 @@ def refusal_confidence(
     scorer: Scorer,
     system: str | None = None,
     max_new_tokens: int = 32,
+    thinking: Thinking = None,
 ) -> torch.Tensor:
     """The scorer's refusal confidence in each of the model's own greedy responses to ``records``: [n] in [−1, 1]."""
-    responses = greedy_generate(model, tokenizer, chat_texts(tokenizer, records, system), max_new_tokens)
+    responses = greedy_generate(model, tokenizer, chat_texts(tokenizer, records, system, thinking), max_new_tokens)
     return scorer(records, responses).to(torch.float32).clamp(-1.0, 1.0)
 
 
