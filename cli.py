@@ -331,17 +331,14 @@ def tune(model_dir: str, out: Path, resume: bool, overwrite: bool, revision: str
     """Search the ablation that removes the most refusal for the least damage (multi-objective TPE, optuna): the
     direction's layer and fitting, per-role kernels, scale, norm preservation. Trials are measured on validation
     prompts; the Pareto front and the pick also on test prompts. Export a trial with edit --from-trial DIR#N."""
-    from steerfold.tuning.command import SET_NAMES, run_tune_command
+    from steerfold.tuning.command import SET_NAMES, run_tune_command, summary_lines
     from steerfold.tuning.options import TuneOptions, parse_tune_options
 
     paths = {name: options.pop(name) for name in SET_NAMES}
     given = parse_tune_options({name: options.pop(name) for name in TuneOptions.model_fields})
     result = run_tune_command(model_dir, out, paths, given, placement_from(options), resume, overwrite, revision, click.echo)
-    read = result.validation[result.picked.number]
-    click.echo(f"{len(result.trials)} trials, {len(result.front)} on the Pareto front; picked trial {result.picked.number} "
-               f"({result.reason}): on validation prompts refusal {read['refusal']:.1%} by markers, probability "
-               f"{read['refusal_probability']:.3f}; damage {result.picked.objectives[1]:.4f} ({given.damage})")
-    click.echo(f"wrote {out}/report.md; export with: steerfold edit {model_dir} --from-trial {out}#{result.picked.number} --out OUT")
+    for line in summary_lines(result, given, model_dir, out):
+        click.echo(line)
 
 
 @cli.command()

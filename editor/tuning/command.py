@@ -66,3 +66,12 @@ def run_tune_command(model_dir: str, out: Path, paths: dict[str, Path | None], o
         result = run_tune(tune_inputs, out, resume, say)
         write_report(tune_inputs, result, out)
     return result
+
+
+def summary_lines(result, options: TuneOptions, model_dir: str, out: Path) -> list[str]:
+    """What ``steerfold tune`` prints when done: the search, the pick as read in full, how to export it."""
+    read, picked = result.validation[result.picked.number], result.picked
+    return [f"{len(result.trials)} trials, {len(result.front)} on the Pareto front; picked trial {picked.number} "
+            f"({result.reason}): on validation prompts refusal {read['refusal']:.1%} by markers, probability "
+            f"{read['refusal_probability']:.3f}; damage {picked.objectives[1]:.4f} ({options.damage})",
+            f"wrote {out}/report.md; export with: steerfold edit {model_dir} --from-trial {out}#{picked.number} --out OUT"]
