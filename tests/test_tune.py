@@ -219,3 +219,10 @@ def test_a_recipe_tunes_then_exports_the_pick_and_a_raised_trial_count_continues
     again = CliRunner().invoke(cli, ["run", str(recipe), "--out", str(out), "--resume"])
     assert again.exit_code == 0, again.output
     assert points(out / "tune")[:3] == before and len(points(out / "tune")) == 4
+
+
+def test_an_offloaded_model_tunes_without_norm_preservation_only(tmp_path):
+    cap = (SHIPPED_CHECKPOINT / "model.safetensors").stat().st_size // 5
+    placed = ["--device-map", "auto", "--max-memory", f"cpu={cap // 1000}KB", "--offload-folder", str(tmp_path / "off")]
+    result = tune_cli(tmp_path, "--trials", "1", *placed)
+    assert result.exit_code == 2 and "pass --norm-preserving off" in result.output

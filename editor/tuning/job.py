@@ -98,6 +98,9 @@ def run_tune(inputs: TuneInputs, folder: Path, resume: bool = False, say: Say = 
     check_resumable(folder, key, resume)
     model, tokenizer = inputs.model, inputs.tokenizer
     num_layers = model.config.num_hidden_layers
+    if options.norm_preserving != "off" and any(p.device.type == "meta" for p in model.parameters()):
+        raise BadInput("norm-preserving trials fold the loaded weights, and this device map keeps some of them on disk: "
+                       "pass --norm-preserving off (or give the model room in --max-memory)")
     if resume and (folder / CANDIDATES_FILE).is_file():
         candidates = Candidates.load(folder)
     else:
