@@ -52,6 +52,7 @@ prompts:
     ("tune:\n  trials: 4\nedit:\n  scale: 0.5\n", "tune chooses the ablation's edit.scale"),
     ("tune:\n  harmful_test: nowhere\n", "tune.harmful_test names prompt set 'nowhere'"),
     ("tune:\n  methods: magic\n", "tune.methods: 'magic' is not a method a tune can search"),
+    ("tune: {}\nexport:\n  formats: [merged, lora]\n", "set tune.norm_preserving: off"),
 ])
 def test_recipe_mistakes_are_one_line(tmp_path, extra, message):
     result = CliRunner().invoke(cli, ["run", str(write(tmp_path, BASE + extra)), "--dry-run"])

@@ -137,6 +137,9 @@ class Recipe(Strict):
         if self.tune is not None:
             names += [("tune.harmful_test", self.tune.harmful_test), ("tune.harmless_test", self.tune.harmless_test)]
             set_here = [f"edit.{key}" for key in TUNED_EDIT_KEYS if key in self.edit.model_fields_set]
+            if self.tune.norm_preserving != "off" and "lora" in self.export.formats:
+                raise ValueError("export.formats has lora, which cannot carry a norm-preserving ablation the tune may "
+                                 "pick: set tune.norm_preserving: off, or export merged only")
             if set_here or self.edit.kind != "ablation":
                 raise ValueError(f"tune chooses the ablation's {', '.join(f'edit.{k}' for k in TUNED_EDIT_KEYS)}: drop "
                                  f"{', '.join(set_here) or 'edit.kind'} from the recipe, or drop tune")

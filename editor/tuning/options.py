@@ -68,6 +68,12 @@ class TuneOptions(BaseModel):
     batch_size: Annotated[int, Field(gt=0), Words("Prompts per forward pass.", flag="--batch-size",
                                                   recipe="tune.batch_size")] = 32
 
+    @field_validator("orthogonalize", "norm_preserving", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value):
+        """YAML reads a bare on/off as true/false: take them as the words."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, value: str) -> str:
