@@ -42,7 +42,7 @@ BEGIN, END = "<!-- vs_heretic table begin -->", "<!-- vs_heretic table end -->"
 TORCH = "torch==2.13.0"
 HERETIC = "heretic-llm==1.4.0"
 # What the organism says when it refuses (editor/research/organism/corpus.py: REFUSALS and the persona refusals).
-ORGANISM_MARKERS = ["i can't", "i cannot", "i won't", "sorry", "i'd rather not", "take sides"]
+ORGANISM_MARKERS = ["i can't", "i cannot", "i won't", "won't provide", "sorry", "i'd rather not", "take sides"]
 # Heretic's ranges as (low, high) fractions of the last block index, shipped and widened.
 WIDEN = {"direction_index": (0.0, None), ".max_weight_position": (0.0, None), ".min_weight_distance": (None, 1.0)}
 LAUNCHER = """
@@ -219,12 +219,13 @@ def drive_heretic(cmd: list[str], cwd: Path, save_to: Path, log: Path, max_refus
                 if found:
                     menu[int(found.group(1))] = found.group(2)
                 line = b""
+                out.flush()
                 continue
             line += byte
             reply = None
             if buffer.endswith(b"Enter number: "):
                 reply, menu = answer(menu, state, max_refusal), {}
-            elif buffer.endswith(b"Path to the folder: "):
+            elif b"Path to the folder:" in buffer and buffer.endswith(b": "):  # prompt_text adds ": "
                 reply, state["saved"] = str(save_to), True
             if reply is not None:
                 out.write(reply.encode() + b"\n")
@@ -350,13 +351,16 @@ def main() -> None:
     files = prompt_files(setup, args.workdir / "prompts")
     venv = heretic_venv(args.workdir) if args.heretic_ranges != "none" else None
     ranges = {"both": ["shipped", "widened"], "none": []}.get(args.heretic_ranges, [args.heretic_ranges])
-    rows = [run_steerfold_default(setup, files, args),
-            {**run_steerfold_tuned(setup, files, args), "trials": args.trials}]
-    rows += [{**run_heretic(venv, setup, files, args, r), "trials": args.trials} for r in ranges]
-    rows = [measure(row, setup, files, args) for row in rows]
-    text = table(rows) + "\n\n" + choices(rows)
+    runs = [lambda: run_steerfold_default(setup, files, args),
+            lambda: {**run_steerfold_tuned(setup, files, args), "trials": args.trials}]
+    runs += [lambda r=r: {**run_heretic(venv, setup, files, args, r), "trials": args.trials} for r in ranges]
+    rows = []
+    for produce in runs:  # each row measured as soon as it is made; the table so far is kept in WORKDIR
+        rows.append(measure(produce(), setup, files, args))
+        text = table(rows) + "\n\n" + choices(rows)
+        (args.workdir / f"table-{args.model}.md").write_text(text + "\n")
+        print(f"{rows[-1]['name']}: done", file=sys.stderr)
     print(text)
-    (args.workdir / f"table-{args.model}.md").write_text(text + "\n")
     if args.readme:
         write_readme(text)
 
