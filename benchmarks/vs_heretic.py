@@ -292,7 +292,7 @@ def measure(row: dict, setup: dict, files: dict, args) -> dict:
     out = Path(str(row["edited"]) + "-validate")
     run(steerfold("validate", row["edited"], "--base", setup["model"], "--harmful", files["harmful_test"],
                   "--harmless", files["harmless_test"], "--out", out, "--overwrite", *setup["validate"]),
-        args.workdir / f"{out.name}.log")
+        out.parent / f"{out.name}.log")
     report = json.loads((out / "report.json").read_text())
     return {**row, "after": report["after"], "before": report["before"], "prompts": report.get("prompts", {})}
 
