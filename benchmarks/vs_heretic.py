@@ -322,7 +322,7 @@ def table(rows: list[dict]) -> str:
 
 
 def choices(rows: list[dict]) -> str:
-    return "\n".join(f"- {row['name']}: chosen {json.dumps(row['choice'], default=str)}"
+    return "\n".join(f"- {row['name']}: chosen {json.dumps(row['choice'], default=str, ensure_ascii=False)}"
                      for row in rows if row.get("choice") is not None)
 
 
