@@ -226,3 +226,30 @@ def test_an_offloaded_model_tunes_without_norm_preservation_only(tmp_path):
     placed = ["--device-map", "auto", "--max-memory", f"cpu={cap // 1000}KB", "--offload-folder", str(tmp_path / "off")]
     result = tune_cli(tmp_path, "--trials", "1", *placed)
     assert result.exit_code == 2 and "pass --norm-preserving off" in result.output
+
+
+def test_the_search_space_scales_with_the_model_depth():
+    """Every layer range runs over the model's own layer indices, so block 0 of a 4-block model is as reachable as
+    the last block of an 80-block one."""
+    from steerfold.tuning.space import Space, suggest
+
+    class Recording:
+        def __init__(self):
+            self.ranges = {}
+
+        def suggest_float(self, name, low, high):
+            self.ranges[name] = (low, high)
+            return low
+
+        def suggest_categorical(self, name, choices):
+            self.ranges[name] = tuple(choices)
+            return choices[0]
+
+    for layers in (4, 80):
+        trial = Recording()
+        params = suggest(trial, Space.of(TuneOptions(), layers, [-2, -1]))
+        assert trial.ranges["direction_layer"] == (1.0, float(layers))
+        assert trial.ranges["attention_peak"] == trial.ranges["mlp_peak"] == (0.0, float(layers))
+        assert trial.ranges["mlp_falloff"] == (1.0, float(layers)) and trial.ranges["position"] == (-2, -1)
+        assert "orthogonalize" not in trial.ranges and params.orthogonalize is False  # off unless asked
+        assert params.kernel("attention").weight(0) == 1.0  # the edit reaches the embedding and block 0
