@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from steerfold.click_options import (edit_option_flags, fit_option_flags, placement_flags, placement_from,
-                                     validate_option_flags)
+                                     tune_option_flags, validate_option_flags)
 from steerfold.endings import EXIT_INTERRUPT, EXIT_TERMINATED, SteerfoldGroup, Terminated, UserError, run_command
 
 
@@ -311,6 +311,34 @@ def validate(edited: Path, base: Path, revision: str | None, harmful: Path, harm
     if warning := unmoved_warning(report):
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {out}/report.json, report.md and responses.jsonl")
+
+
+@cli.command()
+@click.argument("model_dir")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Tune folder: trials, journal, report.md, front.png, each trial's direction.")
+@click.option("--harmful", required=True, type=click.Path(path_type=Path), help="Prompts the directions are fitted on, that should be refused.")
+@click.option("--harmless", required=True, type=click.Path(path_type=Path), help="Prompts the directions are fitted on, that should be answered.")
+@click.option("--harmful-val", type=click.Path(path_type=Path), help="Harmful prompts the trials are measured on (default: every 4th of --harmful).")
+@click.option("--harmless-val", type=click.Path(path_type=Path), help="Harmless prompts the trials are measured on (default: every 4th of --harmless).")
+@click.option("--harmful-test", type=click.Path(path_type=Path), help="Held-out harmful prompts the front and the pick are measured on.")
+@click.option("--harmless-test", type=click.Path(path_type=Path), help="Held-out harmless prompts the front and the pick are measured on.")
+@tune_option_flags
+@click.option("--resume", is_flag=True, help="Continue the tune in --out (with a higher --trials: add trials).")
+@click.option("--overwrite", is_flag=True, help="Start over in an existing --out.")
+@click.option("--revision", default=None, help="Revision (branch, tag or commit) when MODEL_DIR is a Hub id.")
+@placement_flags
+def tune(model_dir: str, out: Path, resume: bool, overwrite: bool, revision: str | None, **options) -> None:
+    """Search the ablation that removes the most refusal for the least damage (multi-objective TPE, optuna): the
+    direction's layer and fitting, per-role kernels, scale, norm preservation. Trials are measured on validation
+    prompts; the Pareto front and the pick also on test prompts. Export a trial with edit --from-trial DIR#N."""
+    from steerfold.tuning.command import SET_NAMES, run_tune_command, summary_lines
+    from steerfold.tuning.options import TuneOptions, parse_tune_options
+
+    paths = {name: options.pop(name) for name in SET_NAMES}
+    given = parse_tune_options({name: options.pop(name) for name in TuneOptions.model_fields})
+    result = run_tune_command(model_dir, out, paths, given, placement_from(options), resume, overwrite, revision, click.echo)
+    for line in summary_lines(result, given, model_dir, out):
+        click.echo(line)
 
 
 @cli.command()

@@ -25,7 +25,8 @@ def spec_options(spec, prefix: str = ""):
                     for kind, flag in words.kinds.items() if flag not in flags]
         if not words.flag:
             continue
-        kwargs: dict = {"default": None, "help": words.help, "required": info.is_required()}
+        filled = name in getattr(spec, "FROM_TRIAL", ())  # --from-trial may give it instead
+        kwargs: dict = {"default": None, "help": words.help, "required": info.is_required() and not filled}
         if info.annotation is bool:
             kwargs.update(is_flag=True, flag_value=not info.default)
         else:
@@ -74,6 +75,12 @@ def validate_option_flags(function):
     from steerfold.validation.options import ValidateOptions
 
     return spec_options(ValidateOptions)(function)
+
+
+def tune_option_flags(function):
+    from steerfold.tuning.options import TuneOptions
+
+    return spec_options(TuneOptions)(function)
 
 
 def placement_flags(function):

@@ -20,9 +20,14 @@ from typing import Iterable, Iterator, TypeVar
 T = TypeVar("T")
 
 
+_silenced = 0  # depth of ``silenced()`` blocks
+
+
 def _mode() -> str:
     """``bars``, ``lines`` or ``off``: the environment's choice, else bars on a terminal, lines on a file or pipe, and
     nothing on an in-memory stream (a caller capturing output in process, as click's test runner does)."""
+    if _silenced:
+        return "off"
     chosen = os.environ.get("STEERFOLD_PROGRESS", "").strip().lower()
     if chosen in ("bars", "lines", "off"):
         return chosen
@@ -109,3 +114,14 @@ def step(description: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     _say(f"{description}: done in {time.perf_counter() - start:.1f} s")
+
+
+@contextmanager
+def silenced() -> Iterator[None]:
+    """No progress inside: for steps repeated many times that report as one (a tune's trials)."""
+    global _silenced
+    _silenced += 1
+    try:
+        yield
+    finally:
+        _silenced -= 1

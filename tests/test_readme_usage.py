@@ -85,6 +85,9 @@ def test_every_usage_line_runs_and_does_what_it_says(tmp_path, monkeypatch):
     assert "cooking" in report["categories"]["harmless"] and "weapons" in report["categories"]["harmful"]
     assert harmful_refusal(Path("np"), model) < base  # the norm-preserving kernel edit removes refusal too
     assert harmful_refusal(Path("adapter"), model) < base
+    tune = json.loads(Path("tune/tune.json").read_text())
+    assert len(Path("tune/trials.jsonl").read_text().splitlines()) == 8 and Path("tune/report.md").is_file()
+    assert f"tune_trial: `{tune['picked']}`" in Path("tuned/README.md").read_text()  # the picked trial's own edit
     from safetensors.torch import load_file
 
     edited, original = load_file("cond/model.safetensors"), load_file(str(model / "model.safetensors"))

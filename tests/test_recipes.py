@@ -25,7 +25,8 @@ def test_shipped_recipe_validates_and_plans_offline(path, tmp_path, monkeypatch)
     assert recipe.prompts
     result = CliRunner().invoke(cli, ["run", str(path), "--dry-run", "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
-    assert "stage fit: would run" in result.output and "estimate" in result.output
+    first = f"tune ({recipe.tune.trials} trials)" if recipe.tune is not None else "fit"
+    assert f"stage {first}: would run" in result.output and "estimate" in result.output
     assert not (tmp_path / "run").exists()  # a plan writes nothing
 
 
@@ -48,6 +49,10 @@ prompts:
     ("validat: {}\n", "unknown key 'validat': did you mean 'validate'?"),
     ("fit:\n  harmless: missing_set\n", "fit.harmless names prompt set 'missing_set'"),
     ("export:\n  formats: [gguf]\n", "export.formats.0"),
+    ("tune:\n  trials: 4\nedit:\n  scale: 0.5\n", "tune chooses the ablation's edit.scale"),
+    ("tune:\n  harmful_test: nowhere\n", "tune.harmful_test names prompt set 'nowhere'"),
+    ("tune:\n  methods: magic\n", "tune.methods: 'magic' is not a method a tune can search"),
+    ("tune: {}\nexport:\n  formats: [merged, lora]\n", "set tune.norm_preserving: off"),
 ])
 def test_recipe_mistakes_are_one_line(tmp_path, extra, message):
     result = CliRunner().invoke(cli, ["run", str(write(tmp_path, BASE + extra)), "--dry-run"])

@@ -29,7 +29,9 @@ MAP_TEXT = {
                    "with α = {scale}",
     "subspace": "the projection `w ↦ (I − Q Qᵀ) w` that removes the span of the fitted basis Q (INLP's nullspace)",
 }
-PROVENANCE_KEYS = ("method", "model", "layer", "position", "persona", "against", "steerfold_version")
+# tune_*: the trial of steerfold tune the edit is (its number, its point of the search space, the search)
+PROVENANCE_KEYS = ("method", "model", "layer", "position", "persona", "against", "steerfold_version", "tune_trial",
+                   "tune_params", "tune_search")
 
 
 def base_license(base: Path) -> str | None:

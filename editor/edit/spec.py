@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Callable, Literal
+from typing import Annotated, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -35,6 +35,7 @@ class EditSpec(BaseModel):
     maps per layer index and writer."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    FROM_TRIAL: ClassVar[tuple[str, ...]] = ("direction", "scale", "attention_kernel", "mlp_kernel", "norm_preserving")
 
     model: Annotated[str, Words("A local checkpoint folder, a .gguf file or a Hub id.", recipe="model.path")]
     direction: Annotated[Path, Words("Direction file (.safetensors with 'direction' or 'directions').", flag="--direction",
@@ -93,6 +94,10 @@ class EditSpec(BaseModel):
         "Hub id to record as the base (card metadata, adapter config) when MODEL_DIR is a local folder; found by "
         "itself for a Hub id or a folder in the Hub cache.", flag="--base-model-id", recipe="model.base_model_id",
         metavar="OWNER/NAME")] = None
+    from_trial: Annotated[str | None, Words(
+        "The edit of a trial of steerfold tune: DIR#N (trial N of the tune in DIR) or DIR (the trial it picked). It sets "
+        "--direction, --scale, the kernels and --norm-preserving.", flag="--from-trial", metavar="DIR#N",
+        reproduce=False)] = None
     allow_noop: Annotated[bool, Words("Accept an edit that changes no writer measurably, or a kernel peak outside the "
                                       "model's layer indices.", flag="--allow-noop", recipe="edit.allow_noop")] = False
 
@@ -194,7 +199,12 @@ def parse_spec(values: dict, surface: SurfaceName = "cli", source: str | None = 
 
 def spec_from_cli(values: dict) -> EditSpec:
     """The spec of ``steerfold edit``'s options: the kind follows from which of --steer, --condition and --subspace
-    is given (at most one)."""
+    is given (at most one); ``--from-trial`` gives the direction and the ablation's options of a tune's trial."""
+    trial = values.get("from_trial")
+    if trial is not None:
+        values = _with_trial(values, trial)
+    elif values.get("direction") is None:
+        raise BadInput("an edit needs --direction FILE (from steerfold fit) or --from-trial DIR#N (a trial of steerfold tune)")
     kinds = words_of(EditSpec, "kind").kinds
     given = {kind: flag for kind, flag in kinds.items() if values.pop(f"kind_{kind}", None) or
              values.get(_field_of_flag(flag) or "", None) is not None}
@@ -202,6 +212,26 @@ def spec_from_cli(values: dict) -> EditSpec:
         raise BadInput(f"{' and '.join(given.values())} each name a different edit: pass one of them")
     values = {name: value for name, value in values.items() if value is not None}
     return parse_spec({**values, "kind": next(iter(given), "ablation")}, "cli")
+
+
+def _with_trial(values: dict, text: str) -> dict:
+    """``values`` with what trial ``text`` (DIR#N, or DIR: the trial the tune picked) sets: its direction file, scale,
+    kernels and norm preservation. Giving any of those too, or another kind of edit, is a conflict."""
+    from steerfold.tuning.front import from_trial, trial_direction_path
+    from steerfold.tuning.space import params_of
+
+    given = [name for name in EditSpec.FROM_TRIAL if values.get(name) is not None]
+    given += [name for name in values if name.startswith("kind_") and values[name]]
+    given += [name for name in ("coefficient", "condition") if values.get(name) is not None]
+    if given:
+        flags = ", ".join(word("cli", n) if not n.startswith("kind_") else "--" + n.removeprefix("kind_") for n in given)
+        raise BadInput(f"--from-trial sets the edit of a tune's trial: drop {flags}")
+    folder, trial = from_trial(text)
+    path = trial_direction_path(folder, trial.number)
+    if not path.is_file():
+        raise BadInput(f"trial {trial.number} of {folder} has no direction file ({path}): its direction was zero, so it "
+                       "edits nothing; pick another trial")
+    return {**values, **params_of(trial.params).edit_values(), "direction": path}
 
 
 def _field_of_flag(flag: str) -> str | None:

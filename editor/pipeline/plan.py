@@ -38,10 +38,11 @@ def plan_recipe(recipe_path: Path, out: Path, model: str | None = None, prompts:
             lines.append(f"download: dataset {spec.dataset} split {spec.split}")
         lines.append(f"prompts {name}: {source}" + (f", first {spec.count}" if spec.count else ""))
     state = RunState.open(out) if (out / RUN_STATE).is_file() else None
-    stages = ["fit"] + [f"export:{f}" for f in recipe.export.formats] + (["validate"] if recipe.validate_ else []) + ["report"]
+    first = f"tune ({recipe.tune.trials} trials)" if recipe.tune is not None else "fit"
+    stages = [first] + [f"export:{f}" for f in recipe.export.formats] + (["validate"] if recipe.validate_ else []) + ["report"]
     stages += ["push"] if recipe.push else []
     for name in stages:
-        status = "finished before (re-checked by key on --resume)" if state and name in state.done else "would run"
+        status = "finished before (re-checked by key on --resume)" if state and name.split()[0] in state.done else "would run"
         lines.append(f"stage {name}: {status}")
     new_tokens = recipe.validate_.max_new_tokens if recipe.validate_ else 64
     lines += estimate_lines(config, recipe.export.formats, placement_of(recipe.model), _fit_prompt_count(recipe, recipe_path.parent),

@@ -18,6 +18,7 @@ from steerfold.models.placement import Placement
 from steerfold.errors import BadInput, SteerfoldError
 from steerfold.directions.methods.options import FitOptions
 from steerfold.directions.methods.registry import METHODS
+from steerfold.tuning.options import TuneOptions
 from steerfold.validation.options import ValidateOptions
 
 
@@ -83,6 +84,17 @@ class ValidateSpec(ValidateOptions):
     thresholds: Thresholds = Thresholds()
 
 
+class TuneSpec(TuneOptions):
+    """The search's options (as ``steerfold tune`` takes them; it reads fit's prompt sets) and the held-out prompt sets
+    its pick and front are measured on."""
+
+    harmful_test: str | None = None
+    harmless_test: str | None = None
+
+
+TUNED_EDIT_KEYS = ("scale", "attention_kernel", "mlp_kernel", "norm_preserving")  # what a trial sets
+
+
 class ExportSpec(Strict):
     formats: list[Literal["merged", "lora", "cvec"]] = ["merged"]
     max_shard_size: str | None = None
@@ -103,6 +115,7 @@ class Recipe(Strict):
     fit: FitSpec = FitSpec()
     edit: RecipeEdit = RecipeEdit()
     validate_: ValidateSpec | None = Field(default=None, alias="validate")
+    tune: TuneSpec | None = None
     export: ExportSpec = ExportSpec()
     push: PushSpec | None = None
 
@@ -121,6 +134,15 @@ class Recipe(Strict):
         if self.validate_ is not None:
             names += [("validate.harmful", self.validate_.harmful), ("validate.harmless", self.validate_.harmless),
                       ("validate.over_refusal", self.validate_.over_refusal)]
+        if self.tune is not None:
+            names += [("tune.harmful_test", self.tune.harmful_test), ("tune.harmless_test", self.tune.harmless_test)]
+            set_here = [f"edit.{key}" for key in TUNED_EDIT_KEYS if key in self.edit.model_fields_set]
+            if self.tune.norm_preserving != "off" and "lora" in self.export.formats:
+                raise ValueError("export.formats has lora, which cannot carry a norm-preserving ablation the tune may "
+                                 "pick: set tune.norm_preserving: off, or export merged only")
+            if set_here or self.edit.kind != "ablation":
+                raise ValueError(f"tune chooses the ablation's {', '.join(f'edit.{k}' for k in TUNED_EDIT_KEYS)}: drop "
+                                 f"{', '.join(set_here) or 'edit.kind'} from the recipe, or drop tune")
         if METHODS[self.fit.method].needs == "persona":  # it reads harmless prompts only to orthogonalize against them
             kept = {"fit.prompts"} | ({"fit.harmless"} if self.fit.orthogonalize != "none" else set())
             names = [n for n in names if n[0] in kept]
@@ -267,11 +289,11 @@ def check_edit(recipe: Recipe, path: Path) -> None:
 
 
 def edit_spec(edit: RecipeEdit, condition: Path | None, folder: Path, direction: Path, out: Path, fmt: str,
-              max_shard_size: str | None = None, base_model_id: str | None = None) -> EditSpec:
-    """The ``EditSpec`` of one export of a recipe: its ``edit:`` section, one of ``export.formats`` and
-    ``export.max_shard_size``, the fitted direction and the resolved condition file (the recipe's ``edit.condition``
-    is relative to its folder)."""
-    section = {name: getattr(edit, name) for name in type(edit).model_fields if name != "condition"}
+              max_shard_size: str | None = None, base_model_id: str | None = None, trial: dict | None = None) -> EditSpec:
+    """The ``EditSpec`` of one export of a recipe: its ``edit:`` section (with what a tune's picked ``trial`` sets),
+    one of ``export.formats`` and ``export.max_shard_size``, the fitted direction and the resolved condition file (the
+    recipe's ``edit.condition`` is relative to its folder)."""
+    section = {name: getattr(edit, name) for name in type(edit).model_fields if name != "condition"} | (trial or {})
     return EditSpec(model=str(folder), direction=direction, out=out, format=fmt, condition=condition, overwrite=True,
                     max_shard_size=max_shard_size, base_model_id=base_model_id, **section)
 

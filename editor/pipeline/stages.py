@@ -32,6 +32,7 @@ class RecipeRun:
     hashes: dict[str, str] = field(init=False)
     export_keys: dict[str, str] = field(default_factory=dict)
     edits: dict[str, dict] = field(default_factory=dict)  # by format: the edit as its card describes it
+    trial: dict | None = None  # the edit options of the tune's picked trial, when the recipe tunes
     loaded: tuple | None = None  # the base model and tokenizer, once a stage needed them
 
     def __post_init__(self) -> None:
@@ -42,7 +43,7 @@ class RecipeRun:
 
     def run(self) -> dict:
         """Every stage in order; returns the report (raises ThresholdFailure when a threshold is not met)."""
-        direction = self.fit()
+        direction = self.tune() if self.recipe.tune is not None else self.fit()
         for fmt in self.recipe.export.formats:
             self.export(fmt, direction)
         report = self.report(direction, self.validate())
@@ -89,6 +90,46 @@ class RecipeRun:
             shutil.copy2(report_path(path), report_path(self.out / "direction.safetensors"))
         return path
 
+    def tune(self) -> Path:
+        """Search the ablation into OUT/tune (``steerfold tune``'s job, cached by the model, the search and the prompts
+        read; a changed trial count continues the search); returns the picked trial's direction file."""
+        from steerfold.tuning.front import from_trial, trial_direction_path
+        from steerfold.tuning.options import TuneOptions
+        from steerfold.tuning.space import params_of
+
+        spec, reads, folder = self.recipe.tune, fit_sets(self.recipe.fit), self.out / "tune"
+        tests = {"harmful_test": spec.harmful_test, "harmless_test": spec.harmless_test}
+        names = [reads.get(role) for role in ("harmful", "harmless", "harmful_val", "harmless_val")] + list(tests.values())
+        key = digest("tune", model_identity(self.folder), spec.model_dump(), [self.hashes.get(n) for n in names if n],
+                     placement_of(self.recipe.model).model_dump(mode="json"))
+
+        def work() -> None:
+            from steerfold.errors import BadInput
+            from steerfold.pipeline.state import start_over
+            from steerfold.tuning.job import TuneInputs, check_resumable, run_tune
+            from steerfold.tuning.report import write_report
+
+            model, tokenizer = self.model()
+            options = TuneOptions.model_validate(spec.model_dump(include=set(TuneOptions.model_fields)))
+            records = {role: self.sets[name] if name else None for role, name in {**reads, **tests}.items()
+                       if role in ("harmful", "harmless", "harmful_val", "harmless_val", *tests)}
+            inputs = TuneInputs(model, tokenizer, self.recipe.model.path, options, records["harmful"], records["harmless"],
+                                records.get("harmful_val"), records.get("harmless_val"), records["harmful_test"] or (),
+                                records["harmless_test"] or (), model_key=model_identity(self.folder))
+            folder.mkdir(exist_ok=True)
+            try:
+                check_resumable(folder, inputs.key(), resume=True)
+            except BadInput:  # another model, other prompts or another search: this one starts afresh
+                start_over(folder)
+            write_report(inputs, run_tune(inputs, folder, resume=True, say=self.say), folder)
+
+        stage(self.state, "tune", key, lambda: (folder / "report.md").is_file(), work, self.say)
+        _, trial = from_trial(str(folder))
+        self.fit_key, self.trial = digest(key, trial.number), params_of(trial.params).edit_values()
+        self.say(f"[tune] picked trial {trial.number}: refusal {trial.objectives[0]:.3f}, damage {trial.objectives[1]:.4f} "
+                 "on validation prompts (report in tune/report.md)")
+        return trial_direction_path(folder, trial.number)
+
     def export(self, fmt: str, direction: Path) -> None:
         """Write one export format with ``steerfold edit``'s job; its card's description is kept for the report."""
         from steerfold.artifacts.export import run_edit
@@ -100,7 +141,8 @@ class RecipeRun:
         condition_hash = hashlib.sha256(condition.read_bytes()).hexdigest() if condition else None
         key = self.export_keys[fmt] = digest("export", self.fit_key, edit.model_dump(), condition_hash, fmt, export.max_shard_size)
         target, described = self.out / fmt, self.out / ".cache" / f"export-{key}.json"
-        spec = edit_spec(edit, condition, self.folder, direction, target, fmt, export.max_shard_size, self.base.repo_id)
+        spec = edit_spec(edit, condition, self.folder, direction, target, fmt, export.max_shard_size, self.base.repo_id,
+                         self.trial)
 
         def work() -> None:
             try:

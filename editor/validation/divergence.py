@@ -79,7 +79,39 @@ def first_token_comparison(
     return {"kl": torch.cat(values), "top1": torch.cat(same)}
 
 
+Continuation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (sequences [b, t], attention mask [b, t], scored [b, n])
+
+
 @torch.no_grad()
+def continuations(base_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                  max_new_tokens: int = 16, batch_size: int = 32) -> list[Continuation]:
+    """The base model's greedy continuation of each text, in batches: the token ids multi-token KL is read along, the
+    mask that ends each row at its first EOS, and which generated positions are scored."""
+    found = []
+    with left_padded(tokenizer):
+        for start in range(0, len(texts), batch_size):
+            batch = encode(tokenizer, texts[start : start + batch_size], torch.device("cpu"))
+            generated = greedy_ids(base_model, tokenizer, batch, max_new_tokens)
+            scored = through_first_eos(generated, tokenizer.eos_token_id)  # positions whose next token was generated
+            found.append((torch.cat([batch["input_ids"], generated], dim=1),
+                          torch.cat([batch["attention_mask"], scored.long()], dim=1), scored))
+    return found
+
+
+@torch.no_grad()
+def kl_along(base: Runner, edited: Runner, found: list[Continuation]) -> torch.Tensor:
+    """Mean per-token KL(base ‖ edited) along given continuations, one value per prompt."""
+    values = []
+    for sequences, mask, scored in found:
+        keep = scored.shape[1] + 1  # the positions from the prompt's last token to the last generated one
+        for rows in range(0, sequences.shape[0], KL_ROWS):  # bounded memory: a few rows' logits at a time
+            part = slice(rows, rows + KL_ROWS)
+            full = {"input_ids": sequences[part], "attention_mask": mask[part]}
+            per_token = kl(base(full, keep=keep)[:, :-1], edited(full, keep=keep)[:, :-1])
+            values.append((per_token * scored[part]).sum(1) / scored[part].sum(1).clamp(min=1))
+    return torch.cat(values)
+
+
 def multi_token_kl(
     base_model: PreTrainedModel,
     base: Runner,
@@ -90,19 +122,19 @@ def multi_token_kl(
     batch_size: int = 32,
 ) -> torch.Tensor:
     """Mean per-token KL(base ‖ edited) along the base model's greedy continuation, one value per prompt."""
-    values = []
-    eos = tokenizer.eos_token_id
-    with left_padded(tokenizer):
-        for start in range(0, len(texts), batch_size):
-            batch = encode(tokenizer, texts[start : start + batch_size], torch.device("cpu"))
-            generated = greedy_ids(base_model, tokenizer, batch, max_new_tokens)
-            sequences = torch.cat([batch["input_ids"], generated], dim=1)
-            scored = through_first_eos(generated, eos)  # positions whose next token was generated
-            mask = torch.cat([batch["attention_mask"], scored.long()], dim=1)
-            keep = generated.shape[1] + 1  # the positions from the prompt's last token to the last generated one
-            for rows in range(0, sequences.shape[0], KL_ROWS):  # bounded memory: a few rows' logits at a time
-                part = slice(rows, rows + KL_ROWS)
-                full = {"input_ids": sequences[part], "attention_mask": mask[part]}
-                per_token = kl(base(full, keep=keep)[:, :-1], edited(full, keep=keep)[:, :-1])
-                values.append((per_token * scored[part]).sum(1) / scored[part].sum(1).clamp(min=1))
-    return torch.cat(values)
+    return kl_along(base, edited, continuations(base_model, tokenizer, texts, max_new_tokens, batch_size))
+
+
+def replaying(run: Runner) -> Runner:
+    """``run``, computing each (batch, keep) once and replaying its logits after: the base side of a comparison made
+    many times (a tune's trials)."""
+    seen: dict[tuple, torch.Tensor] = {}
+
+    def replay(batch: dict[str, torch.Tensor], keep: int | None = None) -> torch.Tensor:
+        key = (batch["input_ids"].numpy().tobytes(), batch["attention_mask"].numpy().tobytes(),
+               tuple(batch["input_ids"].shape), keep)
+        if key not in seen:
+            seen[key] = run(batch, keep=keep)
+        return seen[key]
+
+    return replay

@@ -1,0 +1,1 @@
+"""Searching an edit's parameters (``steerfold tune``): the space, the yardstick, the search and its front."""
