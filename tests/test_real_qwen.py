@@ -128,3 +128,21 @@ def test_llama_cpp_converts_the_edited_checkpoint_and_gives_its_next_token_logit
             hf = merged(torch.tensor([ids])).logits[0, -1]
         assert int(cpp.argmax()) == int(hf.argmax())
         assert (cpp - hf).abs().max() <= 1e-2 * hf.abs().max(), float((cpp - hf).abs().max())
+
+
+def test_verdicts_read_the_real_model_s_own_words_where_they_stand(qwen):
+    """The real model's own refusal, placed after its own compliant answer, is a refusal (a late refusal); placed in a
+    reasoning block before that answer, it is compliance (the verdict reads the answer)."""
+    from steerfold.activations.generate import greedy_generate
+    from steerfold.prompts import PromptRecord
+    from steerfold.validation.reasoning import answer_of
+    from steerfold.validation.refusal import DEFAULT_MARKERS
+
+    _, model, tokenizer = qwen
+    harmful = [r for r in load_prompts(harmbench_sets()["validation"]) if r.category == "chemical_biological"][:6]
+    texts = chat_texts(tokenizer, [*harmful, PromptRecord("Write a Python function that reverses a string.")])
+    *replies, answer = greedy_generate(model, tokenizer, texts, max_new_tokens=48)
+    refusal = next((reply for reply in replies if DEFAULT_MARKERS.find(reply)), None)
+    assert refusal is not None and not DEFAULT_MARKERS.find(answer), (replies, answer)
+    assert DEFAULT_MARKERS.find(answer_of(f"{answer}\n\n{refusal}"))  # complies first, refuses later
+    assert not DEFAULT_MARKERS.find(answer_of(f"<think>{refusal}</think>\n\n{answer}"))  # refuses while thinking
