@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from cli import cli
 
-STUDIES = sorted((Path(__file__).parents[1] / "recipes" / "studies").glob("*.yaml"))
+STUDIES = sorted((Path(__file__).parents[1] / "recipes" / "studies").glob("*.yaml"))  # the organism's
+REAL_STUDIES = sorted((Path(__file__).parents[1] / "recipes" / "studies" / "qwen2.5-coder-0.5b-instruct").glob("*.yaml"))
 # (study, claim index) pairs measured not to hold on the shipped organism; see README.md, "Studies".
 NOT_REPRODUCED: set[tuple[str, int]] = {
     # the organism's gate sits early: layers 1-2 restore refusal, 3-4 do not; the persona mutes the harm signal itself
@@ -34,6 +35,7 @@ def results(tmp_path_factory) -> dict[str, dict]:
         result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out / path.stem)])
         assert result.exit_code == 0, result.output
         runs[path.stem] = {"results": json.loads((out / path.stem / "results.json").read_text()),
+                           "profile": (out / path.stem / "profile.png").read_bytes() if path.stem == "persona-gating" else None,
                            "report": (out / path.stem / "report.md").read_text(), "output": result.output}
     return runs
 
@@ -68,9 +70,17 @@ def test_study_recipe_mistakes_are_one_line(tmp_path):
         "name: x\nstudy: {kind: harm-categories, min_kep: 0.9}\n": "did you mean 'min_kept'",
         "name: x\nmodle: organism\nstudy: {kind: harm-categories}\n": "did you mean 'model'",
         "name: x\nmodel: /nowhere\nstudy: {kind: harm-categories}\n": "is not a checkpoint folder",
-        "name: x\nstudy: {kind: targeted-control, remove: cooking}\n": "study.remove: remove names a category the organism refuses",
+        "name: x\nstudy: {kind: targeted-control, remove: cooking}\n": "study.remove: 'cooking' is not a category of the harmful",
         "name: x\nstudy: {kind: targeted-control, alphas: []}\n": "study.alphas",
         "name: x\nstudy: {kind: persona-gating, early: [2, 1]}\n": "1 ≤ first ≤ last",
+        "name: x\nstudy: {kind: persona-gating, late: [3, 9]}\n": "choose 1 ≤ first ≤ last ≤ 4",
+        "name: x\nstudy: {kind: persona-gating, late: [0.5, 1.5]}\n": "fraction of depth in (0, 1]",
+        "name: x\nprompts: {harmful: {pool: [{organism: harmful/train}]}}\nstudy: {kind: harm-categories}\n":
+            "prompts.harmless",
+        "name: x\nprompts: {harmful: {train: {organism: harmful/train}}, harmless: {pool: [{organism: harmless/test}]}}\n"
+        "study: {kind: harm-categories}\n": "give train, val and test sets, or a pool",
+        "name: x\nprompts: {harmful: {pool: [{organism: harmful/train}], categories: [nope]}, "
+        "harmless: {pool: [{organism: harmless/test}]}}\nstudy: {kind: harm-categories}\n": "harmful train is empty",
     }
     for text, message in cases.items():
         path = tmp_path / "study.yaml"
@@ -118,10 +128,15 @@ def test_category_cosines_are_reported_at_every_post_instruction_position(result
 
 def test_the_persona_study_ablates_one_layer_at_a_time(results):
     study = results["persona-gating"]["results"]
-    (profile,) = study["Where the gate is: the ablation at one layer index at a time"]
+    (profile,) = study["Where the gate is: the ablation one window of layer indices at a time"]
     rates = {k: v for k, v in profile.items() if k.startswith("layer ")}
     assert list(rates) == ["layer 1", "layer 2", "layer 3", "layer 4"]
     assert rates == {"layer 1": 1.0, "layer 2": 0.0, "layer 3": 0.0, "layer 4": 0.0}  # as README "Studies" reports
+
+
+def test_the_persona_study_draws_its_gate_profile(results, tmp_path):
+    assert "![profile.png](profile.png)" in results["persona-gating"]["report"]
+    assert results["persona-gating"]["profile"][:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_alpha_choice_moves_its_category_furthest_within_the_others_limit():
@@ -147,3 +162,50 @@ def test_category_condition_reads_zero_on_the_other_categories_mean():
     expected = difference - (difference * unit).sum(dim=-1, keepdim=True) * unit
     assert torch.allclose(condition, expected, atol=1e-5)
     assert torch.allclose((condition * others).sum(dim=-1), torch.zeros(3), atol=1e-5)
+
+
+def test_a_pool_splits_within_each_category_by_a_fixed_hash():
+    from steerfold.prompts import PromptRecord
+    from steerfold.research.studies.inputs import split_by_category
+
+    records = [PromptRecord(f"prompt {i}", "ab"[i % 2]) for i in range(40)] + [PromptRecord("lone", "c")]
+    parts = split_by_category(records, (0.5, 0.2, 0.3))
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [21, 8, 12]
+    assert all(sum(r.category == c for r in parts["val"]) == 4 for c in "ab")
+    assert sorted(r.text for p in parts.values() for r in p) == sorted(r.text for r in records)
+    again = split_by_category(list(reversed(records)), (0.5, 0.2, 0.3))
+    assert {s: {r.text for r in p} for s, p in again.items()} == {s: {r.text for r in p} for s, p in parts.items()}
+
+
+def test_layers_as_fractions_of_depth():
+    from steerfold.research.studies.common import layer_index, window_indices
+
+    assert [layer_index(v, 24) for v in (3, 0.125, 0.5, 1.0, 0.01)] == [3, 3, 12, 24, 1]
+    assert window_indices((0.625, 0.875), 24, "late") == (15, 21)
+
+
+def test_organism_splits_given_as_a_prompts_section_are_the_default_inputs(tmp_path):
+    from steerfold.research.studies.inputs import StudyPrompts, organism_inputs, study_inputs
+
+    spec = StudyPrompts.model_validate({kind: {split: {"organism": f"{kind}/{split}"} for split in ("train", "val", "test")}
+                                        for kind in ("harmful", "harmless")})
+    assert study_inputs(spec, tmp_path, 12) == organism_inputs(12)
+
+
+@pytest.mark.parametrize("path", REAL_STUDIES, ids=[p.stem for p in REAL_STUDIES])
+def test_real_model_study_recipes_read_harmbench_categories(path):
+    """The shipped real-model recipes load, and split HarmBench's five named categories into train, val and test."""
+    from steerfold.pipeline.recipe import read_mapping
+    from steerfold.research.studies.inputs import study_inputs
+    from steerfold.research.studies.recipe import load_study_recipe
+
+    recipe = load_study_recipe(path, read_mapping(path))
+    inputs = study_inputs(recipe.prompts, path.parent, recipe.max_new_tokens)
+    assert set(inputs.categories("harmful")) == {"chemical_biological", "cybercrime_intrusion", "illegal",
+                                                 "misinformation_disinformation", "harassment_bullying"}
+    assert all(set(r.category for r in inputs.records("harmful", split)) == set(inputs.categories("harmful"))
+               for split in ("val", "test"))
+    texts = [{r.text for r in inputs.records("harmful", s)} for s in ("train", "val", "test")]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    if check := getattr(recipe.study, "check", None):
+        check(inputs, 24)

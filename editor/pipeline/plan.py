@@ -21,9 +21,16 @@ def plan_recipe(recipe_path: Path, out: Path, model: str | None = None, prompts:
 
     data = read_mapping(recipe_path)
     if is_study(data):
+        from steerfold.research.studies.inputs import study_inputs
+
         study = load_study_recipe(recipe_path, data)
-        return [f"study {study.study.kind} ({study.name}) on {study.model}: would run",
-                f"writes {out / 'results.json'} (claims) and {out / 'report.md'}; nothing is downloaded"]
+        name = model or study.model
+        inputs = study_inputs(study.prompts, recipe_path.parent, study.max_new_tokens)
+        fetch = name != "organism" and not Path(name).exists() and looks_like_repo_id(name)
+        return [f"study {study.study.kind} ({study.name}) on {name}: would run",
+                "prompts: " + ", ".join(f"{key} {n}" for key, n in inputs.counts().items()),
+                f"writes {out / 'results.json'} (claims) and {out / 'report.md'}; "
+                + (f"download: model {name} (unless in the Hugging Face cache)" if fetch else "nothing is downloaded")]
     recipe = load_recipe(recipe_path, model, prompts, placement)
     lines = [f"recipe {recipe.name}: model {recipe.model.path}" + (f" @ {recipe.model.revision}" if recipe.model.revision else "")]
     config = _config_offline(recipe)

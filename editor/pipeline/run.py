@@ -90,7 +90,10 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, overwrite: bo
     if is_study(data):
         if resume:
             raise BadInput(f"{recipe_path} is a study: it has no stages to resume; pass --overwrite to run it again into {out}")
-        return run_study_recipe(recipe_path, data, out, overwrite, say)
+        if prompts:
+            raise BadInput(f"{recipe_path} is a study: --prompts names an edit recipe's prompt sets; "
+                           f"change the study's prompts section instead")
+        return run_study_recipe(recipe_path, data, out, overwrite, say, model, placement)
     recipe = load_recipe(recipe_path, model, prompts, placement)
     check_out(out, resume, overwrite)
     folder, judge = model_folder(recipe), _judge_folder(recipe.fit)  # downloads, if any, before the run folder exists

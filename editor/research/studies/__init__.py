@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from steerfold.artifacts.outputs import replace_file
 
@@ -32,6 +33,7 @@ class StudyResult:
     table: list[dict[str, object]]
     details: dict[str, object] = field(default_factory=dict)
     more_tables: dict[str, list[dict[str, object]]] = field(default_factory=dict)  # heading → rows, in report.md
+    plots: dict[str, Callable[[Path], None]] = field(default_factory=dict)  # file name → what draws it, in report.md
 
     def as_dict(self) -> dict:
         return {"title": self.title, "claims": [asdict(c) for c in self.claims], "table": self.table,
@@ -58,6 +60,7 @@ def render_report(result: StudyResult) -> str:
     lines += ["", "## Measurements", "", markdown_table(result.table), ""]
     for heading, rows in result.more_tables.items():
         lines += [f"## {heading}", "", markdown_table(rows), ""]
+    lines += [f"![{name}]({name})\n" for name in result.plots]
     return "\n".join(lines)
 
 
@@ -68,10 +71,14 @@ def write_study(out: Path, result: StudyResult) -> None:
         tmp.write_text(json.dumps(result.as_dict(), indent=2, default=float) + "\n")
     with replace_file(out / "report.md") as tmp:
         tmp.write_text(render_report(result))
+    for name, draw in result.plots.items():
+        with replace_file(out / name) as tmp:
+            draw(tmp)
 
 
-def run_study(model, tokenizer, spec) -> StudyResult:
-    """Run the study a spec (one of ``editor.research.studies.recipe.SPECS``) describes: its module's ``run``."""
+def run_study(model, tokenizer, spec, inputs) -> StudyResult:
+    """Run the study a spec (one of ``editor.research.studies.recipe.SPECS``) describes on ``inputs`` (a
+    ``StudyInputs``): its module's ``run``."""
     import importlib
 
-    return importlib.import_module(type(spec).__module__).run(model, tokenizer, spec)
+    return importlib.import_module(type(spec).__module__).run(model, tokenizer, spec, inputs)

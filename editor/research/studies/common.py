@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 
 from steerfold.activations.capture import at_positions, capture
 from steerfold.edit.edits import Edit
+from steerfold.errors import BadInput
 from steerfold.validation.behaviour import chat_texts, refusal, respond
 from steerfold.validation.divergence import first_token_kl, runner
 from steerfold.prompts import PromptRecord
@@ -15,11 +16,17 @@ from steerfold.prompts import PromptRecord
 MAX_NEW_TOKENS = 12  # enough for every refusal marker to show
 
 
+def position_states(model, tokenizer, records: Sequence[PromptRecord], positions: Sequence[int],
+                    system: str | None = None) -> torch.Tensor:
+    """Residual states at prompt positions (negative: from the end), every layer index: [n, L+1, P, d]."""
+    layers = list(range(model.config.num_hidden_layers + 1))
+    return capture(model, tokenizer, chat_texts(tokenizer, records, system), layers, at_positions(list(positions)))
+
+
 def last_token_states(model, tokenizer, records: Sequence[PromptRecord], system: str | None = None,
                       position: int = -1) -> torch.Tensor:
     """Residual states at one prompt position (default the last token), every layer index: [n, L+1, d]."""
-    layers = list(range(model.config.num_hidden_layers + 1))
-    return capture(model, tokenizer, chat_texts(tokenizer, records, system), layers, at_positions([position]))[:, :, 0]
+    return position_states(model, tokenizer, records, [position], system)[:, :, 0]
 
 
 def category_means(states: torch.Tensor, records: Sequence[PromptRecord]) -> dict[str, torch.Tensor]:
@@ -44,9 +51,33 @@ def live_layers(vectors: torch.Tensor, tolerance: float = 1e-4) -> list[int]:
 
 
 def refusal_rates(model, tokenizer, records: Sequence[PromptRecord], system: str | None = None,
-                  edit: Edit | None = None) -> dict:
+                  edit: Edit | None = None, max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
     """``{"overall", "by_category"}`` refusal of greedy responses, with ``edit`` as runtime hooks when given."""
-    return refusal(respond(model, tokenizer, records, system, edit, MAX_NEW_TOKENS), records)
+    return refusal(respond(model, tokenizer, records, system, edit, max_new_tokens), records)
+
+
+Layer = Union[int, float]  # a layer index (int), or a fraction of the model's depth (float in (0, 1])
+
+
+def check_layer(value: Layer) -> Layer:
+    """A recipe's layer: an index ≥ 1 or a fraction of depth in (0, 1] (the contrast vanishes at index 0)."""
+    if isinstance(value, bool) or (isinstance(value, int) and value < 1) or (isinstance(value, float) and not 0 < value <= 1):
+        raise ValueError(f"a layer is an index ≥ 1 (e.g. 3) or a fraction of depth in (0, 1] (e.g. 0.75), got {value!r}")
+    return value
+
+
+def layer_index(value: Layer, depth: int) -> int:
+    """The residual-stream index of a recipe's layer on a model with ``depth`` blocks (a fraction rounds, at least 1)."""
+    return value if isinstance(value, int) else max(1, round(value * depth))
+
+
+def window_indices(window: tuple[Layer, Layer], depth: int, where: str) -> tuple[int, int]:
+    """A window [first, last] as indices within 1..depth; a bad window is one error line."""
+    first, last = (layer_index(v, depth) for v in window)
+    if not 1 <= first <= last <= depth:
+        raise BadInput(f"study {where} window {list(window)} is layers {first}..{last}: choose 1 ≤ first ≤ last ≤ {depth} "
+                       f"(indices, or fractions of depth such as [0.25, 0.5])")
+    return first, last
 
 
 def harmless_kl(model, tokenizer, records: Sequence[PromptRecord], edit: Edit, system: str | None = None) -> float:

@@ -17,7 +17,7 @@ from steerfold.directions.methods.contrast import Contrast
 from steerfold.directions.methods.estimators import contrast_labels
 from steerfold.edit.edits import counterfactual_edit, subspace_edit
 from steerfold.directions.methods.inlp import inlp_basis
-from steerfold.research.organism import PERSONAS, load_split
+from steerfold.research.studies.inputs import StudyInputs
 from steerfold.research.studies import Claim, StudyResult
 from steerfold.research.studies.common import harmless_kl, last_token_states, refusal_rates
 
@@ -29,14 +29,15 @@ class MethodsSpec(BaseModel):
     kind: Literal["ablation-vs-inlp"]
     iterations: int = Field(default=4, gt=0, description="INLP probes (the nullspace's rank)")
     competitive_points: float = Field(default=0.1, ge=0, le=1, description="refusal gap that still counts as competitive")
+    system: str | None = Field(default=None, description="system prompt of every prompt (none: the chat template's default)")
 
 
-def run(model, tokenizer, spec: MethodsSpec) -> StudyResult:
+def run(model, tokenizer, spec: MethodsSpec, inputs: StudyInputs) -> StudyResult:
     from steerfold.directions.fit import fit_refusal_direction
 
-    default = PERSONAS["default"]
-    train = load_split("harmful", "train"), load_split("harmless", "train")
-    fit = fit_refusal_direction(model, tokenizer, *train, load_split("harmful", "val"), load_split("harmless", "val"),
+    default = spec.system
+    train = inputs.records("harmful", "train"), inputs.records("harmless", "train")
+    fit = fit_refusal_direction(model, tokenizer, *train, inputs.records("harmful", "val"), inputs.records("harmless", "val"),
                                 system=default)
     layer = fit.chosen.layer
     states = [last_token_states(model, tokenizer, records, default, fit.chosen.position)[:, layer] for records in train]
@@ -49,12 +50,14 @@ def run(model, tokenizer, spec: MethodsSpec) -> StudyResult:
         "INLP counterfactual flipping": counterfactual_edit(basis[0], layers),
         f"INLP nullspace projection (rank {len(basis)})": subspace_edit(basis, layers),
     }
-    harmful, harmless = load_split("harmful", "test"), load_split("harmless", "test")
-    table = [{"edit": "none", "harmful refusal": refusal_rates(model, tokenizer, harmful, default)["overall"],
-              "harmless refusal": refusal_rates(model, tokenizer, harmless, default)["overall"], "first-token KL": 0.0}]
+    harmful, harmless = inputs.records("harmful", "test"), inputs.records("harmless", "test")
+
+    def rate(records, edit=None) -> float:
+        return refusal_rates(model, tokenizer, records, default, edit, inputs.max_new_tokens)["overall"]
+
+    table = [{"edit": "none", "harmful refusal": rate(harmful), "harmless refusal": rate(harmless), "first-token KL": 0.0}]
     for name, edit in edits.items():
-        table.append({"edit": name, "harmful refusal": refusal_rates(model, tokenizer, harmful, default, edit)["overall"],
-                      "harmless refusal": refusal_rates(model, tokenizer, harmless, default, edit)["overall"],
+        table.append({"edit": name, "harmful refusal": rate(harmful, edit), "harmless refusal": rate(harmless, edit),
                       "first-token KL": harmless_kl(model, tokenizer, harmless, edit, default)})
     ablation, flipping, nullspace = (row["harmful refusal"] for row in table[1:])
     kl_ablation, kl_flipping = table[1]["first-token KL"], table[2]["first-token KL"]
@@ -70,4 +73,4 @@ def run(model, tokenizer, spec: MethodsSpec) -> StudyResult:
     ]
     cosines = [float(torch.nn.functional.cosine_similarity(basis[i], fit.file.directions[layer], dim=0)) for i in range(len(basis))]
     return StudyResult("Difference-in-means ablation vs INLP flipping vs nullspace projection", claims, table,
-                       {"layer": layer, "position": fit.chosen.position, "inlp_cosine_with_diff_in_means": cosines})
+                       {"layer": layer, "position": fit.chosen.position, "prompts": inputs.counts(), "inlp_cosine_with_diff_in_means": cosines})

@@ -12,8 +12,9 @@ from typing import Annotated, Callable, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from steerfold.errors import BadInput
+from steerfold.errors import BadInput, SteerfoldError
 from steerfold.research.studies.categories import CategoriesSpec
+from steerfold.research.studies.inputs import StudyPrompts
 from steerfold.research.studies.methods_compare import MethodsSpec
 from steerfold.research.studies.persona_gating import PersonaGatingSpec
 from steerfold.research.studies.targeted import TargetedSpec
@@ -28,12 +29,14 @@ StudySpec = Annotated[Union[PersonaGatingSpec, CategoriesSpec, MethodsSpec, Targ
 
 
 class StudyRecipe(BaseModel):
-    """A study as a file. The studies read the organism's prompt splits, so the model is the organism (or a
-    rebuilt organism's folder)."""
+    """A study as a file: the model (the organism, a local folder or a Hub id), its prompts (without a ``prompts``
+    section, the organism's splits), the response length refusal is read from, and the study."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = "steerfold study"
     model: str = "organism"
+    prompts: StudyPrompts | None = None
+    max_new_tokens: int = Field(default=12, gt=0, description="tokens of each greedy response read for refusal markers")
     study: StudySpec
 
     @field_validator("model", mode="before")
@@ -73,25 +76,51 @@ def load_study_recipe(path: Path, data: dict) -> StudyRecipe:
         raise BadInput(describe(errors[0], str(path), kind) + more) from None
 
 
+def study_model_folder(recipe: StudyRecipe, path: Path, model: str | None) -> Path:
+    """The local folder of the study's model: ``model`` (the command line's) or the recipe's; a Hub id is fetched,
+    a .gguf converted once."""
+    from steerfold.hub import looks_like_repo_id, resolve_model
+    from steerfold.models.checkpoint import open_model_folder
+    from steerfold.research.organism import SHIPPED_CHECKPOINT
+
+    name = model or recipe.model
+    if name == "organism":
+        return SHIPPED_CHECKPOINT
+    if not Path(name).exists() and not looks_like_repo_id(name):
+        raise BadInput(f"{path}: model: {name} is not a checkpoint folder, a .gguf file or a Hub id: use 'organism', "
+                       f"a local folder or owner/name")
+    folder = resolve_model(name)
+    try:
+        open_model_folder(folder)
+    except SteerfoldError as exc:
+        raise BadInput(f"{path}: model: {exc}") from None
+    return folder
+
+
 def run_study_recipe(path: Path, data: dict, out: Path, overwrite: bool = False,
-                     say: Callable[[str], None] = print) -> dict:
-    """Run the study a recipe names on its model; write ``out/results.json`` and ``out/report.md``."""
+                     say: Callable[[str], None] = print, model: str | None = None, placement: dict | None = None) -> dict:
+    """Run the study a recipe names on its model (``model``, ``placement``: the command line's overrides); write
+    ``out/results.json``, ``out/report.md`` and the study's plots."""
     import torch
 
-    from steerfold.models.loading import load_model, load_tokenizer
-    from steerfold.research.organism import SHIPPED_CHECKPOINT
     from steerfold.artifacts.outputs import open_output
+    from steerfold.models.loading import load_model, load_tokenizer
+    from steerfold.models.placement import Placement
     from steerfold.research.studies import run_study, write_study
+    from steerfold.research.studies.inputs import study_inputs
 
     recipe = load_study_recipe(path, data)
-    folder = SHIPPED_CHECKPOINT if recipe.model == "organism" else Path(recipe.model)
-    if not (folder / "config.json").is_file():
-        raise BadInput(f"{path}: model: {recipe.model} is not a checkpoint folder: use 'organism' or a rebuilt organism's folder")
+    inputs = study_inputs(recipe.prompts, path.parent, recipe.max_new_tokens)
+    folder = study_model_folder(recipe, path, model)
+    if check := getattr(recipe.study, "check", None):
+        from transformers import AutoConfig
+
+        check(inputs, AutoConfig.from_pretrained(folder).get_text_config().num_hidden_layers)
     with open_output(out, "folder", [folder, path], overwrite) as tmp:
         torch.manual_seed(0)
-        model, tokenizer = load_model(folder), load_tokenizer(folder)
-        say(f"[study] {recipe.study.kind} on {recipe.model}")
-        result = run_study(model, tokenizer, recipe.study)
+        model_, tokenizer = load_model(folder, placement=Placement.model_validate(placement or {})), load_tokenizer(folder)
+        say(f"[study] {recipe.study.kind} on {model or recipe.model}")
+        result = run_study(model_, tokenizer, recipe.study, inputs)
         write_study(tmp, result)
     for claim in result.claims:
         say(f"  {'holds' if claim.holds else 'does not hold'}: {claim.claim}")
