@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test test-adversarial test-rebuild test-real bench clean
+.PHONY: demo test test-adversarial test-rebuild test-real studies-real bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ test-real: $(STAMP)
 	$(PY) tests/realweights/fetch.py
 	$(PY) tests/realweights/llamacpp.py
 	$(PY) -m pytest -q -m realweights
+
+# The four studies on the same real chat model (Qwen2.5-Coder-0.5B-Instruct, HarmBench categories); each study's
+# folder stays in runs/studies-real (delete one to measure it again). About half an hour on 2 cores.
+studies-real: $(STAMP)
+	$(PY) tests/realweights/fetch.py
+	$(PY) -m pytest -q -m realstudies
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
