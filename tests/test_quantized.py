@@ -275,3 +275,9 @@ def test_another_quantization_is_one_line_and_no_output(section, named, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "d.safetensors"]
     with pytest.raises(UnsupportedQuantization, match=named):
         load_model(folder, placement=Placement(device="cpu"))
+
+
+def test_inspect_names_the_stored_format(tmp_path):
+    result = run_cli("inspect", quantized_folder("gpt_oss", tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "stored as         MXFP4: a merged edit writes the modules it changes dequantized" in result.output
