@@ -15,6 +15,10 @@ class UnsupportedModel(SteerfoldError):
     """The model's architecture is not in steerfold's table (``editor.models.arch``)."""
 
 
+class UnsupportedQuantization(SteerfoldError):
+    """The checkpoint's weights are stored in a quantized format steerfold cannot edit (``editor.models.quantization``)."""
+
+
 class CannotCarry(SteerfoldError):
     """The chosen artifact format cannot carry the edit exactly (``editor.artifacts.formats``)."""
 

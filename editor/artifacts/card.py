@@ -83,7 +83,7 @@ def render_card(kind: str, *, title: str, base_model: str | None, edit: dict, di
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
     )
     table = markdown_table(("metric", "before", "after"), before_after_rows(report)) if report else ""
-    edit = {"post_norm": False, "untied_output_head": False, **edit}
+    edit = {"post_norm": False, "untied_output_head": False, "dequantized": None, **edit}
     edit.setdefault("map", map_text(edit))
     edit.setdefault("verb", VERBS[edit.get("kind", "ablation")])
     return env.get_template(f"{kind}.md.j2").render(

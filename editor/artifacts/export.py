@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 
 from steerfold.artifacts.card import base_license, write_card
 from steerfold.artifacts.checksums import write_checksums
+from steerfold.artifacts.dequantized import merged_size_bound
 from steerfold.artifacts.formats import FORMATS, MergedCheckpoint, WriteJob
 from steerfold.artifacts.outputs import open_output
 from steerfold.edit.spec import EditSpec, OutputFormat, reproduce_command
@@ -52,7 +53,7 @@ def run_edit(spec: EditSpec, say: Say = lambda _line: None) -> EditSummary:
     fmt = FORMATS[spec.format]
     folder = open_model_folder(resolve_model(spec.model, spec.revision), allow_pickle=spec.allow_pickle)
     base = identify_base(spec.model, folder.path, spec.base_model_id, spec.revision)
-    needs = sum(shard.stat().st_size for shard in folder.shards) if spec.format == "merged" else 0
+    needs = merged_size_bound(folder) if spec.format == "merged" else 0  # refuses a quantization it cannot edit
     with open_output(spec.out, "folder", [folder.path, spec.direction, spec.condition], spec.overwrite,
                      needs_bytes=needs) as tmp:
         layout = check_checkpoint(folder)
@@ -66,7 +67,7 @@ def run_edit(spec: EditSpec, say: Say = lambda _line: None) -> EditSummary:
             edit, source_layer, metadata = build_edit(spec, layout)
             gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
             carriers = carry_or_refuse(edit, layout, spec.format, gains.__getitem__, say)
-            details = fmt.write(WriteJob(folder, layout, edit, tmp, spec, base, started))
+            details = fmt.write(WriteJob(folder, layout, edit, tmp, spec, base, started, say))
         except BaseException:  # stop the copying before the hidden output is removed (a second signal waits)
             if started is not None:
                 with held():

@@ -49,6 +49,7 @@ class WriteJob:
     spec: EditSpec
     base: BaseModel
     started: MergedWrite | None = None
+    say: Callable[[str], None] = lambda _line: None  # what the writer says before it writes (a size change)
 
 
 class ArtifactFormat:
@@ -90,10 +91,11 @@ class MergedCheckpoint(ArtifactFormat):
 
     def start(self, folder: ModelFolder, layout: ModelLayout, dest: Path, spec: EditSpec) -> MergedWrite | None:
         """Start copying the shards before the edit is built, where the output's tensors do not depend on the edit
-        (they do when the edit could add an output head tensor)."""
+        (they do when the edit could add an output head tensor, and on a quantized checkpoint, whose edited modules
+        are written dequantized)."""
         from steerfold.artifacts.merged import may_add_head_copy, start_merged_checkpoint
 
-        if may_add_head_copy(layout, spec.tied_embedding):
+        if may_add_head_copy(layout, spec.tied_embedding) or layout.quantized:
             return None
         return start_merged_checkpoint(folder, layout, dest, head_copy=False, max_shard_bytes=spec.max_shard_bytes())
 
@@ -102,11 +104,13 @@ class MergedCheckpoint(ArtifactFormat):
 
         if job.started is not None:
             return finish_merged_checkpoint(job.started, job.edit)
-        return write_merged_checkpoint(job.folder, job.layout, job.edit, job.dest, job.spec.max_shard_bytes())
+        return write_merged_checkpoint(job.folder, job.layout, job.edit, job.dest, job.spec.max_shard_bytes(), job.say)
 
     def caveats(self, layout):
         note = ("tied embeddings: the output head gets its own unedited copy by default (--tied-embedding shared edits "
                 "both)" if layout.tied_embeddings else "untied embeddings")
+        if layout.quantized:
+            note += f"; {layout.quantized} weights: the modules the edit changes are written dequantized"
         if layout.post_norm:
             note += ("; post-norm writers: the fold removes g ⊙ r before the norm, an exact removal from the stream that "
                      "is not identical to a runtime ablation of the write")

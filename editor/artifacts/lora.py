@@ -50,6 +50,11 @@ def check_lora_can_carry(edit: Edit, layout: ModelLayout, gain_of=None) -> None:
                 f"{writer.lora_module} has a bias, and the edit changes it by U Vᵀ β, which a portable LoRA "
                 "(no lora_bias) cannot carry: use --format merged"
             )
+    if layout.quantized:
+        how = ("FP8 kernels multiply FP8-rounded activations, so an adapter's U Vᵀ W x does not cancel what the base "
+               "writes" if layout.quantized == "fp8" else "a quantized runtime's writes are not what U Vᵀ W x assumes")
+        raise BadInput(f"the base's weights are stored quantized ({layout.quantized}) and an adapter runs over them "
+                       f"as stored: {how}; use --format merged (the edited modules written dequantized)")
 
 
 def write_lora_adapter(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path, base_model: str,

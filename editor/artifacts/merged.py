@@ -11,8 +11,9 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterable
 
+from steerfold.artifacts.dequantized import Dequantization, plan_dequantization
 from steerfold.models.arch import ModelLayout
 from steerfold.models.checkpoint import ModelFolder, copy_side_files, read_tensors, update_config
 from steerfold.edit.spec import DEFAULT_MAX_SHARD_BYTES
@@ -22,6 +23,8 @@ from steerfold.artifacts.shard_writer import ShardWriter
 
 if TYPE_CHECKING:
     from steerfold.edit.edits import Edit
+
+Say = Callable[[str], None]
 
 
 def unties_output_head(edit: Edit, layout: ModelLayout) -> bool:
@@ -51,27 +54,40 @@ class MergedWrite:
     writer: ShardWriter
     tensors: list[OutputTensor]
     head_copy: bool
+    dequantization: Dequantization | None = None  # a quantized checkpoint's modules written dequantized
 
 
 def start_merged_checkpoint(folder: ModelFolder, layout: ModelLayout, dest: Path, head_copy: bool,
-                            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> MergedWrite:
+                            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, edited_hooks: Iterable[str] | None = None,
+                            say: Say = lambda _line: None) -> MergedWrite:
     """Copy the side files and start writing the shards: every tensor no edit can change at once, the residual
     writers once ``finish_merged_checkpoint`` gives the edit. ``head_copy``: the output gets an output head tensor,
     a copy of the unedited embedding (a tied checkpoint that stores none, untied by the edit). Pickled shards are
-    converted to safetensors first, which imports torch."""
+    converted to safetensors first, which imports torch. A quantized checkpoint needs ``edited_hooks`` (the edit's
+    module maps): the modules they change are written dequantized (``editor.artifacts.dequantized``), as ``say``
+    tells before anything is written."""
     embedding_key = layout.embedding.tensors[0][0]
     head_key = f"{layout.lm_head}.weight"
     fixed: list[OutputTensor] = []
     editable: list[OutputTensor] = []
-    for entry in folder.entries(scratch=dest / ".scratch"):
+    entries = folder.entries(scratch=dest / ".scratch")
+    for entry in entries:
         is_writer = layout.writer_of_key(entry.name) is not None
         (editable if is_writer else fixed).append(OutputTensor(entry.name, entry, editable=is_writer))
         if head_copy and entry.name == embedding_key:
             fixed.append(OutputTensor(head_key, entry, editable=False))
     tensors = fixed + editable
+    dequantization = None
+    if layout.quantized:
+        if edited_hooks is None:
+            raise AssertionError("a quantized checkpoint's output is planned once the edit is known")
+        dequantization = plan_dequantization(folder.config, entries, layout, edited_hooks)
+    if dequantization is not None:
+        tensors = dequantization.output_tensors(tensors)
+        say(dequantization.describe(sum(e.nbytes for e in entries), sum(t.source.nbytes for t in tensors)))
     copy_side_files(folder.path, dest)
     writer = ShardWriter(plan_shards(tensors, max_shard_bytes), dest)
-    return MergedWrite(folder, layout, dest, writer, tensors, head_copy)
+    return MergedWrite(folder, layout, dest, writer, tensors, head_copy, dequantization)
 
 
 def finish_merged_checkpoint(started: MergedWrite, edit: Edit) -> dict:
@@ -89,9 +105,13 @@ def finish_merged_checkpoint(started: MergedWrite, edit: Edit) -> dict:
         gains = read_tensors(started.folder, [w.post_norm for w in layout.writers if w.post_norm])
         module_maps = edit.module_maps(layout, gains.__getitem__)
 
+        dequantized = started.dequantization.tensors if started.dequantization else {}
+
         def fold(name, tensor, out):
             edited = fold_tensor(name, tensor, layout, module_maps, out)
-            return None if edited is tensor else edited
+            if edited is tensor:  # unedited: copied as stored, or written dequantized in the output's dtype
+                return out.copy_(tensor) if name in dequantized else None
+            return edited
 
         started.writer.supply(folded_bytes(started.tensors, fold))
         weight_map, digests = started.writer.result()
@@ -105,11 +125,35 @@ def finish_merged_checkpoint(started: MergedWrite, edit: Edit) -> dict:
         write_index(started.dest, weight_map, sum(t.source.nbytes for t in started.tensors))
     if untie:
         update_config(started.dest, tie_word_embeddings=False)
-    return {"untied_output_head": untie, "edited_modules": len(module_maps), "shards": len(shards), "digests": digests}
+    details = {"untied_output_head": untie, "edited_modules": len(module_maps), "shards": len(shards), "digests": digests}
+    if started.dequantization is not None:
+        details["dequantized"] = _record_dequantization(started)
+    return details
+
+
+def _record_dequantization(started: MergedWrite) -> dict:
+    """Keep config.json's quantization section true for what was written; what was dequantized, for the records."""
+    dequantization = started.dequantization
+    assert dequantization is not None
+    section = dequantization.section(started.folder.config, started.layout)
+    text_config = started.folder.config.get("text_config")
+    if "quantization_config" not in started.folder.config and isinstance(text_config, dict):
+        update_config(started.dest, text_config={**text_config, "quantization_config": section})
+    else:
+        update_config(started.dest, quantization_config=section)
+    return {"format": dequantization.quantization.method, "label": dequantization.quantization.label,
+            "dtype": dequantization.dtype, "modules": list(dequantization.modules)}
 
 
 def write_merged_checkpoint(folder: ModelFolder, layout: ModelLayout, edit: Edit, dest: Path,
-                            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> dict:
-    """Fold the edit into every residual writer; every other tensor passes through unchanged."""
+                            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, say: Say = lambda _line: None) -> dict:
+    """Fold the edit into every residual writer; every other tensor passes through unchanged (on a quantized
+    checkpoint, the modules the edit changes are written dequantized, and ``say`` tells the size change first)."""
     head_copy = unties_output_head(edit, layout) and not layout.has_lm_head_tensor
-    return finish_merged_checkpoint(start_merged_checkpoint(folder, layout, dest, head_copy, max_shard_bytes), edit)
+    hooks = None
+    if layout.quantized:
+        gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
+        maps = edit.module_maps(layout, gains.__getitem__)
+        hooks = [hook for hook, residual_map in maps.items() if residual_map.U.any()]  # an offset leaves weights as they are
+    started = start_merged_checkpoint(folder, layout, dest, head_copy, max_shard_bytes, hooks, say)
+    return finish_merged_checkpoint(started, edit)

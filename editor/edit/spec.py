@@ -138,8 +138,9 @@ class EditSpec(BaseModel):
                      "layers": layers, "direction_layer": source_layer, "position": metadata.get("position"),
                      "untied_output_head": details.get("untied_output_head", False), "post_norm": post_norm,
                      "norm_preserving": self.norm_preserving, "kernels": self.kernels()}
-        if "gguf_tensors" in details:
-            described["gguf_tensors"] = details["gguf_tensors"]
+        for key in ("gguf_tensors", "dequantized"):  # a control vector's tensors; a quantized base's written modules
+            if key in details:
+                described[key] = details[key]
         return described
 
 

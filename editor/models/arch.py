@@ -60,6 +60,7 @@ class ModelLayout:
     writers: tuple[ResidualWriter, ...]
     spelling: Spelling = Spelling()  # the naming these tensor names use (one of the architecture's spellings)
     extra_blocks: int = 0  # blocks stored after the decoder blocks that the causal LM does not run (MTP layers)
+    quantized: str | None = None  # the quant_method its weights are stored in (editor.models.quantization), or None
     _by_hook: dict[str, ResidualWriter] = field(default_factory=dict, repr=False, compare=False)
     _by_key: dict[str, tuple[ResidualWriter, TensorKind]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -232,10 +233,19 @@ def _block_writer(spec: WriterSpec, prefix: str, names: set[str], layer: int, sc
     return ResidualWriter(layer, spec.role, prefix + spec.hook, tuple(tensors), bias, post_norm, scale)
 
 
+def _quant_method(config: Any) -> str | None:
+    """The ``quant_method`` of a config's quantization section (a dict in config.json, an object once loaded)."""
+    section = _value(config, "quantization_config")
+    method = section.get("quant_method") if isinstance(section, dict) else getattr(section, "quant_method", None)
+    return str(getattr(method, "value", method)) if method else None
+
+
 def resolve_layout(config: Any, parameter_names: Iterable[str]) -> ModelLayout:
-    """Resolve the residual writers of a model from its config (dict or PretrainedConfig) and tensor names."""
+    """Resolve the residual writers of a model from its config (dict or PretrainedConfig) and tensor names (a
+    quantized checkpoint's names as the model uses them: ``editor.models.quantization.logical_names``)."""
     model_type = str(_value(config, "model_type"))
     arch = architecture_for(model_type)
+    quantized = _quant_method(config)
     config = _with_defaults(config, arch)
     text = _text(config, arch)
     num_layers = int(_value(text, "num_hidden_layers"))
@@ -262,6 +272,7 @@ def resolve_layout(config: Any, parameter_names: Iterable[str]) -> ModelLayout:
         writers=tuple(writers),
         spelling=spelling,
         extra_blocks=next((int(_value(text, key)) for key in arch.extra_blocks if _value(text, key) is not None), 0),
+        quantized=quantized,
     )
 
 

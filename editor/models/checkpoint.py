@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from steerfold.models.arch import ModelLayout, resolve_layout
+from steerfold.models.quantization import logical_names, quantization_of, quantized_tensors
 from steerfold.errors import BadInput
 from steerfold.artifacts.safetensors_io import TensorEntry, read_header
 
@@ -153,8 +154,36 @@ FLOATING = ("F64", "F32", "F16", "BF16")
 
 def check_checkpoint(folder: ModelFolder) -> ModelLayout:
     """The model's layout, after checking that its tensors agree with config.json and the architecture: no block
-    beyond num_hidden_layers, and every residual writer floating point with the hidden size where it writes."""
-    names = folder.parameter_names()
+    beyond num_hidden_layers, and every residual writer floating point (or stored in a quantized format steerfold
+    dequantizes, ``editor.models.quantization``) with the hidden size where it writes. Another quantization format
+    is refused here, in one line naming it."""
+    quantization = quantization_of(folder.config, str(folder.path))
+    if folder.pickled:
+        if quantization is not None:
+            raise BadInput(f"{folder.path} holds {quantization.label} weights as pickles: convert them to safetensors")
+        return _checked_blocks(folder, folder.parameter_names())
+    stored = [entry for shard in folder.shards for entry in read_header(shard)[0]]
+    quantized = quantized_tensors(stored, quantization) if quantization else {}
+    layout = _checked_blocks(folder, logical_names(stored, quantized))
+    entries = {entry.name: entry for entry in stored}
+    hidden = layout.hidden_size
+    for writer in layout.writers:
+        checks = [(key, kind) for key, kind in writer.tensors] + ([(writer.bias, "offset")] if writer.bias else [])
+        checks += [(writer.post_norm, "bias")] if writer.post_norm else []
+        for key, kind in checks:
+            shape = quantized[key].shape if key in quantized else entries[key].shape
+            if key not in quantized and entries[key].dtype not in FLOATING:
+                raise BadInput(f"residual writer '{key}' is stored as {entries[key].dtype}; steerfold folds only "
+                               f"floating-point weights ({', '.join(FLOATING)}) and FP8 or MXFP4 checkpoints that "
+                               "config.json's quantization_config declares: dequantize the checkpoint first")
+            if not _fits(shape, kind, hidden):
+                raise BadInput(f"'{key}' has shape {list(shape)}, which does not write a hidden size of {hidden} "
+                                     "(config.json): the checkpoint does not match its config; re-download or re-save it")
+    return layout
+
+
+def _checked_blocks(folder: ModelFolder, names: list[str]) -> ModelLayout:
+    """The layout of these tensor names, refusing a checkpoint that stores more blocks than its config counts."""
     layout = resolve_layout(folder.config, names)
     blocks = re.compile(re.escape(layout.blocks) + r"\.(\d+)\.")
     stored = layout.num_layers + layout.extra_blocks
@@ -162,21 +191,6 @@ def check_checkpoint(folder: ModelFolder) -> ModelLayout:
     if extra:
         raise BadInput(f"{folder.path} holds decoder block {extra[0]} but config.json says num_hidden_layers="
                              f"{layout.num_layers}: the checkpoint does not match its config; re-download or re-save it")
-    if folder.pickled:
-        return layout
-    entries = {entry.name: entry for shard in folder.shards for entry in read_header(shard)[0]}
-    hidden = layout.hidden_size
-    for writer in layout.writers:
-        checks = [(key, kind) for key, kind in writer.tensors] + ([(writer.bias, "offset")] if writer.bias else [])
-        checks += [(writer.post_norm, "bias")] if writer.post_norm else []
-        for key, kind in checks:
-            entry = entries[key]
-            if entry.dtype not in FLOATING:
-                raise BadInput(f"residual writer '{key}' is stored as {entry.dtype}; steerfold folds only floating-point "
-                                     f"weights ({', '.join(FLOATING)}): dequantize the checkpoint first")
-            if not _fits(entry.shape, kind, hidden):
-                raise BadInput(f"'{key}' has shape {list(entry.shape)}, which does not write a hidden size of {hidden} "
-                                     "(config.json): the checkpoint does not match its config; re-download or re-save it")
     return layout
 
 

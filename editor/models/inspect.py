@@ -12,6 +12,7 @@ def inspect_model(model: str, revision: str | None = None, allow_pickle: bool = 
     from steerfold.hub import resolve_model
     from steerfold.interrupts import load_torch
     from steerfold.models.checkpoint import check_checkpoint, open_model_folder, read_tensors
+    from steerfold.models.quantization import quantization_of
 
     folder = open_model_folder(resolve_model(model, revision), allow_pickle=allow_pickle)
     layout = check_checkpoint(folder)
@@ -23,6 +24,7 @@ def inspect_model(model: str, revision: str | None = None, allow_pickle: bool = 
         "hidden_size": layout.hidden_size,
         "layer_indices": f"0..{layout.num_layers} ({LAYER_INDEX})",
         "tied_embeddings": layout.tied_embeddings,
+        "quantization": quantization.label if (quantization := quantization_of(folder.config)) else None,
         "residual_writers": [
             {"layer": w.layer, "module": w.hook, "role": w.role, "tensors": [k for k, _ in w.tensors], "bias": w.has_bias,
              "multiplier": w.stream_scale, "post_norm": w.post_norm}
@@ -37,8 +39,10 @@ def inspect_lines(info: dict) -> list[str]:
     lines = [f"architecture      {info['model_type']}",
              f"layers            {info['num_hidden_layers']} blocks, layer indices {info['layer_indices']}",
              f"hidden size       {info['hidden_size']}",
-             f"tied embeddings   {'yes' if info['tied_embeddings'] else 'no'}",
-             "residual writers"]
+             f"tied embeddings   {'yes' if info['tied_embeddings'] else 'no'}"]
+    if info.get("quantization"):
+        lines.append(f"stored as         {info['quantization']}: a merged edit writes the modules it changes dequantized")
+    lines.append("residual writers")
     roles: dict[str, list[dict]] = {}
     for writer in info["residual_writers"]:
         roles.setdefault(writer["role"], []).append(writer)

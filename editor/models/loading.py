@@ -11,6 +11,7 @@ from steerfold.models.checkpoint import check_checkpoint, open_model_folder
 from steerfold.hub import resolve_model
 from steerfold.errors import BadInput, SteerfoldError
 from steerfold.models.placement import Placement
+from steerfold.models.quantization import quantization_section
 from steerfold.progress import quiet_transformers, step
 
 if TYPE_CHECKING:
@@ -42,15 +43,43 @@ def load_model(path: str | Path, base: str | Path | None = None, allow_pickle: b
                 raise BadInput(f"the adapter {path} does not apply to its base {base} ({_first_line(exc)}): "
                                      "pass the base it was made for (--base), or re-export the adapter") from None
     folder = open_model_folder(path, allow_pickle=allow_pickle)
-    check_checkpoint(folder)
+    layout = check_checkpoint(folder)
+    dequantize = dequantizing(folder.config, placement) if layout.quantized else None
     arguments, chosen = placement.from_pretrained_arguments(checkpoint_dtype(folder.config))
+    if dequantize is not None:
+        arguments["quantization_config"] = dequantize
+        chosen["dequantized"] = str(layout.quantized)
     try:
         with step(f"loading the model {path.name} ({', '.join(chosen.values())})"), quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(path, **arguments).eval()
+        if dequantize is not None:
+            one_dtype(model, arguments["dtype"])
         model.steerfold_placement = chosen
         return model
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise BadInput(f"could not load the model in {path} ({_first_line(exc)}): re-download or re-save the checkpoint") from None
+
+
+def dequantizing(config: dict, placement: Placement):
+    """transformers' own config for this FP8 or MXFP4 checkpoint with ``dequantize=True``: every weight is loaded
+    dequantized into the placement's dtype, so that runtime hooks, folds and captures see plain modules (a model
+    running FP8 or MXFP4 kernels has no weights to fold, and FP8 kernels round their inputs)."""
+    from transformers.quantizers.auto import AutoQuantizationConfig
+
+    if placement.load_in is not None:
+        raise BadInput(f"--load-in {placement.load_in} would quantize an already quantized checkpoint: drop --load-in "
+                       "(steerfold loads it dequantized)")
+    section = quantization_section(config) or {}
+    return AutoQuantizationConfig.from_dict({**section, "dequantize": True})
+
+
+def one_dtype(model, dtype: "torch.dtype") -> None:
+    """Cast the parameters a quantized checkpoint stores unquantized to the dtype asked for: transformers (5.x)
+    dequantizes the quantized ones into it but leaves those in their stored dtype, and a module then meets inputs
+    of another dtype. Offloaded parameters (on the meta device) are left to accelerate."""
+    for param in model.parameters():
+        if param.is_floating_point() and param.dtype != dtype and param.device.type != "meta":
+            param.data = param.data.to(dtype)
 
 
 def input_device(model) -> "torch.device":

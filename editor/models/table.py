@@ -100,7 +100,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "lfm2_moe": Architecture((*SHORT_CONV_HYBRID, moe_writer(("feed_forward.experts.{e}.w2.weight",), hook="feed_forward",
                                                              fused=("feed_forward.experts.down_proj",), dense="w2"))),
     "gpt_oss": Architecture((PRE_NORM[0], GPT_OSS_EXPERTS), notes="biased o_proj and experts (which carry steering "
-                            "offsets): no LoRA; dequantize MXFP4 checkpoints first"),
+                            "offsets): no LoRA; MXFP4 checkpoints: the edited experts are written dequantized"),
     "granitemoehybrid": Architecture((*MAMBA_HYBRID, dataclasses.replace(GRANITE_EXPERTS, optional=True),
                                        linear_writer("mlp", "shared_mlp.output_linear")), **GRANITE_SCALES),
     "jamba": Architecture((*MAMBA_HYBRID, moe_writer(("feed_forward.experts.{e}.down_proj.weight",), hook="feed_forward",
