@@ -86,7 +86,7 @@ def finish_merged_checkpoint(started: MergedWrite, edit: Edit) -> dict:
         if started.head_copy != (untie and not layout.has_lm_head_tensor):
             raise AssertionError("the merged checkpoint was planned for another output head")
         edit.check_foldable(layout)
-        gains = read_tensors(started.folder, [w.post_norm for w in layout.writers if w.post_norm])
+        gains = read_tensors(started.folder, layout.post_norm_keys)
         module_maps = edit.module_maps(layout, gains.__getitem__)
 
         def fold(name, tensor, out):
