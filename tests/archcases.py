@@ -4,6 +4,7 @@ be refused for the stated reason). A table row without a case here fails tests/t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ QWEN_EXPERTS = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_si
 ROUTED = {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "first_k_dense_replace": 1,
           "n_group": 1, "topk_group": 1, "n_shared_experts": 1}
 QWEN_VISION = {"depth": 1, "hidden_size": 32, "num_heads": 2, "out_hidden_size": HIDDEN, "intermediate_size": 64}
+NORM = re.compile(r"norm(_\d+)?\.weight$")  # every norm's gain (input_layernorm, post_feedforward_layernorm_1, ...)
 MOE, BIAS = "mixture-of-experts", "has a bias"
 
 
@@ -122,9 +124,9 @@ BASE = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS4, num_attention_heads=4
 
 
 def build_case(model_type: str, seed: int = 0, **extra: Any) -> torch.nn.Module:
-    """A tiny random model of ``model_type`` in float32 with random non-zero biases (so bias folds are exercised);
-    a vision-language wrapper as its image-text-to-text class, which is what its checkpoints hold. ``extra`` overrides
-    the case's text config (a variant of the row)."""
+    """A tiny random model of ``model_type`` in float32 with random non-zero biases and random norm gains (so bias
+    folds and folds through post-norms are exercised); a vision-language wrapper as its image-text-to-text class,
+    which is what its checkpoints hold. ``extra`` overrides the case's text config (a variant of the row)."""
     case = CASES[model_type]
     case = Case({**case.text, **extra}, case.vision, case.lora_refusal)
     torch.manual_seed(seed)
@@ -138,4 +140,6 @@ def build_case(model_type: str, seed: int = 0, **extra: Any) -> torch.nn.Module:
         for name, param in model.named_parameters():
             if name.endswith(("bias", "_bias")):
                 param.normal_(0, 0.2)
+            if NORM.search(name):
+                param.uniform_(0.8, 1.2)
     return model.eval()
