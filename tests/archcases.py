@@ -109,6 +109,10 @@ CASES: dict[str, Case] = {
     "lfm2": Case({"layer_types": ["conv", "full_attention", "conv", "full_attention"], "norm_eps": 1e-5}),
     "llama4_text": Case({**EXPERTS, "interleave_moe_layer_step": 2, "intermediate_size_mlp": 96, "head_dim": 16},
                         lora_refusal=MOE),
+    "llama4": Case({**EXPERTS, "interleave_moe_layer_step": 2, "intermediate_size_mlp": 96, "head_dim": 16},
+                   {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                    "image_size": 28, "patch_size": 14, "vision_output_dim": 32, "projector_input_dim": 32,
+                    "projector_output_dim": 32}, lora_refusal=MOE),
     "qwen3_next": Case({**HYBRID, **QWEN_EXPERTS, "mlp_only_layers": [0]}, lora_refusal=MOE),  # block 0 dense
     "qwen3_5_text": Case(HYBRID),
     "qwen3_5": Case({**HYBRID, "tie_word_embeddings": True}, QWEN_VISION),

@@ -160,6 +160,7 @@ def without(model_type: str, hook: str, pattern: str | None = None):
     ("gemma2", "mlp.down_proj", None),  # a whole writer: the stream keeps its component
     ("gemma3", "mlp.down_proj", None),
     ("llama", "self_attn.o_proj", None),
+    ("llama4", "feed_forward", "feed_forward.shared_expert.down_proj.weight"),
 ])
 def test_harness_detects_a_deleted_writer_pattern(model_type, hook, pattern, monkeypatch):
     monkeypatch.setitem(ARCHITECTURES, model_type, without(model_type, hook, pattern))

@@ -41,6 +41,8 @@ LLAMA4_FEED_FORWARD = WriterSpec("mlp", "feed_forward", (TensorPattern("feed_for
                                                          TensorPattern("feed_forward.down_proj.weight")))
 # Vision-language wrappers: the language model under model.language_model (v5) or language_model.model (on disk).
 GEMMA3_SPELLINGS = (Spelling("model.language_model"), Spelling("language_model.model", "language_model.lm_head"))
+# Llama 4 checkpoints hold the vision-language model; AutoModelForCausalLM loads its language model alone.
+LLAMA4_SPELLINGS = (Spelling(), Spelling("language_model.model", "language_model.lm_head"))
 # Qwen3.5 checkpoints hold the vision-language model; AutoModelForCausalLM loads its language model alone.
 QWEN3_5_SPELLINGS = (Spelling("model"), Spelling("model.language_model"))
 
@@ -107,6 +109,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                                                      fused=("feed_forward.experts.down_proj",)))),
     "lfm2": Architecture((*SHORT_CONV_HYBRID, linear_writer("mlp", "feed_forward.w2"))),
     "llama4_text": Architecture((PRE_NORM[0], LLAMA4_FEED_FORWARD)),
+    "llama4": Architecture((PRE_NORM[0], LLAMA4_FEED_FORWARD), LLAMA4_SPELLINGS, "text_config"),
     "qwen3_next": Architecture((*HYBRID_ATTENTION, moe_writer(shared=SHARED_EXPERT))),
     "qwen3_5_text": Architecture((*HYBRID_ATTENTION, PRE_NORM[1])),
     "qwen3_5": Architecture((*HYBRID_ATTENTION, PRE_NORM[1]), QWEN3_5_SPELLINGS, "text_config"),
