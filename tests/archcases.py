@@ -24,6 +24,8 @@ QWEN_EXPERTS = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_si
 ROUTED = {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "first_k_dense_replace": 1,
           "n_group": 1, "topk_group": 1, "n_shared_experts": 1}
 QWEN_VISION = {"depth": 1, "hidden_size": 32, "num_heads": 2, "out_hidden_size": HIDDEN, "intermediate_size": 64}
+GEMMA4 = {"head_dim": 16, "global_head_dim": 16, "tie_word_embeddings": True, "hidden_size_per_layer_input": 8,
+          "vocab_size_per_layer_input": VOCAB, "layer_types": ["sliding_attention", "full_attention"] * 2}
 NORM = re.compile(r"norm(_\d+)?\.weight$")  # every norm's gain (input_layernorm, post_feedforward_layernorm_1, ...)
 MOE, BIAS = "mixture-of-experts", "has a bias"
 
@@ -113,6 +115,11 @@ CASES: dict[str, Case] = {
                    {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                     "image_size": 28, "patch_size": 14, "vision_output_dim": 32, "projector_input_dim": 32,
                     "projector_output_dim": 32}, lora_refusal=MOE),
+    # the MoE block (dense MLP and experts side by side), per-layer inputs, the last two blocks reusing keys and values
+    "gemma4_text": Case({**GEMMA4, "enable_moe_block": True, "num_experts": 4, "top_k_experts": 2,
+                         "moe_intermediate_size": 32, "num_kv_shared_layers": 2}, lora_refusal=MOE),
+    "gemma4": Case(GEMMA4, {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                            "num_key_value_heads": 2, "head_dim": 16}),
     "qwen3_next": Case({**HYBRID, **QWEN_EXPERTS, "mlp_only_layers": [0]}, lora_refusal=MOE),  # block 0 dense
     "qwen3_5_text": Case(HYBRID),
     "qwen3_5": Case({**HYBRID, "tie_word_embeddings": True}, QWEN_VISION),

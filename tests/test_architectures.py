@@ -161,11 +161,48 @@ def without(model_type: str, hook: str, pattern: str | None = None):
     ("gemma3", "mlp.down_proj", None),
     ("llama", "self_attn.o_proj", None),
     ("llama4", "feed_forward", "feed_forward.shared_expert.down_proj.weight"),
+    ("gemma4_text", "experts", None),  # the experts' branch of the MoE block
+    ("gemma4_text", "per_layer_projection", None),  # the per-layer input's write
+    ("gemma4", "per_layer_projection", None),
 ])
 def test_harness_detects_a_deleted_writer_pattern(model_type, hook, pattern, monkeypatch):
     monkeypatch.setitem(ARCHITECTURES, model_type, without(model_type, hook, pattern))
     with pytest.raises(AssertionError):
         check_fold_equals_hooks(build_case(model_type), random_direction())
+
+
+def test_a_write_normed_twice_passes_both_gains(monkeypatch):
+    """Gemma 4's MoE block norms the dense MLP's and the experts' outputs, then their sum: a row that names only the
+    outer norm leaves a component along the direction in the stream."""
+    model = build_case("gemma4_text")
+    outer_only = tuple(dataclasses.replace(spec, post_norms=spec.post_norms[-1:])
+                       for spec in ARCHITECTURES["gemma4_text"].writers)
+    row = dataclasses.replace(ARCHITECTURES["gemma4_text"], writers=outer_only)
+    monkeypatch.setitem(ARCHITECTURES, "gemma4_text", row)
+    with pytest.raises(AssertionError, match="keeps a component"):
+        check_fold_equals_hooks(model, random_direction())
+
+
+@pytest.mark.parametrize("model_type,extra", [("gemma4_text", {"enable_moe_block": False}),
+                                              ("gemma4_text", {"hidden_size_per_layer_input": 0,
+                                                               "num_kv_shared_layers": 0})])
+def test_writers_that_exist_by_configuration(model_type, extra, tmp_path):
+    """One row covers a family's configurations: Gemma 4 without the MoE block or per-layer inputs. The streamed
+    export and the in-memory fold both give the hooks' logits."""
+    model = build_case(model_type, **extra)
+    model.save_pretrained(tmp_path / "base")
+    direction = random_direction()
+    result = run_cli("edit", tmp_path / "base", "--direction", write_direction(tmp_path / "d.safetensors", direction),
+                     "--out", tmp_path / "merged")
+    assert result.exit_code == 0, result.output
+    ids = random_tokens()
+    with runtime_hooks(model, ablation_edit(direction, range(layout_of_model(model).num_layers + 1))):
+        reference = logits(model, ids)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert (logits(merged, ids) - reference).abs().max() <= TOLERANCE
+    check_orthogonal(merged, ids, direction)
+    check_untouched_tensors_copied(tmp_path / "base", tmp_path / "merged")
+    check_fold_equals_hooks(model, direction)
 
 
 @pytest.mark.parametrize("model_type", ["qwen3_next", "qwen3_5"])

@@ -43,6 +43,19 @@ LLAMA4_FEED_FORWARD = WriterSpec("mlp", "feed_forward", (TensorPattern("feed_for
 GEMMA3_SPELLINGS = (Spelling("model.language_model"), Spelling("language_model.model", "language_model.lm_head"))
 # Llama 4 checkpoints hold the vision-language model; AutoModelForCausalLM loads its language model alone.
 LLAMA4_SPELLINGS = (Spelling(), Spelling("language_model.model", "language_model.lm_head"))
+# Gemma 4: post-norm writes (its RMSNorm gain is the weight itself). With enable_moe_block the dense MLP and the experts
+# each pass their own post-norm, then the shared one on their sum; with per-layer inputs (PLE) a gated projection of the
+# token's per-layer embedding is a third post-normed write. Each block then scales the whole stream (layer_scalar).
+MOE_BLOCK, DENSE_BLOCK = ("enable_moe_block", True), ("enable_moe_block", False)
+PLE = ("hidden_size_per_layer_input", True)
+GEMMA4 = (linear_writer("attention", "self_attn.o_proj", "post_attention_layernorm"),
+          linear_writer("mlp", "mlp.down_proj", "post_feedforward_layernorm", when=DENSE_BLOCK),
+          WriterSpec("mlp", "mlp.down_proj", (TensorPattern("mlp.down_proj.weight"),),
+                     ("post_feedforward_layernorm_1", "post_feedforward_layernorm"), when=MOE_BLOCK),
+          WriterSpec("mlp", "experts", (TensorPattern("experts.down_proj", "experts"),),
+                     ("post_feedforward_layernorm_2", "post_feedforward_layernorm"), when=MOE_BLOCK),
+          linear_writer("mlp", "per_layer_projection", "post_per_layer_input_norm", when=PLE))
+GEMMA4_NOTE = "the MoE block's dense MLP and experts post-normed twice; per-layer-input projection; layer scalars"
 # Qwen3.5 checkpoints hold the vision-language model; AutoModelForCausalLM loads its language model alone.
 QWEN3_5_SPELLINGS = (Spelling("model"), Spelling("model.language_model"))
 
@@ -110,6 +123,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "lfm2": Architecture((*SHORT_CONV_HYBRID, linear_writer("mlp", "feed_forward.w2"))),
     "llama4_text": Architecture((PRE_NORM[0], LLAMA4_FEED_FORWARD)),
     "llama4": Architecture((PRE_NORM[0], LLAMA4_FEED_FORWARD), LLAMA4_SPELLINGS, "text_config"),
+    "gemma4_text": Architecture(GEMMA4, embedding_scale=sqrt_hidden, notes=GEMMA4_NOTE),
+    "gemma4": Architecture(GEMMA4, (Spelling("model.language_model"),), "text_config", sqrt_hidden, notes=GEMMA4_NOTE),
     "qwen3_next": Architecture((*HYBRID_ATTENTION, moe_writer(shared=SHARED_EXPERT))),
     "qwen3_5_text": Architecture((*HYBRID_ATTENTION, PRE_NORM[1])),
     "qwen3_5": Architecture((*HYBRID_ATTENTION, PRE_NORM[1]), QWEN3_5_SPELLINGS, "text_config"),
