@@ -26,8 +26,13 @@ ROUTED = {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_siz
 QWEN_VISION = {"depth": 1, "hidden_size": 32, "num_heads": 2, "out_hidden_size": HIDDEN, "intermediate_size": 64}
 GEMMA4 = {"head_dim": 16, "global_head_dim": 16, "tie_word_embeddings": True, "hidden_size_per_layer_input": 8,
           "vocab_size_per_layer_input": VOCAB, "layer_types": ["sliding_attention", "full_attention"] * 2}
+# Falcon-H1's multipliers, none of them 1, so a writer scaled by the wrong one shows.
+FALCON_H1 = {"mamba_n_heads": 8, "mamba_d_head": 16, "mamba_d_ssm": 128, "mamba_d_state": 16, "mamba_n_groups": 1,
+             "embedding_multiplier": 2.0, "lm_head_multiplier": 1.5, "attention_in_multiplier": 0.9,
+             "attention_out_multiplier": 0.5, "key_multiplier": 0.8, "ssm_in_multiplier": 1.1, "ssm_out_multiplier": 0.7,
+             "mlp_multipliers": [1.2, 0.6], "ssm_multipliers": [1.0, 0.9, 1.1, 1.2, 0.8]}
 NORM = re.compile(r"norm(_\d+)?\.weight$")  # every norm's gain (input_layernorm, post_feedforward_layernorm_1, ...)
-MOE, BIAS = "mixture-of-experts", "has a bias"
+MOE, BIAS, MAMBA_OUT = "mixture-of-experts", "has a bias", "Mamba mixer's out_proj"
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ CASES: dict[str, Case] = {
                          "moe_intermediate_size": 32, "num_kv_shared_layers": 2}, lora_refusal=MOE),
     "gemma4": Case(GEMMA4, {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                             "num_key_value_heads": 2, "head_dim": 16}),
+    "falcon_h1": Case(FALCON_H1, lora_refusal=MAMBA_OUT),
     "qwen3_next": Case({**HYBRID, **QWEN_EXPERTS, "mlp_only_layers": [0]}, lora_refusal=MOE),  # block 0 dense
     "qwen3_5_text": Case(HYBRID),
     "qwen3_5": Case({**HYBRID, "tie_word_embeddings": True}, QWEN_VISION),

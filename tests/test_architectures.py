@@ -164,6 +164,7 @@ def without(model_type: str, hook: str, pattern: str | None = None):
     ("gemma4_text", "experts", None),  # the experts' branch of the MoE block
     ("gemma4_text", "per_layer_projection", None),  # the per-layer input's write
     ("gemma4", "per_layer_projection", None),
+    ("falcon_h1", "mamba.out_proj", None),  # the Mamba-2 mixer beside attention
 ])
 def test_harness_detects_a_deleted_writer_pattern(model_type, hook, pattern, monkeypatch):
     monkeypatch.setitem(ARCHITECTURES, model_type, without(model_type, hook, pattern))
@@ -257,13 +258,18 @@ def test_a_hybrid_block_without_its_token_mixer_is_refused(monkeypatch):
         layout_of_model(build_case("qwen3_5_text"))
 
 
-@pytest.mark.parametrize("model_type", ["gpt_oss", "starcoder2", "phi"])
-def test_steering_folds_into_the_writers_that_carry_an_offset(model_type, tmp_path):
+FALCON_BIASES = {"mlp_bias": True, "attention_bias": True, "projectors_bias": True}
+
+
+@pytest.mark.parametrize("model_type,extra", [("gpt_oss", {}), ("starcoder2", {}), ("phi", {}),
+                                              ("falcon_h1", FALCON_BIASES)])
+def test_steering_folds_into_the_writers_that_carry_an_offset(model_type, extra, tmp_path):
     """A constant offset folds into the last writer's bias; on gpt-oss into every expert's bias, since its routing
-    weights sum to one: the streamed export gives the runtime hooks' logits."""
+    weights sum to one; on Falcon-H1 divided by the MLP's output multiplier: the streamed export gives the runtime
+    hooks' logits."""
     from steerfold.edit.edits import steering_edit
 
-    model = build_case(model_type)
+    model = build_case(model_type, **extra)
     model.save_pretrained(tmp_path / "base")
     vector = 2.0 * random_direction(seed=5)
     result = run_cli("edit", tmp_path / "base", "--direction", write_direction(tmp_path / "v.safetensors", vector),
@@ -275,6 +281,22 @@ def test_steering_folds_into_the_writers_that_carry_an_offset(model_type, tmp_pa
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     assert (logits(merged, ids) - reference).abs().max() <= TOLERANCE
     assert (reference - logits(model, ids)).abs().max() > 100 * TOLERANCE
+
+
+@pytest.mark.parametrize("layer", [0, 2, 4])
+def test_a_steering_hook_adds_exactly_the_vector_through_the_multipliers(layer):
+    """Falcon-H1 multiplies its embedding and each writer's output by its own config value: the offset a layer's last
+    writer carries is divided by that writer's multiplier, so the stream gains exactly the vector at that layer."""
+    from steerfold.edit.edits import steering_edit
+
+    model = build_case("falcon_h1")
+    vector = 2.0 * random_direction(seed=5)
+    ids = random_tokens()
+    base = residual_states(model, ids)
+    with runtime_hooks(model, steering_edit(vector, [layer])):
+        steered = residual_states(model, ids)
+    assert all(torch.equal(base[index], steered[index]) for index in range(layer))
+    assert torch.allclose(steered[layer] - base[layer], vector.expand_as(base[layer]), atol=1e-5)
 
 
 def test_every_causal_lm_type_is_supported_or_refused_with_a_reason():

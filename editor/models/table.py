@@ -56,6 +56,11 @@ GEMMA4 = (linear_writer("attention", "self_attn.o_proj", "post_attention_layerno
                      ("post_feedforward_layernorm_2", "post_feedforward_layernorm"), when=MOE_BLOCK),
           linear_writer("mlp", "per_layer_projection", "post_per_layer_input_norm", when=PLE))
 GEMMA4_NOTE = "the MoE block's dense MLP and experts post-normed twice; per-layer-input projection; layer scalars"
+# Falcon-H1: a Mamba-2 mixer and attention read one norm side by side, then an MLP; each output times its multiplier.
+MAMBA_OUT = "PEFT refuses a LoRA on a Mamba mixer's out_proj in this model type (fused kernels read its weight)"
+FALCON_H1 = (linear_writer("attention", "mamba.out_proj", multiplier="ssm_out_multiplier", no_lora=MAMBA_OUT),
+             linear_writer("attention", "self_attn.o_proj", multiplier="attention_out_multiplier"),
+             linear_writer("mlp", "feed_forward.down_proj", multiplier="mlp_multipliers[1]"))
 # Qwen3.5 checkpoints hold the vision-language model; AutoModelForCausalLM loads its language model alone.
 QWEN3_5_SPELLINGS = (Spelling("model"), Spelling("model.language_model"))
 
@@ -125,6 +130,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "llama4": Architecture((PRE_NORM[0], LLAMA4_FEED_FORWARD), LLAMA4_SPELLINGS, "text_config"),
     "gemma4_text": Architecture(GEMMA4, embedding_scale=sqrt_hidden, notes=GEMMA4_NOTE),
     "gemma4": Architecture(GEMMA4, (Spelling("model.language_model"),), "text_config", sqrt_hidden, notes=GEMMA4_NOTE),
+    "falcon_h1": Architecture(FALCON_H1, embedding_multiplier="embedding_multiplier",
+                              notes="parallel Mamba-2 and attention on one norm, then the MLP"),
     "qwen3_next": Architecture((*HYBRID_ATTENTION, moe_writer(shared=SHARED_EXPERT))),
     "qwen3_5_text": Architecture((*HYBRID_ATTENTION, PRE_NORM[1])),
     "qwen3_5": Architecture((*HYBRID_ATTENTION, PRE_NORM[1]), QWEN3_5_SPELLINGS, "text_config"),
