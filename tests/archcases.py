@@ -31,6 +31,9 @@ FALCON_H1 = {"mamba_n_heads": 8, "mamba_d_head": 16, "mamba_d_ssm": 128, "mamba_
              "embedding_multiplier": 2.0, "lm_head_multiplier": 1.5, "attention_in_multiplier": 0.9,
              "attention_out_multiplier": 0.5, "key_multiplier": 0.8, "ssm_in_multiplier": 1.1, "ssm_out_multiplier": 0.7,
              "mlp_multipliers": [1.2, 0.6], "ssm_multipliers": [1.0, 0.9, 1.1, 1.2, 0.8]}
+NEMOTRON_H = {"layers_block_type": ["mamba", "attention", "moe", "mlp"], "n_routed_experts": 4, "num_experts_per_tok": 2,
+              "moe_intermediate_size": 32, "moe_shared_expert_intermediate_size": 48, "routed_scaling_factor": 2.0,
+              "mamba_num_heads": 8, "mamba_head_dim": 16, "ssm_state_size": 16, "n_groups": 1, "head_dim": 16}
 NORM = re.compile(r"norm(_\d+)?\.weight$")  # every norm's gain (input_layernorm, post_feedforward_layernorm_1, ...)
 MOE, BIAS, MAMBA_OUT = "mixture-of-experts", "has a bias", "Mamba mixer's out_proj"
 
@@ -126,6 +129,7 @@ CASES: dict[str, Case] = {
     "gemma4": Case(GEMMA4, {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                             "num_key_value_heads": 2, "head_dim": 16}),
     "falcon_h1": Case(FALCON_H1, lora_refusal=MAMBA_OUT),
+    "nemotron_h": Case(NEMOTRON_H, lora_refusal=MAMBA_OUT),  # Mamba-2, attention, experts and MLP blocks, in order
     "qwen3_next": Case({**HYBRID, **QWEN_EXPERTS, "mlp_only_layers": [0]}, lora_refusal=MOE),  # block 0 dense
     "qwen3_5_text": Case(HYBRID),
     "qwen3_5": Case({**HYBRID, "tie_word_embeddings": True}, QWEN_VISION),

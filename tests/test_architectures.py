@@ -165,6 +165,7 @@ def without(model_type: str, hook: str, pattern: str | None = None):
     ("gemma4_text", "per_layer_projection", None),  # the per-layer input's write
     ("gemma4", "per_layer_projection", None),
     ("falcon_h1", "mamba.out_proj", None),  # the Mamba-2 mixer beside attention
+    ("nemotron_h", "mixer", "mixer.shared_experts.down_proj.weight"),
 ])
 def test_harness_detects_a_deleted_writer_pattern(model_type, hook, pattern, monkeypatch):
     monkeypatch.setitem(ARCHITECTURES, model_type, without(model_type, hook, pattern))
@@ -186,10 +187,12 @@ def test_a_write_normed_twice_passes_both_gains(monkeypatch):
 
 @pytest.mark.parametrize("model_type,extra", [("gemma4_text", {"enable_moe_block": False}),
                                               ("gemma4_text", {"hidden_size_per_layer_input": 0,
-                                                               "num_kv_shared_layers": 0})])
+                                                               "num_kv_shared_layers": 0}),
+                                              ("nemotron_h", {"moe_latent_size": 32})])
 def test_writers_that_exist_by_configuration(model_type, extra, tmp_path):
-    """One row covers a family's configurations: Gemma 4 without the MoE block or per-layer inputs. The streamed
-    export and the in-memory fold both give the hooks' logits."""
+    """One row covers a family's configurations: Gemma 4 without the MoE block or per-layer inputs, Nemotron-H's
+    latent MoE (its experts write latent vectors, stored per expert on disk and left as they are, which
+    fc2_latent_proj brings to the stream). The streamed export and the in-memory fold both give the hooks' logits."""
     model = build_case(model_type, **extra)
     model.save_pretrained(tmp_path / "base")
     direction = random_direction()
@@ -206,6 +209,12 @@ def test_writers_that_exist_by_configuration(model_type, extra, tmp_path):
     check_fold_equals_hooks(model, direction)
 
 
+def test_a_bias_inside_a_writer_of_several_tensors_is_refused():
+    """Nemotron-H with mlp_bias: the shared expert's bias sits inside the MoE writer, which folds its weights only."""
+    with pytest.raises(BadInput, match="shared_experts.down_proj.bias"):
+        layout_of_model(build_case("nemotron_h", mlp_bias=True))
+
+
 @pytest.mark.parametrize("model_type", ["qwen3_next", "qwen3_5"])
 def test_a_hybrid_config_without_layer_types_gets_its_class_defaults(model_type, tmp_path):
     """Released hybrid configs may give only full_attention_interval: the layer types are then the config class's."""
@@ -217,6 +226,17 @@ def test_a_hybrid_config_without_layer_types_gets_its_class_defaults(model_type,
     layout = resolve_layout(config, tensors(tmp_path))
     mixers = [w.hook.split(".")[-2] for w in layout.writers if w.role == "attention"]
     assert mixers == ["linear_attn", "self_attn", "linear_attn", "self_attn"]
+
+
+def test_a_nemotron_h_config_with_its_block_pattern(tmp_path):
+    """Released Nemotron-H configs give the blocks as hybrid_override_pattern (M Mamba-2, * attention, E experts,
+    - MLP): the config class turns it into layer types, and each block gets its mixer's writer."""
+    build_case("nemotron_h").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["layers_block_type"]
+    layout = resolve_layout({**config, "hybrid_override_pattern": "M*E-"}, tensors(tmp_path))
+    assert [w.hook.removeprefix("backbone.layers.") for w in layout.writers[1:]] == [
+        "0.mixer.out_proj", "1.mixer.o_proj", "2.mixer", "3.mixer.down_proj"]
 
 
 @pytest.mark.parametrize("model_type", ["deepseek_v3", "glm4_moe", "glm4_moe_lite"])

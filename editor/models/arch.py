@@ -233,12 +233,16 @@ def _block_writer(spec: WriterSpec, prefix: str, names: set[str], layer: int, sc
         expected = ", ".join(t.pattern for t in spec.tensors)
         raise BadInput(f"no tensor of {prefix}{spec.hook} was found (expected one of {expected}): the checkpoint does "
                        "not match its config.json or is quantized; re-download, re-save or dequantize it")
+    biases = [key.removesuffix(".weight") + ".bias" for key, kind in tensors if kind == "linear"]
+    biases = [key for key in biases if key in names]
     bias = None
     if spec.offset is not None:
         bias = prefix + spec.offset if prefix + spec.offset in names else None
-    elif len(tensors) == 1 and tensors[0][1] == "linear":
-        candidate = tensors[0][0].removesuffix(".weight") + ".bias"
-        bias = candidate if candidate in names else None
+    elif len(tensors) == 1:
+        bias = next(iter(biases), None)
+    if any(key != bias for key in biases):
+        raise BadInput(f"'{next(k for k in biases if k != bias)}' is the bias of one of several tensors of "
+                       f"{prefix}{spec.hook}, which steerfold does not fold: this checkpoint cannot be edited exactly")
     post_norms = tuple(f"{prefix}{norm}.weight" for norm in spec.post_norms)
     for post_norm in post_norms:
         if post_norm not in names:

@@ -61,6 +61,19 @@ MAMBA_OUT = "PEFT refuses a LoRA on a Mamba mixer's out_proj in this model type 
 FALCON_H1 = (linear_writer("attention", "mamba.out_proj", multiplier="ssm_out_multiplier", no_lora=MAMBA_OUT),
              linear_writer("attention", "self_attn.o_proj", multiplier="attention_out_multiplier"),
              linear_writer("mlp", "feed_forward.down_proj", multiplier="mlp_multipliers[1]"))
+# Nemotron-H: one mixer per block by layer_types (Mamba-2, attention, a non-gated MLP, or experts with a shared expert
+# added as is); a latent MoE (moe_latent_size) writes through fc2_latent_proj, its experts' outputs being latent.
+NEMOTRON_SHARED = TensorPattern("mixer.shared_experts.down_proj.weight")
+NEMOTRON_H = (linear_writer("attention", "mixer.out_proj", layer_type="linear_attention", no_lora=MAMBA_OUT),
+              linear_writer("attention", "mixer.o_proj", layer_type="full_attention"),
+              linear_writer("mlp", "mixer.down_proj", layer_type="mlp"),
+              WriterSpec("mlp", "mixer", (TensorPattern("mixer.experts.down_proj", "experts"),
+                                          TensorPattern("mixer.experts.{e}.down_proj.weight"), NEMOTRON_SHARED),
+                         layer_type="moe", when=("moe_latent_size", False)),
+              WriterSpec("mlp", "mixer", (TensorPattern("mixer.fc2_latent_proj.weight"), NEMOTRON_SHARED),
+                         layer_type="moe", when=("moe_latent_size", True)))
+# Nemotron-H checkpoints spell the model backbone.* and its embedding embeddings (v5 loads it as model.*).
+NEMOTRON_H_SPELLINGS = (Spelling(embed="embeddings"), Spelling("backbone", embed="embeddings"))
 # Qwen3.5 checkpoints hold the vision-language model; AutoModelForCausalLM loads its language model alone.
 QWEN3_5_SPELLINGS = (Spelling("model"), Spelling("model.language_model"))
 
@@ -132,6 +145,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gemma4": Architecture(GEMMA4, (Spelling("model.language_model"),), "text_config", sqrt_hidden, notes=GEMMA4_NOTE),
     "falcon_h1": Architecture(FALCON_H1, embedding_multiplier="embedding_multiplier",
                               notes="parallel Mamba-2 and attention on one norm, then the MLP"),
+    "nemotron_h": Architecture(NEMOTRON_H, NEMOTRON_H_SPELLINGS),
     "qwen3_next": Architecture((*HYBRID_ATTENTION, moe_writer(shared=SHARED_EXPERT))),
     "qwen3_5_text": Architecture((*HYBRID_ATTENTION, PRE_NORM[1])),
     "qwen3_5": Architecture((*HYBRID_ATTENTION, PRE_NORM[1]), QWEN3_5_SPELLINGS, "text_config"),
