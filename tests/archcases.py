@@ -4,6 +4,7 @@ be refused for the stated reason). A table row without a case here fails tests/t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,18 @@ QWEN_EXPERTS = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_si
 ROUTED = {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "first_k_dense_replace": 1,
           "n_group": 1, "topk_group": 1, "n_shared_experts": 1}
 QWEN_VISION = {"depth": 1, "hidden_size": 32, "num_heads": 2, "out_hidden_size": HIDDEN, "intermediate_size": 64}
-MOE, BIAS = "mixture-of-experts", "has a bias"
+GEMMA4 = {"head_dim": 16, "global_head_dim": 16, "tie_word_embeddings": True, "hidden_size_per_layer_input": 8,
+          "vocab_size_per_layer_input": VOCAB, "layer_types": ["sliding_attention", "full_attention"] * 2}
+# Falcon-H1's multipliers, none of them 1, so a writer scaled by the wrong one shows.
+FALCON_H1 = {"mamba_n_heads": 8, "mamba_d_head": 16, "mamba_d_ssm": 128, "mamba_d_state": 16, "mamba_n_groups": 1,
+             "embedding_multiplier": 2.0, "lm_head_multiplier": 1.5, "attention_in_multiplier": 0.9,
+             "attention_out_multiplier": 0.5, "key_multiplier": 0.8, "ssm_in_multiplier": 1.1, "ssm_out_multiplier": 0.7,
+             "mlp_multipliers": [1.2, 0.6], "ssm_multipliers": [1.0, 0.9, 1.1, 1.2, 0.8]}
+NEMOTRON_H = {"layers_block_type": ["mamba", "attention", "moe", "mlp"], "n_routed_experts": 4, "num_experts_per_tok": 2,
+              "moe_intermediate_size": 32, "moe_shared_expert_intermediate_size": 48, "routed_scaling_factor": 2.0,
+              "mamba_num_heads": 8, "mamba_head_dim": 16, "ssm_state_size": 16, "n_groups": 1, "head_dim": 16}
+NORM = re.compile(r"norm(_\d+)?\.weight$")  # every norm's gain (input_layernorm, post_feedforward_layernorm_1, ...)
+MOE, BIAS, MAMBA_OUT = "mixture-of-experts", "has a bias", "Mamba mixer's out_proj"
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,17 @@ CASES: dict[str, Case] = {
     "lfm2": Case({"layer_types": ["conv", "full_attention", "conv", "full_attention"], "norm_eps": 1e-5}),
     "llama4_text": Case({**EXPERTS, "interleave_moe_layer_step": 2, "intermediate_size_mlp": 96, "head_dim": 16},
                         lora_refusal=MOE),
+    "llama4": Case({**EXPERTS, "interleave_moe_layer_step": 2, "intermediate_size_mlp": 96, "head_dim": 16},
+                   {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                    "image_size": 28, "patch_size": 14, "vision_output_dim": 32, "projector_input_dim": 32,
+                    "projector_output_dim": 32}, lora_refusal=MOE),
+    # the MoE block (dense MLP and experts side by side), per-layer inputs, the last two blocks reusing keys and values
+    "gemma4_text": Case({**GEMMA4, "enable_moe_block": True, "num_experts": 4, "top_k_experts": 2,
+                         "moe_intermediate_size": 32, "num_kv_shared_layers": 2}, lora_refusal=MOE),
+    "gemma4": Case(GEMMA4, {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                            "num_key_value_heads": 2, "head_dim": 16}),
+    "falcon_h1": Case(FALCON_H1, lora_refusal=MAMBA_OUT),
+    "nemotron_h": Case(NEMOTRON_H, lora_refusal=MAMBA_OUT),  # Mamba-2, attention, experts and MLP blocks, in order
     "qwen3_next": Case({**HYBRID, **QWEN_EXPERTS, "mlp_only_layers": [0]}, lora_refusal=MOE),  # block 0 dense
     "qwen3_5_text": Case(HYBRID),
     "qwen3_5": Case({**HYBRID, "tie_word_embeddings": True}, QWEN_VISION),
@@ -122,9 +145,9 @@ BASE = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS4, num_attention_heads=4
 
 
 def build_case(model_type: str, seed: int = 0, **extra: Any) -> torch.nn.Module:
-    """A tiny random model of ``model_type`` in float32 with random non-zero biases (so bias folds are exercised);
-    a vision-language wrapper as its image-text-to-text class, which is what its checkpoints hold. ``extra`` overrides
-    the case's text config (a variant of the row)."""
+    """A tiny random model of ``model_type`` in float32 with random non-zero biases and random norm gains (so bias
+    folds and folds through post-norms are exercised); a vision-language wrapper as its image-text-to-text class,
+    which is what its checkpoints hold. ``extra`` overrides the case's text config (a variant of the row)."""
     case = CASES[model_type]
     case = Case({**case.text, **extra}, case.vision, case.lora_refusal)
     torch.manual_seed(seed)
@@ -138,4 +161,6 @@ def build_case(model_type: str, seed: int = 0, **extra: Any) -> torch.nn.Module:
         for name, param in model.named_parameters():
             if name.endswith(("bias", "_bias")):
                 param.normal_(0, 0.2)
+            if NORM.search(name):
+                param.uniform_(0.8, 1.2)
     return model.eval()

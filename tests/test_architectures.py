@@ -160,11 +160,59 @@ def without(model_type: str, hook: str, pattern: str | None = None):
     ("gemma2", "mlp.down_proj", None),  # a whole writer: the stream keeps its component
     ("gemma3", "mlp.down_proj", None),
     ("llama", "self_attn.o_proj", None),
+    ("llama4", "feed_forward", "feed_forward.shared_expert.down_proj.weight"),
+    ("gemma4_text", "experts", None),  # the experts' branch of the MoE block
+    ("gemma4_text", "per_layer_projection", None),  # the per-layer input's write
+    ("gemma4", "per_layer_projection", None),
+    ("falcon_h1", "mamba.out_proj", None),  # the Mamba-2 mixer beside attention
+    ("nemotron_h", "mixer", "mixer.shared_experts.down_proj.weight"),
 ])
 def test_harness_detects_a_deleted_writer_pattern(model_type, hook, pattern, monkeypatch):
     monkeypatch.setitem(ARCHITECTURES, model_type, without(model_type, hook, pattern))
     with pytest.raises(AssertionError):
         check_fold_equals_hooks(build_case(model_type), random_direction())
+
+
+def test_a_write_normed_twice_passes_both_gains(monkeypatch):
+    """Gemma 4's MoE block norms the dense MLP's and the experts' outputs, then their sum: a row that names only the
+    outer norm leaves a component along the direction in the stream."""
+    model = build_case("gemma4_text")
+    outer_only = tuple(dataclasses.replace(spec, post_norms=spec.post_norms[-1:])
+                       for spec in ARCHITECTURES["gemma4_text"].writers)
+    row = dataclasses.replace(ARCHITECTURES["gemma4_text"], writers=outer_only)
+    monkeypatch.setitem(ARCHITECTURES, "gemma4_text", row)
+    with pytest.raises(AssertionError, match="keeps a component"):
+        check_fold_equals_hooks(model, random_direction())
+
+
+@pytest.mark.parametrize("model_type,extra", [("gemma4_text", {"enable_moe_block": False}),
+                                              ("gemma4_text", {"hidden_size_per_layer_input": 0,
+                                                               "num_kv_shared_layers": 0}),
+                                              ("nemotron_h", {"moe_latent_size": 32})])
+def test_writers_that_exist_by_configuration(model_type, extra, tmp_path):
+    """One row covers a family's configurations: Gemma 4 without the MoE block or per-layer inputs, Nemotron-H's
+    latent MoE (its experts write latent vectors, stored per expert on disk and left as they are, which
+    fc2_latent_proj brings to the stream). The streamed export and the in-memory fold both give the hooks' logits."""
+    model = build_case(model_type, **extra)
+    model.save_pretrained(tmp_path / "base")
+    direction = random_direction()
+    result = run_cli("edit", tmp_path / "base", "--direction", write_direction(tmp_path / "d.safetensors", direction),
+                     "--out", tmp_path / "merged")
+    assert result.exit_code == 0, result.output
+    ids = random_tokens()
+    with runtime_hooks(model, ablation_edit(direction, range(layout_of_model(model).num_layers + 1))):
+        reference = logits(model, ids)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert (logits(merged, ids) - reference).abs().max() <= TOLERANCE
+    check_orthogonal(merged, ids, direction)
+    check_untouched_tensors_copied(tmp_path / "base", tmp_path / "merged")
+    check_fold_equals_hooks(model, direction)
+
+
+def test_a_bias_inside_a_writer_of_several_tensors_is_refused():
+    """Nemotron-H with mlp_bias: the shared expert's bias sits inside the MoE writer, which folds its weights only."""
+    with pytest.raises(BadInput, match="shared_experts.down_proj.bias"):
+        layout_of_model(build_case("nemotron_h", mlp_bias=True))
 
 
 @pytest.mark.parametrize("model_type", ["qwen3_next", "qwen3_5"])
@@ -178,6 +226,17 @@ def test_a_hybrid_config_without_layer_types_gets_its_class_defaults(model_type,
     layout = resolve_layout(config, tensors(tmp_path))
     mixers = [w.hook.split(".")[-2] for w in layout.writers if w.role == "attention"]
     assert mixers == ["linear_attn", "self_attn", "linear_attn", "self_attn"]
+
+
+def test_a_nemotron_h_config_with_its_block_pattern(tmp_path):
+    """Released Nemotron-H configs give the blocks as hybrid_override_pattern (M Mamba-2, * attention, E experts,
+    - MLP): the config class turns it into layer types, and each block gets its mixer's writer."""
+    build_case("nemotron_h").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["layers_block_type"]
+    layout = resolve_layout({**config, "hybrid_override_pattern": "M*E-"}, tensors(tmp_path))
+    assert [w.hook.removeprefix("backbone.layers.") for w in layout.writers[1:]] == [
+        "0.mixer.out_proj", "1.mixer.o_proj", "2.mixer", "3.mixer.down_proj"]
 
 
 @pytest.mark.parametrize("model_type", ["deepseek_v3", "glm4_moe", "glm4_moe_lite"])
@@ -219,13 +278,18 @@ def test_a_hybrid_block_without_its_token_mixer_is_refused(monkeypatch):
         layout_of_model(build_case("qwen3_5_text"))
 
 
-@pytest.mark.parametrize("model_type", ["gpt_oss", "starcoder2", "phi"])
-def test_steering_folds_into_the_writers_that_carry_an_offset(model_type, tmp_path):
+FALCON_BIASES = {"mlp_bias": True, "attention_bias": True, "projectors_bias": True}
+
+
+@pytest.mark.parametrize("model_type,extra", [("gpt_oss", {}), ("starcoder2", {}), ("phi", {}),
+                                              ("falcon_h1", FALCON_BIASES)])
+def test_steering_folds_into_the_writers_that_carry_an_offset(model_type, extra, tmp_path):
     """A constant offset folds into the last writer's bias; on gpt-oss into every expert's bias, since its routing
-    weights sum to one: the streamed export gives the runtime hooks' logits."""
+    weights sum to one; on Falcon-H1 divided by the MLP's output multiplier: the streamed export gives the runtime
+    hooks' logits."""
     from steerfold.edit.edits import steering_edit
 
-    model = build_case(model_type)
+    model = build_case(model_type, **extra)
     model.save_pretrained(tmp_path / "base")
     vector = 2.0 * random_direction(seed=5)
     result = run_cli("edit", tmp_path / "base", "--direction", write_direction(tmp_path / "v.safetensors", vector),
@@ -237,6 +301,22 @@ def test_steering_folds_into_the_writers_that_carry_an_offset(model_type, tmp_pa
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     assert (logits(merged, ids) - reference).abs().max() <= TOLERANCE
     assert (reference - logits(model, ids)).abs().max() > 100 * TOLERANCE
+
+
+@pytest.mark.parametrize("layer", [0, 2, 4])
+def test_a_steering_hook_adds_exactly_the_vector_through_the_multipliers(layer):
+    """Falcon-H1 multiplies its embedding and each writer's output by its own config value: the offset a layer's last
+    writer carries is divided by that writer's multiplier, so the stream gains exactly the vector at that layer."""
+    from steerfold.edit.edits import steering_edit
+
+    model = build_case("falcon_h1")
+    vector = 2.0 * random_direction(seed=5)
+    ids = random_tokens()
+    base = residual_states(model, ids)
+    with runtime_hooks(model, steering_edit(vector, [layer])):
+        steered = residual_states(model, ids)
+    assert all(torch.equal(base[index], steered[index]) for index in range(layer))
+    assert torch.allclose(steered[layer] - base[layer], vector.expand_as(base[layer]), atol=1e-5)
 
 
 def test_every_causal_lm_type_is_supported_or_refused_with_a_reason():

@@ -65,7 +65,7 @@ def run_edit(spec: EditSpec, say: Say = lambda _line: None) -> EditSummary:
             from steerfold.edit.build import build_edit
 
             edit, source_layer, metadata = build_edit(spec, layout)
-            gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
+            gains = read_tensors(folder, layout.post_norm_keys)
             carriers = carry_or_refuse(edit, layout, spec.format, gains.__getitem__, say)
             details = fmt.write(WriteJob(folder, layout, edit, tmp, spec, base, started, say))
         except BaseException:  # stop the copying before the hidden output is removed (a second signal waits)

@@ -40,6 +40,8 @@ def check_lora_can_carry(edit: Edit, layout: ModelLayout, gain_of=None) -> None:
     for hook in module_maps:
         writer = layout.writer(hook)
         assert writer is not None
+        if writer.no_lora:
+            raise BadInput(f"{hook}: {writer.no_lora}, so a portable LoRA cannot carry this edit: use --format merged")
         if writer.lora_module is None:
             raise BadInput(
                 f"{hook} is a mixture-of-experts block, whose expert weights a portable LoRA cannot target: "
@@ -62,7 +64,7 @@ def write_lora_adapter(folder: ModelFolder, layout: ModelLayout, edit: Edit, des
     """Compute ``lora_A = Vᵀ W``, ``lora_B = U`` for every edited writer in one pass over the shards."""
     from peft import LoraConfig  # imported here: peft is slow to import and only this export needs it
 
-    gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
+    gains = read_tensors(folder, layout.post_norm_keys)
     check_lora_can_carry(edit, layout, gains.__getitem__)
     module_maps = edit.module_maps(layout, gains.__getitem__)
     rank = lora_rank(module_maps)

@@ -102,7 +102,7 @@ def finish_merged_checkpoint(started: MergedWrite, edit: Edit) -> dict:
         if started.head_copy != (untie and not layout.has_lm_head_tensor):
             raise AssertionError("the merged checkpoint was planned for another output head")
         edit.check_foldable(layout)
-        gains = read_tensors(started.folder, [w.post_norm for w in layout.writers if w.post_norm])
+        gains = read_tensors(started.folder, layout.post_norm_keys)
         module_maps = edit.module_maps(layout, gains.__getitem__)
 
         dequantized = started.dequantization.tensors if started.dequantization else {}
@@ -152,7 +152,7 @@ def write_merged_checkpoint(folder: ModelFolder, layout: ModelLayout, edit: Edit
     head_copy = unties_output_head(edit, layout) and not layout.has_lm_head_tensor
     hooks = None
     if layout.quantized:
-        gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
+        gains = read_tensors(folder, layout.post_norm_keys)
         maps = edit.module_maps(layout, gains.__getitem__)
         hooks = [hook for hook, residual_map in maps.items() if residual_map.U.any()]  # an offset leaves weights as they are
     started = start_merged_checkpoint(folder, layout, dest, head_copy, max_shard_bytes, hooks, say)

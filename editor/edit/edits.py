@@ -75,7 +75,7 @@ class Edit:
                 mapped = residual_map.scaled_offset(writer.stream_scale) if carries_offset else residual_map.linear_part()
                 if mapped.is_identity:
                     continue
-                if writer.post_norm:
+                if writer.post_norms:
                     if mapped.b is not None:
                         raise BadInput(
                             f"a constant offset cannot pass through the post-norm of {writer.hook}: "
@@ -83,7 +83,7 @@ class Edit:
                         )
                     if gain_of is None:
                         raise ValueError("post-norm writers need gain_of to read their norm weights")
-                    mapped = mapped.through_gain(gain_of(writer.post_norm).to(torch.float32) + offset)
+                    mapped = mapped.through_gain(_gain(writer.post_norms, gain_of, offset))
                 per_module[writer.hook] = mapped
         if not per_module:
             raise BadInput(NOTHING_CHANGED)
@@ -129,6 +129,15 @@ class Edit:
                     f"a constant offset at layer {layer} needs a bias on {last.hook}, which this checkpoint "
                     "does not have: export it as a control vector (--format cvec) or apply it at run time instead"
                 )
+
+
+def _gain(post_norms: tuple[str, ...], gain_of: Callable[[str], torch.Tensor], offset: float) -> torch.Tensor:
+    """The gain a write passes through on its way to the stream: the product of its post-norms' gains (a norm
+    rescales by a positive scalar, so a component that is zero before stays zero)."""
+    gain = gain_of(post_norms[0]).to(torch.float32) + offset
+    for norm in post_norms[1:]:
+        gain = gain * (gain_of(norm).to(torch.float32) + offset)
+    return gain
 
 
 def steering_edit(vector: torch.Tensor, layers: Iterable[int], coefficient: float = 1.0) -> Edit:

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 from steerfold.errors import BadInput, UnsupportedModel
 from steerfold.models.table import ARCHITECTURES, REFUSED
 from steerfold.models.writers import (PRE_NORM, POST_NORM, Architecture, Role, Spelling, TensorKind, TensorPattern,
-                                      WriterSpec, config_value, linear_writer, moe_writer, sqrt_hidden)
+                                      WriterSpec, config_scalar, config_value, linear_writer, moe_writer, sqrt_hidden)
 
 __all__ = ["ARCHITECTURES", "REFUSED", "PRE_NORM", "POST_NORM", "Architecture", "Role", "Spelling", "TensorKind",
            "TensorPattern", "WriterSpec", "linear_writer", "moe_writer", "sqrt_hidden", "ResidualWriter", "ModelLayout",
@@ -31,13 +31,19 @@ class ResidualWriter:
     hook: str  # absolute module name; the runtime hook applies the map to its output
     tensors: tuple[tuple[str, TensorKind], ...]  # absolute tensor names the fold edits
     bias: str | None  # the tensor that carries a constant offset: its single linear tensor's bias, or its spec's offset
-    post_norm: str | None  # absolute name of the post-norm weight, when the write is g ⊙ norm(y)
+    post_norms: tuple[str, ...]  # absolute names of the post-norm weights, innermost first (the write is g ⊙ norm(y))
     stream_scale: float  # the write is the hook module's output times this
     weight_scale: float = 1.0  # the hook module's output is its weights' rows times this (Gemma embedding)
+    no_lora: str | None = None  # why no portable LoRA may target it, though it is one linear module
 
     @property
     def has_bias(self) -> bool:
         return self.bias is not None
+
+    @property
+    def post_norm(self) -> str | None:
+        """The outermost post-norm weight (the one the residual add sees), None on a pre-norm writer."""
+        return self.post_norms[-1] if self.post_norms else None
 
     @property
     def lora_module(self) -> str | None:
@@ -95,7 +101,12 @@ class ModelLayout:
 
     @property
     def post_norm(self) -> bool:
-        return any(w.post_norm for w in self.writers)
+        return any(w.post_norms for w in self.writers)
+
+    @property
+    def post_norm_keys(self) -> list[str]:
+        """Every post-norm weight the writers' maps are expressed through (what a fold reads besides the writers)."""
+        return sorted({key for w in self.writers for key in w.post_norms})
 
     @property
     def mixture_of_experts(self) -> bool:
@@ -152,8 +163,8 @@ def _with_defaults(config: Any, arch: Architecture) -> Any:
     # A hybrid's layer types go through its config class: a config.json may imply them (full_attention_interval) or
     # spell them in legacy names ("mamba", "attention").
     hybrid = any(spec.layer_type for spec in arch.writers)
-    read = ("num_hidden_layers", "hidden_size", arch.embedding_multiplier, arch.residual_multiplier)
-    if isinstance(text, dict) and "tie_word_embeddings" in config and all(key in text for key in read if key) and not hybrid:
+    read = {"num_hidden_layers", "hidden_size"} | arch.config_keys()
+    if isinstance(text, dict) and "tie_word_embeddings" in config and all(key in text for key in read) and not hybrid:
         return config
     from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
@@ -200,14 +211,16 @@ def _spelling(arch: Architecture, model_type: str, names: set[str]) -> Spelling:
 
 
 def _block_specs(arch: Architecture, text: Any, block: int) -> list[WriterSpec]:
-    """The writer specs of one block: on a hybrid, those of the block's entry in ``layer_types``."""
-    if not any(spec.layer_type for spec in arch.writers):
-        return list(arch.writers)
+    """The writer specs of one block: those the config switches on, and on a hybrid those of the block's entry in
+    ``layer_types``."""
+    switched = [spec for spec in arch.writers if spec.when is None or bool(_value(text, spec.when[0])) == spec.when[1]]
+    if not any(spec.layer_type for spec in switched):
+        return switched
     layer_types = _value(text, "layer_types")
     if not layer_types or len(layer_types) <= block:
         raise BadInput(f"config.json has no layer_types entry for block {block}: this hybrid architecture needs one "
                        "per block; re-download or re-save the checkpoint")
-    specs = [spec for spec in arch.writers if spec.layer_type in (None, layer_types[block])]
+    specs = [spec for spec in switched if spec.layer_type in (None, layer_types[block])]
     if all(spec.layer_type is None for spec in specs):
         raise BadInput(f"block {block} has layer type '{layer_types[block]}', which steerfold does not know for "
                        f"model_type '{_value(text, 'model_type')}'")
@@ -221,16 +234,22 @@ def _block_writer(spec: WriterSpec, prefix: str, names: set[str], layer: int, sc
         expected = ", ".join(t.pattern for t in spec.tensors)
         raise BadInput(f"no tensor of {prefix}{spec.hook} was found (expected one of {expected}): the checkpoint does "
                        "not match its config.json or is quantized; re-download, re-save or dequantize it")
+    biases = [key.removesuffix(".weight") + ".bias" for key, kind in tensors if kind == "linear"]
+    biases = [key for key in biases if key in names]
     bias = None
     if spec.offset is not None:
         bias = prefix + spec.offset if prefix + spec.offset in names else None
-    elif len(tensors) == 1 and tensors[0][1] == "linear":
-        candidate = tensors[0][0].removesuffix(".weight") + ".bias"
-        bias = candidate if candidate in names else None
-    post_norm = f"{prefix}{spec.post_norm}.weight" if spec.post_norm else None
-    if post_norm and post_norm not in names:
-        raise BadInput(f"expected post-norm tensor '{post_norm}' is missing: the checkpoint is incomplete")
-    return ResidualWriter(layer, spec.role, prefix + spec.hook, tuple(tensors), bias, post_norm, scale)
+    elif len(tensors) == 1:
+        bias = next(iter(biases), None)
+    if any(key != bias for key in biases):
+        raise BadInput(f"'{next(k for k in biases if k != bias)}' is the bias of one of several tensors of "
+                       f"{prefix}{spec.hook}, which steerfold does not fold: this checkpoint cannot be edited exactly")
+    post_norms = tuple(f"{prefix}{norm}.weight" for norm in spec.post_norms)
+    for post_norm in post_norms:
+        if post_norm not in names:
+            raise BadInput(f"expected post-norm tensor '{post_norm}' is missing: the checkpoint is incomplete")
+    return ResidualWriter(layer, spec.role, prefix + spec.hook, tuple(tensors), bias, post_norms, scale,
+                          no_lora=spec.no_lora)
 
 
 def _quant_method(config: Any) -> str | None:
@@ -255,13 +274,14 @@ def resolve_layout(config: Any, parameter_names: Iterable[str]) -> ModelLayout:
     res_mult = float(_value(text, arch.residual_multiplier, 1.0)) if arch.residual_multiplier else 1.0
     emb_scale = arch.embedding_scale(text) if arch.embedding_scale else 1.0
     embedding_key = f"{spelling.embedding}.weight"
-    writers = [ResidualWriter(0, "embedding", spelling.embedding, ((embedding_key, "embedding"),), None, None, emb_mult,
+    writers = [ResidualWriter(0, "embedding", spelling.embedding, ((embedding_key, "embedding"),), None, (), emb_mult,
                               emb_scale)]
     for block in range(num_layers):
         prefix = f"{spelling.blocks}.{block}."
         specs = [spec for spec in _block_specs(arch, text, block)
                  if not spec.optional or any(_matching(prefix + t.pattern, names) for t in spec.tensors)]
-        writers += [_block_writer(spec, prefix, names, block + 1, res_mult) for spec in specs]
+        writers += [_block_writer(spec, prefix, names, block + 1, res_mult * config_scalar(text, spec.multiplier))
+                    for spec in specs]
     return ModelLayout(
         model_type=model_type,
         architecture=arch,

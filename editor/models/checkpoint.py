@@ -169,7 +169,7 @@ def check_checkpoint(folder: ModelFolder) -> ModelLayout:
     hidden = layout.hidden_size
     for writer in layout.writers:
         checks = [(key, kind) for key, kind in writer.tensors] + ([(writer.bias, "offset")] if writer.bias else [])
-        checks += [(writer.post_norm, "bias")] if writer.post_norm else []
+        checks += [(norm, "bias") for norm in writer.post_norms]
         for key, kind in checks:
             shape = quantized[key].shape if key in quantized else entries[key].shape
             if key not in quantized and entries[key].dtype not in FLOATING:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from steerfold.models.table import ARCHITECTURES, REFUSED
+from steerfold.models.writers import WriterSpec
 
 Status = Literal["supported", "refused"]
 NO_ROW = "no row yet: its residual writers have not been checked against its modeling file"
@@ -34,14 +35,22 @@ def describe(model_type: str) -> str:
     """One line on a supported row, from its data: each writer's hooked module (with its layer type on a hybrid),
     then what is particular about the family."""
     arch = ARCHITECTURES[model_type]
-    writers = ", ".join(spec.hook + (f" [{spec.layer_type}]" if spec.layer_type else "") +
-                        (" (experts)" if len(spec.tensors) > 1 else "") for spec in arch.writers)
-    traits = [("post-norm", any(spec.post_norm for spec in arch.writers)),
+    writers = ", ".join(_writer(spec) for spec in arch.writers)
+    traits = [("post-norm", any(spec.post_norms for spec in arch.writers)),
               ("vision-language wrapper: language model only, the rest copied", arch.text_config is not None),
               ("embedding scaled", arch.embedding_scale is not None),
-              ("multipliers", arch.embedding_multiplier is not None or arch.residual_multiplier is not None)]
+              ("multipliers", bool({arch.embedding_multiplier, arch.residual_multiplier} - {None}) or
+               any(spec.multiplier for spec in arch.writers))]
     notes = [name for name, present in traits if present] + ([arch.notes] if arch.notes else [])
     return writers + (f"; {'; '.join(notes)}" if notes else "")
+
+
+def _writer(spec: WriterSpec) -> str:
+    """One writer as ``describe`` names it: its hooked module, its layer type, whether it holds experts, and the
+    config switch it exists by."""
+    experts = len(spec.tensors) > 1 or any(t.kind.startswith("experts") for t in spec.tensors)
+    switch = f" if {'' if spec.when[1] else 'not '}{spec.when[0]}" if spec.when else ""
+    return spec.hook + (f" [{spec.layer_type}]" if spec.layer_type else "") + (" (experts)" if experts else "") + switch
 
 
 def coverage_lines(every: bool = False) -> list[str]:

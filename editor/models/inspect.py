@@ -17,7 +17,7 @@ def inspect_model(model: str, revision: str | None = None, allow_pickle: bool = 
     folder = open_model_folder(resolve_model(model, revision), allow_pickle=allow_pickle)
     layout = check_checkpoint(folder)
     load_torch()
-    gains = read_tensors(folder, [w.post_norm for w in layout.writers if w.post_norm])
+    gains = read_tensors(folder, layout.post_norm_keys)
     return {
         "model_type": layout.model_type,
         "num_hidden_layers": layout.num_layers,
@@ -49,7 +49,7 @@ def inspect_lines(info: dict) -> list[str]:
     for role, writers in roles.items():
         example = writers[-1]
         multipliers = {w["multiplier"] for w in writers}
-        extra = f", output × {multipliers.pop():g}" if multipliers != {1.0} else ""
+        extra = f", output × {' or '.join(f'{m:g}' for m in sorted(multipliers))}" if multipliers != {1.0} else ""
         extra += f", post-norm {example['post_norm'].rsplit('.', 2)[-2]}" if example["post_norm"] else ""
         tensors = f", {len(example['tensors'])} tensors each" if len(example["tensors"]) > 1 else ""
         lines.append(f"  {role:<10} {len(writers):>3} × {example['module']} (bias on {sum(w['bias'] for w in writers)}{extra}{tensors})")

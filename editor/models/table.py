@@ -41,6 +41,39 @@ LLAMA4_FEED_FORWARD = WriterSpec("mlp", "feed_forward", (TensorPattern("feed_for
                                                          TensorPattern("feed_forward.down_proj.weight")))
 # Vision-language wrappers: the language model under model.language_model (v5) or language_model.model (on disk).
 GEMMA3_SPELLINGS = (Spelling("model.language_model"), Spelling("language_model.model", "language_model.lm_head"))
+# Llama 4 checkpoints hold the vision-language model; AutoModelForCausalLM loads its language model alone.
+LLAMA4_SPELLINGS = (Spelling(), Spelling("language_model.model", "language_model.lm_head"))
+# Gemma 4: post-norm writes (its RMSNorm gain is the weight itself). With enable_moe_block the dense MLP and the experts
+# each pass their own post-norm, then the shared one on their sum; with per-layer inputs (PLE) a gated projection of the
+# token's per-layer embedding is a third post-normed write. Each block then scales the whole stream (layer_scalar).
+MOE_BLOCK, DENSE_BLOCK = ("enable_moe_block", True), ("enable_moe_block", False)
+PLE = ("hidden_size_per_layer_input", True)
+GEMMA4 = (linear_writer("attention", "self_attn.o_proj", "post_attention_layernorm"),
+          linear_writer("mlp", "mlp.down_proj", "post_feedforward_layernorm", when=DENSE_BLOCK),
+          WriterSpec("mlp", "mlp.down_proj", (TensorPattern("mlp.down_proj.weight"),),
+                     ("post_feedforward_layernorm_1", "post_feedforward_layernorm"), when=MOE_BLOCK),
+          WriterSpec("mlp", "experts", (TensorPattern("experts.down_proj", "experts"),),
+                     ("post_feedforward_layernorm_2", "post_feedforward_layernorm"), when=MOE_BLOCK),
+          linear_writer("mlp", "per_layer_projection", "post_per_layer_input_norm", when=PLE))
+GEMMA4_NOTE = "the MoE block's dense MLP and experts post-normed twice; per-layer-input projection; layer scalars"
+# Falcon-H1: a Mamba-2 mixer and attention read one norm side by side, then an MLP; each output times its multiplier.
+MAMBA_OUT = "PEFT refuses a LoRA on a Mamba mixer's out_proj in this model type (fused kernels read its weight)"
+FALCON_H1 = (linear_writer("attention", "mamba.out_proj", multiplier="ssm_out_multiplier", no_lora=MAMBA_OUT),
+             linear_writer("attention", "self_attn.o_proj", multiplier="attention_out_multiplier"),
+             linear_writer("mlp", "feed_forward.down_proj", multiplier="mlp_multipliers[1]"))
+# Nemotron-H: one mixer per block by layer_types (Mamba-2, attention, a non-gated MLP, or experts with a shared expert
+# added as is); a latent MoE (moe_latent_size) writes through fc2_latent_proj, its experts' outputs being latent.
+NEMOTRON_SHARED = TensorPattern("mixer.shared_experts.down_proj.weight")
+NEMOTRON_H = (linear_writer("attention", "mixer.out_proj", layer_type="linear_attention", no_lora=MAMBA_OUT),
+              linear_writer("attention", "mixer.o_proj", layer_type="full_attention"),
+              linear_writer("mlp", "mixer.down_proj", layer_type="mlp"),
+              WriterSpec("mlp", "mixer", (TensorPattern("mixer.experts.down_proj", "experts"),
+                                          TensorPattern("mixer.experts.{e}.down_proj.weight"), NEMOTRON_SHARED),
+                         layer_type="moe", when=("moe_latent_size", False)),
+              WriterSpec("mlp", "mixer", (TensorPattern("mixer.fc2_latent_proj.weight"), NEMOTRON_SHARED),
+                         layer_type="moe", when=("moe_latent_size", True)))
+# Nemotron-H checkpoints spell the model backbone.* and its embedding embeddings (v5 loads it as model.*).
+NEMOTRON_H_SPELLINGS = (Spelling(embed="embeddings"), Spelling("backbone", embed="embeddings"))
 # Qwen3.5 checkpoints hold the vision-language model; AutoModelForCausalLM loads its language model alone.
 QWEN3_5_SPELLINGS = (Spelling("model"), Spelling("model.language_model"))
 
@@ -107,6 +140,12 @@ ARCHITECTURES: dict[str, Architecture] = {
                                                      fused=("feed_forward.experts.down_proj",)))),
     "lfm2": Architecture((*SHORT_CONV_HYBRID, linear_writer("mlp", "feed_forward.w2"))),
     "llama4_text": Architecture((PRE_NORM[0], LLAMA4_FEED_FORWARD)),
+    "llama4": Architecture((PRE_NORM[0], LLAMA4_FEED_FORWARD), LLAMA4_SPELLINGS, "text_config"),
+    "gemma4_text": Architecture(GEMMA4, embedding_scale=sqrt_hidden, notes=GEMMA4_NOTE),
+    "gemma4": Architecture(GEMMA4, (Spelling("model.language_model"),), "text_config", sqrt_hidden, notes=GEMMA4_NOTE),
+    "falcon_h1": Architecture(FALCON_H1, embedding_multiplier="embedding_multiplier",
+                              notes="parallel Mamba-2 and attention on one norm, then the MLP"),
+    "nemotron_h": Architecture(NEMOTRON_H, NEMOTRON_H_SPELLINGS),
     "qwen3_next": Architecture((*HYBRID_ATTENTION, moe_writer(shared=SHARED_EXPERT))),
     "qwen3_5_text": Architecture((*HYBRID_ATTENTION, PRE_NORM[1])),
     "qwen3_5": Architecture((*HYBRID_ATTENTION, PRE_NORM[1]), QWEN3_5_SPELLINGS, "text_config"),

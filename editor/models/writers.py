@@ -10,6 +10,7 @@ in memory (transformers v5) and whatever the checkpoints on disk hold (per-exper
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -37,7 +38,9 @@ class WriterSpec:
     role: Role
     hook: str  # module (relative to the block) whose output the edit's map applies to
     tensors: tuple[TensorPattern, ...]
-    post_norm: str | None = None  # norm module applied to the hook's output before the residual add
+    # Norm modules applied to the hook's output before the residual add, innermost first: the write is
+    # g ⊙ norm(y), or g ⊙ norm(g₁ ⊙ norm(y) + …) where a block norms each branch and then their sum (Gemma 4's MoE).
+    post_norms: tuple[str, ...] = ()
     # Hybrids: the writer exists only on blocks whose entry in the config's ``layer_types`` is this value.
     layer_type: str | None = None
     # A tensor (pattern) that carries a constant offset for the whole writer, where it is not a linear tensor's bias
@@ -45,28 +48,40 @@ class WriterSpec:
     offset: str | None = None
     # A writer some blocks lack by configuration (Granite 4.0-H: experts only when num_local_experts > 0).
     optional: bool = False
+    # A writer that exists only where a config value's truth is this (key, truth): Gemma 4's experts where
+    # enable_moe_block is set, Nemotron-H's latent projection where moe_latent_size is.
+    when: tuple[str, bool] | None = None
+    # The config value the model multiplies this writer's output by before the residual add (Falcon-H1's
+    # ssm_out_multiplier); ``name[i]`` reads item i of a list value (mlp_multipliers[1]).
+    multiplier: str | None = None
+    # Why no portable LoRA may target this writer though it is one linear module (PEFT refuses some by model type).
+    no_lora: str | None = None
 
 
 @dataclass(frozen=True)
 class Spelling:
-    """Where the language model's tensors sit under one naming. ``model`` is the prefix of ``embed_tokens`` and
-    ``layers``; ``lm_head`` the output head module."""
+    """Where the language model's tensors sit under one naming. ``model`` is the prefix of the embedding module
+    (``embed``) and of ``layers``; ``lm_head`` the output head module."""
 
     model: str = "model"
     lm_head: str = "lm_head"
+    embed: str = "embed_tokens"
 
     @property
     def embedding(self) -> str:
-        return f"{self.model}.embed_tokens"
+        return f"{self.model}.{self.embed}"
 
     @property
     def blocks(self) -> str:
         return f"{self.model}.layers"
 
 
-def linear_writer(role: Role, module: str, post_norm: str | None = None, layer_type: str | None = None) -> WriterSpec:
-    """A writer that is one linear module (its bias, if the checkpoint has one, is found by name)."""
-    return WriterSpec(role, module, (TensorPattern(f"{module}.weight"),), post_norm, layer_type)
+def linear_writer(role: Role, module: str, post_norm: str | None = None, layer_type: str | None = None,
+                  **more: Any) -> WriterSpec:
+    """A writer that is one linear module (its bias, if the checkpoint has one, is found by name); ``more`` sets the
+    other ``WriterSpec`` fields (``when``, ``multiplier``)."""
+    norms = (post_norm,) if post_norm else ()
+    return WriterSpec(role, module, (TensorPattern(f"{module}.weight"),), norms, layer_type, **more)
 
 
 def moe_writer(experts: tuple[str, ...] = ("mlp.experts.{e}.down_proj.weight",), shared: tuple[str, ...] = (),
@@ -100,6 +115,17 @@ def config_value(config: Any, name: str, default: Any = None) -> Any:
     return getattr(config, name, default)
 
 
+def config_scalar(config: Any, path: str | None) -> float:
+    """The multiplier a config names (``name`` or ``name[i]``, an item of a list value); 1 when there is none."""
+    if path is None:
+        return 1.0
+    name, index = re.fullmatch(r"(\w+)(?:\[(\d+)\])?", path).groups()
+    value = config_value(config, name)
+    if value is not None and index is not None:
+        value = value[int(index)]
+    return 1.0 if value is None else float(value)
+
+
 @dataclass(frozen=True)
 class Architecture:
     """Where one model family writes into the residual stream (module paths as in the state dict)."""
@@ -120,6 +146,14 @@ class Architecture:
     # run (DeepSeek-V3's and GLM-4.5's multi-token-prediction layers): allowed in a checkpoint and copied unchanged.
     extra_blocks: tuple[str, ...] = ()
     notes: str = ""
+
+    def config_keys(self) -> set[str]:
+        """The config keys a layout of this row reads besides its sizes: multipliers, and the switches of writers
+        that exist by configuration (a config.json that lacks one takes its config class's default)."""
+        keys = {self.embedding_multiplier, self.residual_multiplier}
+        keys |= {spec.multiplier.split("[")[0] for spec in self.writers if spec.multiplier}
+        keys |= {spec.when[0] for spec in self.writers if spec.when}
+        return {key for key in keys if key}
 
     @property
     def embedding(self) -> str:
