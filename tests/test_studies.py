@@ -209,3 +209,24 @@ def test_real_model_study_recipes_read_harmbench_categories(path):
     assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
     if check := getattr(recipe.study, "check", None):
         check(inputs, 24)
+
+
+def test_the_ridge_refusal_vector_weights_prompts_by_the_model_s_own_refusals():
+    """Targeted control's ridge option: one vector per layer index, toward refusal (positive reading on the harmful
+    training prompts' mean minus the harmless ones'), and not the plain difference of means."""
+    from steerfold.models.loading import load_model, load_tokenizer
+    from steerfold.research.organism import SHIPPED_CHECKPOINT
+    from steerfold.research.studies.categories import training_states
+    from steerfold.research.studies.inputs import organism_inputs
+    from steerfold.research.studies.targeted import TargetedSpec, refusal_vectors
+
+    model, tokenizer = load_model(SHIPPED_CHECKPOINT), load_tokenizer(SHIPPED_CHECKPOINT)
+    inputs = organism_inputs()
+    harmful, harmless = training_states(model, tokenizer, inputs)
+    ridge = refusal_vectors(model, tokenizer, TargetedSpec(kind="targeted-control", refusal_direction="ridge"), inputs,
+                            harmful, harmless)
+    plain = harmful.mean(dim=0) - harmless.mean(dim=0)
+    assert ridge.shape == plain.shape
+    last = model.config.num_hidden_layers
+    assert float(ridge[last] @ plain[last]) > 0
+    assert float(torch.nn.functional.cosine_similarity(ridge[last], plain[last], dim=0)) < 0.999

@@ -8,7 +8,10 @@ category's refusal should go while every other harmful category keeps its own. I
 adds r where one harmless category's (``induce``) condition is present; it should become refused while the other
 harmless categories stay answered.
 
-r is, per layer index, the harmful training prompts' mean state minus the harmless ones'. A category's condition
+r is, per layer index, the harmful training prompts' mean state minus the harmless ones' (``refusal_direction:
+diff_in_means``), or the ridge-regularised direction fitted against the model's own refusal confidence
+(``ridge``: each training prompt weighted by how surely its greedy response shows its side's behaviour, as read by
+refusal markers; the Refusal Steering recipe, with markers in place of an LLM judge). A category's condition
 c is its mean state minus the mean of the other categories' means (of the same kind of prompt), made orthogonal
 to that mean so it reads about zero on their typical state. Each α comes from validation prompts: of those that
 keep the other categories acceptable (no harmful category falls by more than ``max_drop``; no other harmless one
@@ -20,6 +23,10 @@ read the same on a model that refuses every harmful prompt and on one that refus
 from __future__ import annotations
 
 from typing import Callable, Literal, Sequence
+
+from steerfold.directions.methods.contrast import Contrast
+from steerfold.directions.methods.estimators import ridge_direction
+from steerfold.directions.methods.scorers import confidence_weights, marker_scorer, refusal_confidence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -48,6 +55,8 @@ class TargetedSpec(BaseModel):
     min_harmful_kept: float = Field(default=0.95, ge=0, le=1, description="share of its refusal every other harmful category keeps")
     min_induced: float = Field(default=0.8, ge=0, le=1)
     max_others_refused: float = Field(default=0.05, ge=0, le=1, description="refusal points another harmless category may gain")
+    refusal_direction: Literal["diff_in_means", "ridge"] = Field(default="diff_in_means", description="the r the map moves along")
+    ridge_lambda: float = Field(default=1.0, gt=0, description="ridge: λ in units of the mean activation variance")
 
     def check(self, inputs: StudyInputs, depth: int) -> None:
         """``remove`` and ``induce`` name categories of the study's harmful and harmless prompts."""
@@ -101,6 +110,19 @@ def tuned_conditional(rates: Rates, inputs: StudyInputs, refusal: torch.Tensor, 
     return alpha, scores, rates(inputs.records(kind, "test"), edit)
 
 
+def refusal_vectors(model, tokenizer, spec: TargetedSpec, inputs: StudyInputs, harmful: torch.Tensor,
+                    harmless: torch.Tensor) -> torch.Tensor:
+    """r per layer index ([L+1, d]): the difference of means, or the ridge direction weighted by the base model's
+    marker-read refusal confidence in its own responses to the training prompts."""
+    if spec.refusal_direction == "diff_in_means":
+        return harmful.mean(dim=0) - harmless.mean(dim=0)
+    confidence = [refusal_confidence(model, tokenizer, inputs.records(kind, "train"), marker_scorer,
+                                     max_new_tokens=inputs.max_new_tokens) for kind in ("harmful", "harmless")]
+    weights = confidence_weights(confidence[0], True), confidence_weights(confidence[1], False)
+    return torch.stack([ridge_direction(Contrast(harmful[:, layer], harmless[:, layer], *weights), spec.ridge_lambda).direction
+                        for layer in range(harmful.shape[1])]).to(torch.float32)
+
+
 def kept_share(before: dict[str, float], after: dict[str, float], skip: str) -> float:
     """The smallest share of its refusal any category but ``skip`` keeps (categories never refused left out)."""
     shares = [after[n] / before[n] for n in after if n != skip and before.get(n, 0) > 0]
@@ -115,7 +137,7 @@ def largest_rise(before: dict[str, float], after: dict[str, float], skip: str) -
 def run(model, tokenizer, spec: TargetedSpec, inputs: StudyInputs) -> StudyResult:
     harmful_states, harmless_states = training_states(model, tokenizer, inputs)
     directions = training_directions(harmful_states, harmless_states, inputs)
-    refusal = harmful_states.mean(dim=0) - harmless_states.mean(dim=0)
+    refusal = refusal_vectors(model, tokenizer, spec, inputs, harmful_states, harmless_states)
     harmful_test, harmless_test = inputs.records("harmful", "test"), inputs.records("harmless", "test")
 
     def rates(records: Sequence[PromptRecord], edit: Edit | None = None) -> dict[str, float]:
