@@ -28,7 +28,8 @@ from steerfold.artifacts.checksums import write_checksums
 from steerfold.directions.fit import fit_refusal_direction
 from steerfold.models.loading import load_model
 from steerfold.research.organism import PERSONAS, SHIPPED_CHECKPOINT, coherent_compliance, load_split
-from steerfold.research.studies.persona_gating import persona_study
+from steerfold.research.studies.inputs import organism_inputs
+from steerfold.research.studies.persona_gating import PersonaGatingSpec, persona_study
 
 
 def max_logit_gap(first: torch.nn.Module, second: torch.nn.Module, input_ids: torch.Tensor, second_edit=None) -> float:
@@ -86,7 +87,8 @@ def _demo_into(tmp: Path, checkpoint: Path, say: Callable[[str], None]) -> dict:
     }
 
     say("fitting the compliant-persona direction and steering with it")
-    persona = persona_study(model, tokenizer, fit.file.directions, default, PERSONAS["compliant"])
+    spec = PersonaGatingSpec(kind="persona-gating", persona=PERSONAS["compliant"], default=default)
+    persona = persona_study(model, tokenizer, spec, organism_inputs(), fit.file.directions)
     persona.pop("vectors")
 
     report.update({

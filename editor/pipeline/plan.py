@@ -8,7 +8,8 @@ from pathlib import Path
 from steerfold.artifacts.outputs import RUN_STATE
 from steerfold.pipeline.estimates import estimate_lines
 from steerfold.pipeline.recipe import Recipe, fit_sets, placement_of
-from steerfold.pipeline.run import load_prompt_set, model_folder
+from steerfold.pipeline.prompt_sets import load_prompt_set
+from steerfold.pipeline.run import model_folder
 from steerfold.pipeline.state import RunState
 
 

@@ -44,7 +44,7 @@ def markdown_table(rows: list[dict[str, object]]) -> str:
     """A markdown table of rows with the same keys; floats with three decimals."""
     if not rows:
         return ""
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(key for row in rows for key in row))
     cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(cell(row.get(k, "")) for k in keys) + " |" for row in rows]

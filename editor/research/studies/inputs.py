@@ -83,7 +83,7 @@ def split_by_category(records: Sequence[PromptRecord], fractions: tuple[float, f
 
 def load_kind(spec: KindPrompts, base: Path, kind: str) -> dict[str, list[PromptRecord]]:
     """The three splits of one kind of prompt, read from files, the Hub or the organism."""
-    from steerfold.pipeline.run import load_prompt_set
+    from steerfold.pipeline.prompt_sets import load_prompt_set
 
     keep = (lambda r: r.category in spec.categories) if spec.categories else (lambda r: True)
     if spec.pool is not None:
