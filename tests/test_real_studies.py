@@ -1,5 +1,5 @@
 """The four studies on a real refusing chat model: Qwen2.5-Coder-0.5B-Instruct with HarmBench's categorised
-behaviours (``make studies-real``; about half an hour on 2 CPU cores, cache warm).
+behaviours (``make studies-real``; 89 minutes on 2 CPU cores shared with other jobs, 2026-12-06, cache warm).
 
 Each study runs through ``steerfold run`` on the real-weights cache and keeps its folder under
 ``$STEERFOLD_STUDIES_OUT`` (default ``runs/studies-real``), whose results.json files README "Studies" quotes. A
@@ -22,7 +22,14 @@ from realweights.fetch import qwen_coder_checkpoint
 pytestmark = pytest.mark.realstudies
 
 # (study, claim index) pairs measured not to hold on Qwen2.5-Coder-0.5B-Instruct; see README.md, "Studies".
-NOT_REPRODUCED: set[tuple[str, int]] = set()
+NOT_REPRODUCED: set[tuple[str, int]] = {
+    # the compliant system prompt alone leaves 45.3% of the 47.2% refusal: no gate to locate (the vector does cut it)
+    ("persona-gating", 1), ("persona-gating", 2),
+    *(("harm-categories", i) for i in range(1, 6)),  # no category's own component removes its refusal
+    ("ablation-vs-inlp", 0),  # INLP flipping leaves 54.7% where difference-in-means ablation leaves 13.2%
+    # no α of the conditional map, nor the own-component ablation, moves the target category alone
+    *(("targeted-control", i) for i in range(3)),
+}
 
 
 @pytest.fixture(scope="module")
