@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from test_studies import CLAIM_COUNTS, REAL_STUDIES
+from test_studies import CLAIM_COUNTS, REAL_STUDIES, assert_claim_holds, claim_cases
 from realweights.fetch import qwen_coder_checkpoint
 
 pytestmark = pytest.mark.realstudies
@@ -64,12 +64,6 @@ def test_the_gate_profile_is_drawn_over_the_real_model_depth(results):
     assert (study["folder"] / "profile.png").read_bytes()[:4] == b"\x89PNG"
 
 
-CLAIMS = [(s, i) for s in sorted(CLAIM_COUNTS) for i in range(CLAIM_COUNTS[s])]
-
-
-@pytest.mark.parametrize("study,index", [
-    pytest.param(s, i, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason="not reproduced on the real model"))
-    if (s, i) in NOT_REPRODUCED else (s, i) for s, i in CLAIMS], ids=[f"{s}-{i}" for s, i in CLAIMS])
+@pytest.mark.parametrize("study,index", claim_cases(NOT_REPRODUCED, "the real model"))
 def test_claim_holds_on_the_real_model(results, study, index):
-    claim = results[study]["results"]["claims"][index]
-    assert claim["holds"], f"{claim['claim']}: {claim['figures']}"
+    assert_claim_holds(results, study, index)
